@@ -1,0 +1,9 @@
+//! wharf-builder: Dockerfile → image.
+//!
+//! # Layout
+//! - [`change`]: Dockerfile instructions applied to an image config, as `import --change`
+//!   takes them.
+//!
+//! The Dockerfile parser, build graph, cache and sandbox arrive with issues 4 and 5.
+
+pub mod change;

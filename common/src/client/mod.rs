@@ -1,0 +1,711 @@
+//! The registry client: the OCI Distribution API as docker speaks it.
+//!
+//! Built on `oci-client` for the token dance (its `Client::auth` reads the registry's
+//! `WWW-Authenticate` challenge and fetches a bearer token, anonymously or with credentials).
+//! Everything else is ours, over one `reqwest` client, because oci-client falls short there:
+//! its manifest calls do not return the `Content-Type`, its blob download neither verifies
+//! sha512 nor resumes, its uploads need the whole blob or a replayable stream, and it cannot
+//! take credentials from docker's `config.json`. See ARCHITECTURE.md.
+
+mod auth;
+mod credentials;
+mod error;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Method, StatusCode};
+
+use crate::copy::BlobStream;
+use crate::digest::Digest;
+use crate::image::{BlobRef, detect_media_type};
+use crate::media_type::MANIFEST_ACCEPT;
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, RepoName};
+
+pub use auth::Operation;
+pub use credentials::{CredentialStore, Credentials, DOCKER_HUB_KEY, server_key};
+pub use error::{ClientError, RegistryErrorEntry, parse_envelope};
+
+/// Manifests larger than this are refused (the distribution spec's servers cap at 4 MiB).
+pub const MANIFEST_LIMIT: u64 = 8 << 20;
+const BLOB_RETRIES: u32 = 5;
+
+/// How the client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Registries reached over plain HTTP besides localhost and 127.0.0.0/8.
+    pub insecure_registries: Vec<String>,
+    /// Where credentials come from (`None`: anonymous only).
+    pub credentials: Option<CredentialStore>,
+    /// Upload in chunks of this size instead of one monolithic PUT.
+    pub chunk_size: Option<u64>,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            insecure_registries: Vec::new(),
+            credentials: None,
+            chunk_size: None,
+            user_agent: format!("wharf/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A registry client, shared by every repository it opens.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    auth: auth::Authenticator,
+}
+
+/// Whether `host` is reached over plain HTTP: loopback names, or listed as insecure.
+pub fn is_insecure(host: &str, listed: &[String]) -> bool {
+    let bare = host_without_port(host);
+    bare == "localhost"
+        || bare.starts_with("127.")
+        || bare == "::1"
+        || bare == "[::1]"
+        || listed.iter().any(|l| l == host || l == bare)
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+/// The host the registry API of `domain` is served from.
+pub fn api_host(domain: &str) -> &str {
+    if domain == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        domain
+    }
+}
+
+impl Client {
+    /// A client with `config`.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        // reqwest is built without a default crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(ClientError::Setup)?;
+        let auth = auth::Authenticator::new(&config)?;
+        Ok(Client {
+            inner: Arc::new(Inner { http, config, auth }),
+        })
+    }
+
+    /// The scheme used for `domain`.
+    pub fn scheme(&self, domain: &str) -> &'static str {
+        if is_insecure(domain, &self.inner.config.insecure_registries) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// A handle on one repository.
+    pub fn repository(&self, name: &RepoName) -> Repository {
+        let host = api_host(name.domain()).to_owned();
+        let base = format!(
+            "{}://{}/v2/{}",
+            self.scheme(name.domain()),
+            host,
+            name.path()
+        );
+        Repository {
+            client: self.clone(),
+            name: name.clone(),
+            host,
+            base,
+        }
+    }
+
+    /// Checks credentials against a registry (what `login` does before saving them).
+    pub async fn check_login(&self, domain: &str, creds: &Credentials) -> Result<(), ClientError> {
+        let host = api_host(domain);
+        let url = format!("{}://{}/v2/", self.scheme(domain), host);
+        self.inner
+            .auth
+            .check_login(&self.inner.http, &url, host, creds)
+            .await
+    }
+}
+
+/// One repository on one registry.
+#[derive(Clone)]
+pub struct Repository {
+    client: Client,
+    name: RepoName,
+    host: String,
+    base: String,
+}
+
+/// How an upload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    /// The bytes were sent.
+    Sent,
+    /// The registry mounted the blob from another repository.
+    Mounted,
+}
+
+impl Repository {
+    /// The repository's name.
+    pub fn name(&self) -> &RepoName {
+        &self.name
+    }
+
+    /// The registry host the API is served from.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.client.inner.http
+    }
+
+    fn not_found(&self, what: impl Into<String>) -> ClientError {
+        ClientError::NotFound {
+            what: what.into(),
+            repo: self.name.path().to_owned(),
+            host: self.name.domain().to_owned(),
+        }
+    }
+
+    /// Sends a request built by `build`, authenticating and retrying once on a 401.
+    async fn send(
+        &self,
+        op: Operation,
+        url: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+        method: Method,
+    ) -> Result<reqwest::Response, ClientError> {
+        let auth = &self.client.inner.auth;
+        let mut attempt = 0;
+        loop {
+            let mut req = build(self.http().request(method.clone(), url));
+            if let Some(h) = auth.cached(&self.host, &self.name, op) {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
+            }
+            let resp = req.send().await.map_err(|source| ClientError::Http {
+                url: url.to_owned(),
+                source,
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED || attempt > 0 {
+                return Ok(resp);
+            }
+            attempt += 1;
+            let challenge = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            auth.authenticate(
+                &self.client,
+                &self.host,
+                &self.name,
+                op,
+                challenge.as_deref(),
+            )
+            .await?;
+        }
+    }
+
+    async fn error_from(
+        &self,
+        method: &'static str,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> ClientError {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        if status == 401 || status == 403 {
+            let detail = parse_envelope(&body)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return ClientError::Unauthorized {
+                host: self.host.clone(),
+                scope: format!("repository:{}", self.name.path()),
+                detail: if detail.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    detail
+                },
+            };
+        }
+        ClientError::status(method, url, status, &body)
+    }
+
+    /// Fetches a manifest by tag or digest, verifying its digest.
+    pub async fn get_manifest(&self, selector: &str) -> Result<crate::copy::Fetched, ClientError> {
+        let url = format!("{}/manifests/{selector}", self.base);
+        let resp = self
+            .send(
+                Operation::Pull,
+                &url,
+                |r| r.header(ACCEPT, MANIFEST_ACCEPT.join(", ")),
+                Method::GET,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(self.not_found(format!("manifest {selector}")));
+        }
+        if !resp.status().is_success() {
+            return Err(self.error_from("GET", &url, resp).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or(s).trim().to_owned());
+        let announced = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok());
+        if resp.content_length().is_some_and(|n| n > MANIFEST_LIMIT) {
+            return Err(ClientError::Protocol {
+                url,
+                reason: format!("manifest larger than {MANIFEST_LIMIT} bytes"),
+            });
+        }
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let expected = selector.parse::<Digest>().ok().or(announced);
+        let digest = match expected {
+            Some(e) => {
+                let actual = Digest::of(e.algorithm(), &bytes);
+                if actual != e {
+                    return Err(ClientError::ManifestDigest {
+                        url,
+                        expected: e,
+                        actual,
+                    });
+                }
+                e
+            }
+            None => Digest::sha256(&bytes),
+        };
+        let media_type =
+            detect_media_type(&bytes, content_type.as_deref(), &digest).map_err(|e| {
+                ClientError::Protocol {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(crate::copy::Fetched {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Uploads a manifest under `selector` (a tag or its digest). Returns the registry's digest.
+    pub async fn put_manifest(
+        &self,
+        selector: &str,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> Result<Digest, ClientError> {
+        let url = format!("{}/manifests/{selector}", self.base);
+        let resp = self
+            .send(
+                Operation::Push,
+                &url,
+                |r| r.header(CONTENT_TYPE, media_type).body(bytes.clone()),
+                Method::PUT,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from("PUT", &url, resp).await);
+        }
+        let ours = Digest::sha256(bytes);
+        match resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
+            Some(theirs) if theirs.algorithm() == ours.algorithm() && theirs != ours => {
+                Err(ClientError::ManifestDigest {
+                    url,
+                    expected: ours,
+                    actual: theirs,
+                })
+            }
+            _ => Ok(ours),
+        }
+    }
+
+    /// The size of a blob if the repository has it.
+    pub async fn blob_exists(
+        &self,
+        digest: &Digest,
+        op: Operation,
+    ) -> Result<Option<u64>, ClientError> {
+        let url = format!("{}/blobs/{digest}", self.base);
+        let resp = self.send(op, &url, |r| r, Method::HEAD).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.error_from("HEAD", &url, resp).await),
+        }
+    }
+
+    /// Opens a blob from `offset`. A connection that breaks is resumed with `Range` (up to five
+    /// times); the bytes are not verified here (wrap in [`crate::copy::verified`] or ingest).
+    pub async fn get_blob(&self, blob: &BlobRef, offset: u64) -> Result<BlobStream, ClientError> {
+        let first = self.open_blob_at(blob, offset).await?;
+        struct State {
+            repo: Repository,
+            blob: BlobRef,
+            pos: u64,
+            body: Option<(BlobStream, u64)>,
+            retries: u32,
+        }
+        let state = State {
+            repo: self.clone(),
+            blob: blob.clone(),
+            pos: offset,
+            body: Some(first),
+            retries: BLOB_RETRIES,
+        };
+        let s = stream::unfold(state, |mut st| async move {
+            loop {
+                if st.body.is_none() {
+                    if st.pos >= st.blob.size {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(
+                        200 * u64::from(BLOB_RETRIES - st.retries),
+                    ))
+                    .await;
+                    match st.repo.open_blob_at(&st.blob, st.pos).await {
+                        Ok(b) => st.body = Some(b),
+                        Err(e) if e.is_transient() && st.retries > 0 => {
+                            st.retries -= 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            st.pos = u64::MAX;
+                            return Some((Err(std::io::Error::other(e)), st));
+                        }
+                    }
+                }
+                let Some((body, skip)) = st.body.as_mut() else {
+                    continue;
+                };
+                match body.next().await {
+                    Some(Ok(mut chunk)) => {
+                        if *skip > 0 {
+                            // The server ignored Range: drop what we already have.
+                            let n = (*skip).min(chunk.len() as u64) as usize;
+                            *skip -= n as u64;
+                            chunk = chunk.slice(n..);
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                        }
+                        st.pos += chunk.len() as u64;
+                        return Some((Ok(chunk), st));
+                    }
+                    Some(Err(e)) if st.retries > 0 && st.pos < st.blob.size => {
+                        tracing::debug!(digest = %st.blob.digest, pos = st.pos, error = %e, "blob download broke; resuming");
+                        st.retries -= 1;
+                        st.body = None;
+                    }
+                    Some(Err(e)) => return Some((Err(e), st)),
+                    None if st.pos < st.blob.size && st.retries > 0 => {
+                        tracing::debug!(digest = %st.blob.digest, pos = st.pos, "blob download ended early; resuming");
+                        st.retries -= 1;
+                        st.body = None;
+                    }
+                    None => return None,
+                }
+            }
+        });
+        Ok(Box::pin(s))
+    }
+
+    /// Issues the GET for a blob at `offset`; returns the body and how many leading bytes to
+    /// drop (when the server answers 200 to a Range request).
+    async fn open_blob_at(
+        &self,
+        blob: &BlobRef,
+        offset: u64,
+    ) -> Result<(BlobStream, u64), ClientError> {
+        let url = format!("{}/blobs/{}", self.base, blob.digest);
+        let resp = self
+            .send(
+                Operation::Pull,
+                &url,
+                |r| {
+                    if offset > 0 {
+                        r.header(RANGE, format!("bytes={offset}-"))
+                    } else {
+                        r
+                    }
+                },
+                Method::GET,
+            )
+            .await?;
+        let skip = match resp.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => 0,
+            StatusCode::OK => offset,
+            StatusCode::NOT_FOUND => return Err(self.not_found(format!("blob {}", blob.digest))),
+            _ => return Err(self.error_from("GET", &url, resp).await),
+        };
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other));
+        Ok((Box::pin(body), skip))
+    }
+
+    fn upload_url(&self, location: &str, url: &str) -> Result<url::Url, ClientError> {
+        let base = url::Url::parse(url).map_err(|e| ClientError::Protocol {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        base.join(location).map_err(|e| ClientError::Protocol {
+            url: url.to_owned(),
+            reason: format!("bad upload location {location:?}: {e}"),
+        })
+    }
+
+    fn location(&self, url: &str, resp: &reqwest::Response) -> Result<url::Url, ClientError> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol {
+                url: url.to_owned(),
+                reason: "upload response without Location".into(),
+            })?;
+        self.upload_url(loc, url)
+    }
+
+    /// Starts an upload session, or mounts `digest` from `from` when given and possible.
+    async fn start_upload(
+        &self,
+        mount: Option<(&Digest, &RepoName)>,
+    ) -> Result<Result<url::Url, Uploaded>, ClientError> {
+        let mut url = format!("{}/blobs/uploads/", self.base);
+        if let Some((d, from)) = mount {
+            url.push_str(&format!("?mount={d}&from={}", from.path()));
+        }
+        let resp = self
+            .send(
+                Operation::Push,
+                &url,
+                |r| r.header(CONTENT_LENGTH, "0"),
+                Method::POST,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED if mount.is_some() => Ok(Err(Uploaded::Mounted)),
+            StatusCode::ACCEPTED => Ok(Ok(self.location(&url, &resp)?)),
+            _ => Err(self.error_from("POST", &url, resp).await),
+        }
+    }
+
+    /// Uploads a blob from `body` (which the caller verifies), mounting it from `mount_from` in
+    /// the same registry when it can. Monolithic unless the client is set to chunk.
+    pub async fn push_blob(
+        &self,
+        blob: &BlobRef,
+        body: BlobStream,
+        mount_from: Option<&RepoName>,
+    ) -> Result<Uploaded, ClientError> {
+        let session = match self
+            .start_upload(mount_from.map(|f| (&blob.digest, f)))
+            .await
+        {
+            Ok(s) => s,
+            // A refused mount (no pull access to the source) is retried as a plain upload.
+            Err(ClientError::Unauthorized { .. }) if mount_from.is_some() => {
+                self.start_upload(None).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let location = match session {
+            Err(done) => return Ok(done),
+            Ok(l) => l,
+        };
+        match self.client.inner.config.chunk_size {
+            Some(chunk) => self.push_chunked(blob, body, location, chunk).await,
+            None => self.push_monolithic(blob, body, location).await,
+        }
+    }
+
+    fn with_digest(mut location: url::Url, digest: &Digest) -> url::Url {
+        location
+            .query_pairs_mut()
+            .append_pair("digest", digest.as_str());
+        location
+    }
+
+    async fn push_monolithic(
+        &self,
+        blob: &BlobRef,
+        body: BlobStream,
+        location: url::Url,
+    ) -> Result<Uploaded, ClientError> {
+        let url = Self::with_digest(location, &blob.digest).to_string();
+        let body = std::sync::Mutex::new(Some(body));
+        let resp = self
+            .send(
+                Operation::Push,
+                &url,
+                |r| {
+                    let b = body.lock().ok().and_then(|mut g| g.take());
+                    let r = r
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, blob.size);
+                    match b {
+                        Some(b) => r.body(reqwest::Body::wrap_stream(b)),
+                        None => r.body(Bytes::new()),
+                    }
+                },
+                Method::PUT,
+            )
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(self.error_from("PUT", &url, resp).await);
+        }
+        Ok(Uploaded::Sent)
+    }
+
+    async fn push_chunked(
+        &self,
+        blob: &BlobRef,
+        mut body: BlobStream,
+        mut location: url::Url,
+        chunk_size: u64,
+    ) -> Result<Uploaded, ClientError> {
+        let mut sent: u64 = 0;
+        let mut buf = bytes::BytesMut::new();
+        let mut ended = false;
+        loop {
+            while !ended && (buf.len() as u64) < chunk_size {
+                match body.next().await {
+                    Some(Ok(c)) => buf.extend_from_slice(&c),
+                    Some(Err(e)) => {
+                        return Err(ClientError::Protocol {
+                            url: location.to_string(),
+                            reason: format!("reading {}: {e}", blob.digest),
+                        });
+                    }
+                    None => ended = true,
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min(chunk_size as usize);
+            let chunk = buf.split_to(take).freeze();
+            let end = sent + chunk.len() as u64 - 1;
+            let url = location.to_string();
+            let resp = self
+                .send(
+                    Operation::Push,
+                    &url,
+                    |r| {
+                        r.header(CONTENT_TYPE, "application/octet-stream")
+                            .header(CONTENT_RANGE, format!("{sent}-{end}"))
+                            .header(CONTENT_LENGTH, chunk.len())
+                            .body(chunk.clone())
+                    },
+                    Method::PATCH,
+                )
+                .await?;
+            if resp.status() != StatusCode::ACCEPTED && !resp.status().is_success() {
+                return Err(self.error_from("PATCH", &url, resp).await);
+            }
+            location = self.location(&url, &resp)?;
+            sent = end + 1;
+        }
+        let url = Self::with_digest(location, &blob.digest).to_string();
+        let resp = self
+            .send(
+                Operation::Push,
+                &url,
+                |r| r.header(CONTENT_LENGTH, "0"),
+                Method::PUT,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from("PUT", &url, resp).await);
+        }
+        Ok(Uploaded::Sent)
+    }
+
+    /// Every tag of the repository, following `Link` pagination.
+    pub async fn list_tags(&self) -> Result<Vec<String>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            tags: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut url = format!("{}/tags/list", self.base);
+        loop {
+            let resp = self.send(Operation::Pull, &url, |r| r, Method::GET).await?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Err(self.not_found("repository"));
+            }
+            if !resp.status().is_success() {
+                return Err(self.error_from("GET", &url, resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_owned()
+                });
+            let page: Tags = resp.json().await.map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+            out.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) if seen.insert(n.clone()) => url = self.upload_url(&n, &url)?.to_string(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,245 @@
+//! Command-line arguments (clap derive). Flags follow docker's where docker has the same thing.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// wharf: a daemonless image builder and OCI registry.
+#[derive(Debug, Parser)]
+#[command(name = "wharf", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The local store [default: /var/lib/wharf as root, else $XDG_DATA_HOME/wharf]
+    #[arg(long, global = true, env = "WHARF_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Directory of docker's config.json, for credentials [default: $DOCKER_CONFIG or ~/.docker]
+    #[arg(long = "config", global = true, value_name = "DIR")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Reach this registry over plain HTTP (localhost and 127.0.0.0/8 always are)
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        value_name = "HOST",
+        env = "WHARF_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// How progress is shown: auto picks tty on a terminal, plain otherwise
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Quiet,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(TagArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Remove one or more images
+    Rmi(RmiArgs),
+    /// Show the config and manifest of images as JSON
+    Inspect(InspectArgs),
+    /// Show the history of an image
+    History(HistoryArgs),
+    /// Save images to a tar archive (docker-archive and OCI layout in one)
+    Save(SaveArgs),
+    /// Load images from a tar archive (docker or OCI; plain, gzip or zstd) or an OCI layout directory
+    Load(LoadArgs),
+    /// Import a root filesystem tarball as a one-layer image
+    Import(ImportArgs),
+    /// Log in to a registry
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout(LogoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image to pull (NAME[:TAG|@DIGEST])
+    pub image: String,
+    /// Platform to pull from a multi-platform image (os/arch[/variant]) [default: the host's]
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Pull every platform of a multi-platform image, and the index
+    #[arg(short = 'a', long)]
+    pub all_platforms: bool,
+    /// Print only the image name
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Image to push (NAME[:TAG])
+    pub image: String,
+    /// Print only the pushed digest
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Upload blobs in chunks of this many bytes instead of one request each
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
+    /// Blobs uploaded at once
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Existing image (name or id)
+    pub source: String,
+    /// New name
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Only images of this repository (REPO[:TAG])
+    pub repository: Option<String>,
+    /// Show all images, also untagged ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only show image ids
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Show digests
+    #[arg(long)]
+    pub digests: bool,
+    /// Do not truncate ids
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Output format: table, or json (one JSON object per line)
+    #[arg(long, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Images (names or ids)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Remove an id referenced by several repositories, untagging all of them
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Images (names or ids)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Image (name or id)
+    pub image: String,
+    /// Do not truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only show layer ids
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format: table, or json (one JSON object per line)
+    #[arg(long, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images (names or ids)
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Write to this file (or, with --dir, this OCI layout directory) instead of stdout
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Write an OCI image layout directory instead of a tar
+    #[arg(long, requires = "output")]
+    pub dir: bool,
+    /// Save every platform of a multi-platform image
+    #[arg(long)]
+    pub all_platforms: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Read from this archive or OCI layout directory instead of stdin
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Suppress the load output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Load every platform of a multi-platform image
+    #[arg(long)]
+    pub all_platforms: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Root filesystem tarball (plain, gzip or zstd), or - for stdin
+    pub file: String,
+    /// Name for the image (NAME[:TAG])
+    pub name: Option<String>,
+    /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL)
+    #[arg(short, long = "change")]
+    pub changes: Vec<String>,
+    /// Commit message recorded in the history
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Platform recorded in the config (os/arch[/variant]) [default: the host's]
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Registry [default: Docker Hub]
+    pub server: Option<String>,
+    /// User name
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// Registry [default: Docker Hub]
+    pub server: Option<String>,
+}

@@ -1,0 +1,37 @@
+//! One module per command: arguments → options → one library call → render.
+
+mod history;
+mod images;
+mod import;
+mod inspect;
+mod load;
+mod login;
+mod pull;
+mod push;
+mod rmi;
+mod save;
+mod tag;
+mod util;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::context::Ctx;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx { global: cli.global };
+    match cli.command {
+        Command::Pull(a) => pull::run(&ctx, a).await,
+        Command::Push(a) => push::run(&ctx, a).await,
+        Command::Tag(a) => tag::run(&ctx, a).await,
+        Command::Images(a) => images::run(&ctx, a).await,
+        Command::Rmi(a) => rmi::run(&ctx, a).await,
+        Command::Inspect(a) => inspect::run(&ctx, a).await,
+        Command::History(a) => history::run(&ctx, a).await,
+        Command::Save(a) => save::run(&ctx, a).await,
+        Command::Load(a) => load::run(&ctx, a).await,
+        Command::Import(a) => import::run(&ctx, a).await,
+        Command::Login(a) => login::login(&ctx, a).await,
+        Command::Logout(a) => login::logout(&ctx, a).await,
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the `wharf` binary against the real tools it must interoperate with.
+//! Issue numbers in test names point at what they check (issue_2: moving images).
+#![allow(clippy::unwrap_used, clippy::print_stderr, clippy::print_stdout)]
+
+mod archive;
+mod fake;
+mod faults;
+mod layout;
+mod registry;
+mod store;
+mod support;

@@ -1,0 +1,453 @@
+//! Test support: the wharf binary against a private store, real peer tools started on loopback
+//! ports (the Distribution registry, dockerd), in-process hostile servers, and the busybox
+//! fixture. Under `CI=true` a missing tool is a failure, never a skip.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `tool` can run here. Under CI a missing tool fails the test; elsewhere the test is
+/// skipped with a message saying why.
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            !in_ci(),
+            "{tool} is required under CI=true but is not installed (run .ci/install-deps)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed (install it with .ci/install-deps)");
+    }
+    found
+}
+
+/// Whether this process is root (dockerd needs it). Fails under CI otherwise.
+pub fn have_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(!in_ci(), "this test needs root under CI=true");
+        eprintln!("SKIPPED: needs root");
+    }
+    root
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}
+
+/// A wharf invocation on a private store.
+pub struct Wharf {
+    pub root: PathBuf,
+    pub docker_config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.status, 0,
+            "wharf failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn fails(self) -> Run {
+        assert_ne!(
+            self.status, 0,
+            "wharf should have failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+fn run_output(out: Output) -> Run {
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Wharf {
+    pub fn new() -> Wharf {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let docker_config = dir.path().join("docker-config");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        Wharf {
+            root: dir.path().join("store"),
+            docker_config,
+            _dir: dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(WHARF);
+        c.env("WHARF_ROOT", &self.root)
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env_remove("WHARF_INSECURE_REGISTRIES")
+            .env_remove("RUST_LOG")
+            .arg("--progress")
+            .arg("plain");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running wharf");
+        run_output(out)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running wharf");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        run_output(out)
+    }
+
+    /// Loads the busybox fixture into this store as `busybox:latest`.
+    pub fn load_busybox(&self) {
+        let layout = busybox_layout();
+        self.run(&["load", "-q", "-i", layout.to_str().unwrap()])
+            .ok();
+    }
+
+    /// Every file under the store's blobs/ and ingest/ directories, sorted.
+    pub fn store_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["blobs/sha256", "blobs/sha512", "ingest"] {
+            if let Ok(rd) = std::fs::read_dir(self.root.join(sub)) {
+                for e in rd.flatten() {
+                    out.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn ingest_files(&self) -> Vec<String> {
+        self.store_files()
+            .into_iter()
+            .filter(|f| f.starts_with("ingest/"))
+            .collect()
+    }
+
+    pub fn inspect(&self, image: &str) -> serde_json::Value {
+        let r = self.run(&["inspect", image]).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("inspect prints JSON");
+        v[0].clone()
+    }
+}
+
+/// The busybox image built from Debian's busybox-static by fixtures/busybox/make.sh, saved as
+/// an OCI layout directory. Built once per test run.
+pub fn busybox_layout() -> PathBuf {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove_fixture() {
+        let _ = std::fs::remove_dir_all(fixture_base());
+    }
+    LAYOUT
+        .get_or_init(|| {
+            let base = fixture_base();
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(&base).unwrap();
+            // SAFETY: registers a plain function to run at process exit.
+            unsafe { libc::atexit(remove_fixture) };
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/busybox/make.sh");
+            let store = base.join("store");
+            let out = Command::new(&script)
+                .arg(&base)
+                .arg(WHARF)
+                .env("WHARF_ROOT", &store)
+                .output()
+                .expect("running fixtures/busybox/make.sh");
+            assert!(
+                out.status.success(),
+                "make.sh failed (is busybox-static installed?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let layout = base.join("layout");
+            let out = Command::new(WHARF)
+                .env("WHARF_ROOT", &store)
+                .args(["save", "--dir", "-o"])
+                .arg(&layout)
+                .arg("busybox:latest")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            layout
+        })
+        .clone()
+}
+
+fn fixture_base() -> PathBuf {
+    std::env::temp_dir().join(format!("wharf-test-busybox-{}", std::process::id()))
+}
+
+/// Whether the busybox fixture can be built here (busybox-static installed).
+pub fn have_busybox() -> bool {
+    let ok = Command::new("/bin/busybox")
+        .arg("--list-full")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        && !Command::new("ldd")
+            .arg("/bin/busybox")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(!in_ci(), "busybox-static is required under CI=true");
+        eprintln!("SKIPPED: busybox-static is not installed");
+    }
+    ok
+}
+
+/// A plain HTTP GET over a fresh connection: (status, headers, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head, buf[split + 4..].to_vec()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Debian's docker-registry (Distribution 2.8) on a free loopback port, data in a temp dir.
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Option<Registry> {
+        Self::start_with("")
+    }
+
+    /// Starts with extra YAML appended to the config (e.g. an `auth:` section).
+    pub fn start_with(extra: &str) -> Option<Registry> {
+        if !have("docker-registry") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let reg = Registry {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_until("docker-registry to listen", Duration::from_secs(20), || {
+            http_get(&reg.addr, "/v2/").is_some()
+        });
+        Some(reg)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's dockerd, started by hand on a private socket and data root.
+pub struct Dockerd {
+    pub sock: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    pub fn start() -> Option<Dockerd> {
+        if !have_root() || !have("dockerd") || !have("/usr/bin/docker") {
+            return None;
+        }
+        // Short paths: the socket path must fit in sockaddr_un.
+        let dir = std::env::temp_dir().join(format!("wd-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = format!("{}/d.sock", dir.display());
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{sock}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd");
+        let d = Dockerd { sock, child, dir };
+        wait_until("dockerd to answer", Duration::from_secs(60), || {
+            Command::new("/usr/bin/docker")
+                .args(["-H", &format!("unix://{}", d.sock), "version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        Some(d)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Run {
+        let out = Command::new("/usr/bin/docker")
+            .args(["-H", &format!("unix://{}", self.sock)])
+            .args(args)
+            .output()
+            .expect("running docker");
+        run_output(out)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("data"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn skopeo(args: &[&str]) -> Run {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("running skopeo");
+    run_output(out)
+}
+
+/// An axum app served on a loopback port from a background thread, for hostile-server tests.
+pub struct Server {
+    pub addr: SocketAddr,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub fn serve(app: axum::Router) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+    });
+    Server {
+        addr,
+        _shutdown: tx,
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
