@@ -1,6 +1,8 @@
 //! The only place a tracing subscriber is installed: stderr, `-v` = debug, `-vv` = trace,
 //! `RUST_LOG` overrides.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(verbose: u8) {
@@ -13,6 +15,7 @@ pub fn init(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(verbose > 0)
         .try_init();
 }

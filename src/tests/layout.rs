@@ -37,6 +37,18 @@ fn write_blob(dir: &Path, data: &[u8]) -> String {
 /// Writes an OCI layout at `dir` with one image tagged `tag`: the layers of the image in the
 /// `base` layout (if any) followed by `extra` uncompressed tar layers.
 pub fn write_layout(dir: &Path, base: Option<&Path>, extra: &[Vec<u8>], tag: &str) {
+    write_layout_with(dir, base, extra, tag, false);
+}
+
+/// Like [`write_layout`]; with `gzip`, the extra layers are stored gzip-wrapped (without
+/// compressing: the stored deflate mode), as `tar+gzip` layers.
+pub fn write_layout_with(
+    dir: &Path,
+    base: Option<&Path>,
+    extra: &[Vec<u8>],
+    tag: &str,
+    gzip: bool,
+) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     let (mut config, mut layers): (Value, Vec<Value>) = match base {
         Some(b) => {
@@ -65,17 +77,32 @@ pub fn write_layout(dir: &Path, base: Option<&Path>, extra: &[Vec<u8>], tag: &st
         ),
     };
     for (i, layer) in extra.iter().enumerate() {
-        let digest = write_blob(dir, layer);
+        let diff_id = format!("sha256:{}", sha256_hex(layer));
+        let (blob, media_type) = if gzip {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(layer.len() + 1024),
+                flate2::Compression::none(),
+            );
+            gz.write_all(layer).unwrap();
+            (
+                gz.finish().unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        } else {
+            (layer.clone(), "application/vnd.oci.image.layer.v1.tar")
+        };
+        let digest = write_blob(dir, &blob);
         config["rootfs"]["diff_ids"]
             .as_array_mut()
             .unwrap()
-            .push(json!(digest));
+            .push(json!(diff_id));
         if let Some(h) = config["history"].as_array_mut() {
             h.push(
                 json!({"created": "1970-01-01T00:00:00Z", "created_by": format!("test layer {i}")}),
             );
         }
-        layers.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": layer.len()}));
+        layers.push(json!({"mediaType": media_type, "digest": digest, "size": blob.len()}));
     }
     let config = config.to_string();
     let config_digest = write_blob(dir, config.as_bytes());

@@ -294,10 +294,15 @@ impl Registry {
 
     /// Starts with extra YAML appended to the config (e.g. an `auth:` section).
     pub fn start_with(extra: &str) -> Option<Registry> {
+        Self::start_in(&std::env::temp_dir(), extra)
+    }
+
+    /// Starts with its data in a fresh directory under `parent`.
+    pub fn start_in(parent: &Path, extra: &str) -> Option<Registry> {
         if !have("docker-registry") {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = format!(

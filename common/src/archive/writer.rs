@@ -18,7 +18,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::copy::{
-    BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, bytes_stream, verified,
+    BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, bytes_stream,
+    open_verified, verified,
 };
 use crate::digest::Digest;
 use crate::image::{BlobRef, Manifest, manifest_blobs};
@@ -414,7 +415,7 @@ impl Dest for ArchiveDest {
                 kind,
                 offset: 0,
             });
-            let stream = verified(src.blob(blob, 0).await?, blob);
+            let stream = open_verified(src, blob).await?;
             self.write_stream(blob, stream, reporter).await?;
             Ok(Transfer::Sent)
         })

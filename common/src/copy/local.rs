@@ -249,6 +249,13 @@ fn join_error(blob: &BlobRef, e: tokio::task::JoinError) -> CopyError {
 }
 
 impl Dest for LocalDest {
+    fn prepare<'a>(&'a self, blobs: &'a [BlobRef]) -> BoxFuture<'a, Result<(), CopyError>> {
+        Box::pin(async move {
+            let digests: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
+            Ok(self.lease.protect_all(&digests).await?)
+        })
+    }
+
     fn has_blob<'a>(&'a self, blob: &'a BlobRef) -> BoxFuture<'a, Result<Option<Skip>, CopyError>> {
         Box::pin(async move {
             self.lease.protect(&blob.digest).await?;
@@ -329,6 +336,7 @@ impl Dest for LocalDest {
     ) -> BoxFuture<'a, Result<(), CopyError>> {
         Box::pin(async move {
             self.put_manifest(&image.top).await?;
+            self.store.sync_blob_dirs().await?;
             let repo_digest = match source_repo {
                 Some(repo) if self.record_repo_digest => Some((repo, &image.source_digest)),
                 _ => None,

@@ -156,6 +156,11 @@ pub struct CopiedImage {
 
 /// Where images go.
 pub trait Dest: Send + Sync {
+    /// Called with every blob of a manifest before any is transferred (the local store leases
+    /// them all at once).
+    fn prepare<'a>(&'a self, _blobs: &'a [BlobRef]) -> BoxFuture<'a, Result<(), CopyError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Whether the destination already has the blob. Local stores also protect it from
     /// collection for the rest of the copy.
     fn has_blob<'a>(&'a self, blob: &'a BlobRef) -> BoxFuture<'a, Result<Option<Skip>, CopyError>>;
@@ -218,6 +223,18 @@ impl std::fmt::Display for Mismatch {
 }
 
 impl std::error::Error for Mismatch {}
+
+/// Opens `blob` in `src` for a destination that does not verify by itself: wrapped in
+/// [`verified`], unless the source holds it in a file it already verified (the local store
+/// verifies blobs as it writes them; hashing them again on every push would only cost CPU).
+pub async fn open_verified(src: &dyn Source, blob: &BlobRef) -> Result<BlobStream, CopyError> {
+    let stream = src.blob(blob, 0).await?;
+    Ok(if src.verified_path(blob).is_some() {
+        stream
+    } else {
+        verified(stream, blob)
+    })
+}
 
 /// Wraps a blob stream so it fails at its end unless the bytes match `blob`'s digest and size.
 pub fn verified(inner: BlobStream, blob: &BlobRef) -> BlobStream {
@@ -403,6 +420,8 @@ async fn copy_blobs(
             work.push((blob, kind));
         }
     }
+    let blobs: Vec<BlobRef> = work.iter().map(|(b, _)| b.clone()).collect();
+    dst.prepare(&blobs).await?;
     stream::iter(work.into_iter().map(Ok::<_, CopyError>))
         .try_for_each_concurrent(dst.concurrency().max(1), |(blob, kind)| async move {
             if let Some(why) = dst.has_blob(&blob).await? {

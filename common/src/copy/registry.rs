@@ -9,7 +9,7 @@ use crate::image::BlobRef;
 use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
 use crate::reference::{Reference, RepoName};
 
-use super::{BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, verified};
+use super::{BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, open_verified};
 
 /// Reads images from a registry repository.
 pub struct RegistrySource {
@@ -94,7 +94,8 @@ impl Dest for RegistryDest {
                 kind,
                 offset: 0,
             });
-            let inner = verified(src.blob(blob, 0).await?, blob);
+            // The registry verifies the digest when the upload completes (DIGEST_INVALID).
+            let inner = open_verified(src, blob).await?;
             let (tx, mut rx) = tokio::sync::watch::channel(0u64);
             let counted: BlobStream = Box::pin(inner.scan(0u64, move |done, chunk| {
                 if let Ok(c) = &chunk {

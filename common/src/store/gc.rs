@@ -67,6 +67,7 @@ impl LocalStore {
     /// Deletes unreachable, unleased blobs: all of them, or only those in `candidates`.
     pub async fn gc(&self, candidates: Option<Vec<Digest>>) -> Result<GcReport, StoreError> {
         self.clear_stale_leases().await?;
+        let _w = self.write_guard().await;
         let mut conn = self
             .db()
             .acquire()

@@ -1,5 +1,6 @@
 //! Leases: blobs an operation in progress relies on, spared by garbage collection.
 
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
@@ -11,6 +12,8 @@ use super::{LocalStore, StoreError};
 pub struct Lease {
     store: LocalStore,
     id: i64,
+    /// What this lease already protects, so repeated protection costs no write.
+    protected: std::sync::Mutex<HashSet<Digest>>,
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -34,6 +37,7 @@ impl LocalStore {
     pub async fn lease(&self) -> Result<Lease, StoreError> {
         let pid = std::process::id();
         let start = process_start(pid).unwrap_or(0);
+        let _w = self.write_guard().await;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO leases (pid, pid_start, created_at) VALUES (?, ?, ?) RETURNING id",
         )
@@ -46,6 +50,7 @@ impl LocalStore {
         Ok(Lease {
             store: self.clone(),
             id,
+            protected: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -61,6 +66,7 @@ impl LocalStore {
                 .and_then(process_start)
                 .is_some_and(|s| s == start);
             if !alive {
+                let _w = self.write_guard().await;
                 sqlx::query("DELETE FROM leases WHERE id = ?")
                     .bind(id)
                     .execute(self.db())
@@ -76,17 +82,45 @@ impl Lease {
     /// Protects `digest` for as long as the lease lives. Call before relying on the blob being
     /// present (and before writing it).
     pub async fn protect(&self, digest: &Digest) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO lease_blobs (lease, digest) VALUES (?, ?)")
-            .bind(self.id)
-            .bind(digest.as_str())
-            .execute(self.store.db())
+        self.protect_all(std::slice::from_ref(digest)).await
+    }
+
+    /// Protects several digests in one transaction.
+    pub async fn protect_all(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        let fresh: Vec<&Digest> = match self.protected.lock() {
+            Ok(set) => digests.iter().filter(|d| !set.contains(*d)).collect(),
+            Err(_) => digests.iter().collect(),
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let _w = self.store.write_guard().await;
+        let mut tx = self
+            .store
+            .db()
+            .begin()
             .await
             .map_err(StoreError::db("adding to a lease"))?;
+        for d in &fresh {
+            sqlx::query("INSERT OR IGNORE INTO lease_blobs (lease, digest) VALUES (?, ?)")
+                .bind(self.id)
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("adding to a lease"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("adding to a lease"))?;
+        if let Ok(mut set) = self.protected.lock() {
+            set.extend(fresh.into_iter().cloned());
+        }
         Ok(())
     }
 
     /// Ends the lease.
     pub async fn release(self) -> Result<(), StoreError> {
+        let _w = self.store.write_guard().await;
         sqlx::query("DELETE FROM leases WHERE id = ?")
             .bind(self.id)
             .execute(self.store.db())

@@ -59,6 +59,7 @@ impl LocalStore {
         names: &[Reference],
         repo_digest: Option<(&RepoName, &Digest)>,
     ) -> Result<(), StoreError> {
+        let _w = self.write_guard().await;
         let mut tx = self
             .db()
             .begin()
@@ -223,6 +224,7 @@ impl LocalStore {
     /// Removes a tag, returning the image it pointed at.
     pub async fn untag(&self, name: &Reference) -> Result<Option<Digest>, StoreError> {
         let name = name.tagged().to_string();
+        let _w = self.write_guard().await;
         let row: Option<String> =
             sqlx::query_scalar("DELETE FROM refs WHERE name = ? RETURNING image")
                 .bind(&name)
@@ -235,6 +237,7 @@ impl LocalStore {
     /// Removes a repo digest (`repo@digest`) from an image.
     pub async fn remove_repo_digest(&self, r: &Reference) -> Result<(), StoreError> {
         if let Some(d) = r.digest() {
+            let _w = self.write_guard().await;
             sqlx::query("DELETE FROM repo_digests WHERE repo = ? AND digest = ?")
                 .bind(r.repo().to_string())
                 .bind(d.as_str())
@@ -248,11 +251,14 @@ impl LocalStore {
     /// Forgets an image (its tags and repo digests with it) and collects the blobs only it used.
     pub async fn delete_image(&self, digest: &Digest) -> Result<super::GcReport, StoreError> {
         let blobs = self.reachable_from(std::slice::from_ref(digest)).await?;
-        sqlx::query("DELETE FROM images WHERE digest = ?")
-            .bind(digest.as_str())
-            .execute(self.db())
-            .await
-            .map_err(StoreError::db("deleting an image"))?;
+        {
+            let _w = self.write_guard().await;
+            sqlx::query("DELETE FROM images WHERE digest = ?")
+                .bind(digest.as_str())
+                .execute(self.db())
+                .await
+                .map_err(StoreError::db("deleting an image"))?;
+        }
         self.gc(Some(blobs.into_iter().collect())).await
     }
 }

@@ -121,6 +121,9 @@ pub struct LocalStore {
 struct Inner {
     root: PathBuf,
     db: SqlitePool,
+    /// Serialises this process's writes: concurrent writers on several pooled connections
+    /// would make SQLite answer BUSY and back off in milliseconds.
+    write: tokio::sync::Mutex<()>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -161,6 +164,7 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
                 db,
+                write: tokio::sync::Mutex::new(()),
             }),
         };
         store.clear_stale_leases().await?;
@@ -180,6 +184,27 @@ impl LocalStore {
 
     pub(crate) fn db(&self) -> &SqlitePool {
         &self.inner.db
+    }
+
+    /// Held while writing metadata (see `Inner::write`).
+    pub(crate) async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.write.lock().await
+    }
+
+    /// Makes blob renames durable: fsyncs the blob directories. Copies call it once before they
+    /// record an image, instead of once per blob.
+    pub async fn sync_blob_dirs(&self) -> Result<(), StoreError> {
+        let dirs = [
+            self.blob_dir(Algorithm::Sha256),
+            self.blob_dir(Algorithm::Sha512),
+        ];
+        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| ingest::sync_dir(d)))
+            .await
+            .map_err(|e| {
+                StoreError::io("syncing", self.blob_dir(Algorithm::Sha256))(std::io::Error::other(
+                    e,
+                ))
+            })?
     }
 
     /// Where a blob lives (whether or not it is present).
