@@ -125,3 +125,66 @@ pub fn write_layout_with(
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }
+
+/// Writes an OCI layout at `dir` whose index, tagged `tag`, holds the image of the `base`
+/// layout once per platform in `platforms` (`os/arch[/variant]`), each with its own config.
+pub fn write_index_layout(dir: &Path, base: &Path, platforms: &[&str], tag: &str) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(base.join("index.json")).unwrap()).unwrap();
+    let read = |d: &str| {
+        std::fs::read(
+            base.join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let manifest: Value =
+        serde_json::from_slice(&read(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config: Value =
+        serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        write_blob(dir, &read(l["digest"].as_str().unwrap()));
+    }
+    let mut entries = Vec::new();
+    for p in platforms {
+        let parts: Vec<&str> = p.split('/').collect();
+        let mut c = config.clone();
+        c["os"] = json!(parts[0]);
+        c["architecture"] = json!(parts[1]);
+        let mut platform = json!({"os": parts[0], "architecture": parts[1]});
+        if let Some(v) = parts.get(2) {
+            c["variant"] = json!(v);
+            platform["variant"] = json!(v);
+        }
+        let c = c.to_string();
+        let cd = write_blob(dir, c.as_bytes());
+        let mut m = manifest.clone();
+        m["config"]["digest"] = json!(cd);
+        m["config"]["size"] = json!(c.len());
+        let m = m.to_string();
+        let md = write_blob(dir, m.as_bytes());
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md, "size": m.len(), "platform": platform,
+        }));
+    }
+    let idx = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let idx_digest = write_blob(dir, idx.as_bytes());
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": idx_digest, "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    idx_digest
+}

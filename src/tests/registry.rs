@@ -276,3 +276,112 @@ fn issue_2_basic_auth_login_push_logout() {
     let denied = fresh.run(&["pull", &format!("{a}/private/bb:1")]).fails();
     assert!(denied.stderr.contains("unauthorized"), "{}", denied.stderr);
 }
+
+#[test]
+fn issue_2_multi_platform_index_one_platform_or_all() {
+    if !have("skopeo") || !have_busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    let a = &reg.addr;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("multi");
+    let index = crate::layout::write_index_layout(
+        &dir,
+        &busybox_layout(),
+        &["linux/amd64", "linux/arm64/v8", "linux/arm/v7"],
+        "1",
+    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", dir.display()),
+        &format!("docker://{a}/multi/bb:1"),
+    ])
+    .ok();
+    assert_eq!(
+        skopeo_digest(&format!("{a}/multi/bb:1")),
+        index,
+        "skopeo keeps the index as is"
+    );
+    let image = format!("{a}/multi/bb:1");
+
+    // Default: the host's platform, recorded under the index digest.
+    let host = Wharf::new();
+    let r = host.run(&["pull", &image]).ok();
+    assert!(
+        r.stderr.contains(&format!("Digest: {index}")),
+        "{}",
+        r.stderr
+    );
+    let v = host.inspect(&image);
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["RepoDigests"][0], format!("{a}/multi/bb@{index}"));
+    assert_eq!(
+        v["Descriptor"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+
+    // --platform picks another one; a missing one is named with what there is.
+    let arm = Wharf::new();
+    arm.run(&["pull", "--platform", "linux/arm64", &image]).ok();
+    assert_eq!(arm.inspect(&image)["Architecture"], "arm64");
+    let r = arm
+        .run(&["pull", "--platform", "linux/s390x", &image])
+        .fails();
+    assert!(
+        r.stderr.contains("linux/s390x") && r.stderr.contains("linux/arm/v7"),
+        "{}",
+        r.stderr
+    );
+
+    // --all-platforms keeps the index; save and push give it back byte for byte.
+    let all = Wharf::new();
+    all.run(&["pull", "--all-platforms", &image]).ok();
+    let v = all.inspect(&image);
+    assert_eq!(v["Descriptor"]["digest"], index.as_str());
+    assert_eq!(v["Architecture"], "amd64", "inspect shows the host's entry");
+    let archive = all.dir().join("all.tar");
+    all.run(&[
+        "save",
+        "--all-platforms",
+        "-o",
+        archive.to_str().unwrap(),
+        &image,
+    ])
+    .ok();
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", archive.display()),
+    ])
+    .ok();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(raw.stdout.as_bytes())),
+        index
+    );
+    all.run(&["tag", &image, &format!("{a}/copy/bb:1")]).ok();
+    all.run(&["push", &format!("{a}/copy/bb:1")]).ok();
+    assert_eq!(skopeo_digest(&format!("{a}/copy/bb:1")), index);
+    let loaded = Wharf::new();
+    loaded
+        .run(&["load", "--all-platforms", "-i", archive.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        loaded.inspect(&image)["Descriptor"]["digest"],
+        index.as_str()
+    );
+
+    // By digest: kept untagged, under its repository.
+    let by_digest = Wharf::new();
+    by_digest
+        .run(&["pull", &format!("{a}/multi/bb@{index}")])
+        .ok();
+    let listed = by_digest.run(&["images", "--digests"]).ok().stdout;
+    assert!(
+        listed.contains(&format!("{a}/multi/bb")) && listed.contains("<none>"),
+        "{listed}"
+    );
+    assert!(listed.contains(&index), "{listed}");
+}

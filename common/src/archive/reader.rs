@@ -371,6 +371,15 @@ impl StagedArchive {
                 };
                 found.push((top, names));
             }
+            // A multi-platform index has no line in manifest.json (docker's list names one
+            // config per image); take it from index.json so `load --all-platforms` sees it.
+            for (top, names) in &index_tops {
+                if media_type::is_index(&top.media_type)
+                    && !found.iter().any(|(f, _)| f.digest == top.digest)
+                {
+                    found.push((top.clone(), names.clone()));
+                }
+            }
         } else if self.read_small("index.json").is_some() {
             found = index_tops;
         } else {

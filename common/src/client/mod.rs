@@ -709,3 +709,34 @@ impl Repository {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_listed_registries_use_http() {
+        let listed = vec!["reg.internal:5000".to_owned(), "plain.example".to_owned()];
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "reg.internal:5000",
+            "plain.example:443",
+        ] {
+            assert!(is_insecure(host, &listed), "{host}");
+        }
+        for host in [
+            "docker.io",
+            "reg.internal:5001",
+            "localhost.example.com",
+            "128.0.0.1",
+        ] {
+            assert!(!is_insecure(host, &listed), "{host}");
+        }
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("quay.io"), "quay.io");
+    }
+}
