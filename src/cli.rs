@@ -21,8 +21,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WHARF_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Directory of docker's config.json, for credentials [default: $DOCKER_CONFIG or ~/.docker]
-    #[arg(long = "config", global = true, value_name = "DIR")]
+    /// Directory of docker's config.json, for credentials [default: $DOCKER_CONFIG or ~/.docker];
+    /// for `serve`, the registry's TOML config file
+    #[arg(long = "config", global = true, value_name = "PATH")]
     pub docker_config: Option<PathBuf>,
 
     /// Reach this registry over plain HTTP (localhost and 127.0.0.0/8 always are)
@@ -78,6 +79,33 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Run the registry server (OCI Distribution v1.1) [default: 0.0.0.0:5000, data in --root]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 0.0.0.0:5000]
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<std::net::SocketAddr>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Print the resolved configuration as TOML and exit
+    #[arg(long)]
+    pub show_config: bool,
+    /// Log lines as text or JSON
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.global.verbose);
+    let (serve, json) = match &cli.command {
+        cli::Command::Serve(a) => (true, a.log_format == cli::LogFormat::Json),
+        _ => (false, false),
+    };
+    logging::init(cli.global.verbose, serve, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

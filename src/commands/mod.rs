@@ -10,6 +10,7 @@ mod pull;
 mod push;
 mod rmi;
 mod save;
+mod serve;
 mod tag;
 mod util;
 
@@ -33,5 +34,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(&ctx, a).await,
         Command::Login(a) => login::login(&ctx, a).await,
         Command::Logout(a) => login::logout(&ctx, a).await,
+        Command::Serve(a) => serve::run(&ctx, a).await,
     }
 }

@@ -7,5 +7,6 @@ mod fake;
 mod faults;
 mod layout;
 mod registry;
+mod serve;
 mod store;
 mod support;

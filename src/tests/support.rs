@@ -87,7 +87,7 @@ impl Run {
     }
 }
 
-fn run_output(out: Output) -> Run {
+pub fn run_output(out: Output) -> Run {
     Run {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -455,4 +455,97 @@ pub fn serve(app: axum::Router) -> Server {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// `wharf serve` as a child process on a loopback port, its data in a private directory.
+pub struct WharfServe {
+    pub addr: String,
+    pub root: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WharfServe {
+    pub fn start() -> WharfServe {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("registry");
+        let log = dir.path().join("log");
+        let mut s = WharfServe {
+            addr: format!("127.0.0.1:{}", free_port()),
+            root,
+            child: None,
+            log,
+            _dir: dir,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(WHARF)
+            .args(["serve", "--addr", &self.addr, "--root"])
+            .arg(&self.root)
+            .env_remove("WHARF_ROOT")
+            .env("RUST_LOG", "warn,wharf_registry=info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting wharf serve");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        wait_until("wharf serve to listen", Duration::from_secs(20), || {
+            http_get(&addr, "/v2/").is_some()
+        });
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same root and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every file under blobs/, as (digest, file bytes).
+    pub fn blob_files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let base = self.root.join("blobs/sha256");
+        for prefix in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                out.push((format!("sha256:{name}"), std::fs::read(f.path()).unwrap()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for WharfServe {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -1,0 +1,122 @@
+//! Listings: `GET /v2/<name>/tags/list`, `GET /v2/_catalog` (both with `n`/`last` and a `Link`
+//! header to the next page) and `GET /v2/<name>/referrers/<digest>` (with `artifactType`).
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use wharf_common::media_type;
+
+use super::{ApiError, OciErrorCode, Req, header_value, parse_digest};
+use crate::metadata::Page;
+use crate::service::Registry;
+
+/// `n` and `last` from the query.
+fn paging(req: &Req) -> Result<(Option<u32>, Option<&str>), ApiError> {
+    let n = req
+        .query
+        .get("n")
+        .map(|n| {
+            n.parse::<u64>()
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .map_err(|_| {
+                    ApiError::new(
+                        OciErrorCode::Unsupported,
+                        format!("n={n:?} is not a number of entries"),
+                    )
+                    .with_status(axum::http::StatusCode::BAD_REQUEST)
+                })
+        })
+        .transpose()?;
+    let last = req
+        .query
+        .get("last")
+        .map(String::as_str)
+        .filter(|l| !l.is_empty());
+    Ok((n, last))
+}
+
+fn with_link(body: Value, page: &Page, path: &str, n: Option<u32>) -> Response {
+    let mut resp = (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if page.more
+        && let (Some(last), Some(n)) = (page.names.last(), n)
+    {
+        let link = format!("<{path}?n={n}&last={}>; rel=\"next\"", encode(last));
+        resp.headers_mut().insert(header::LINK, header_value(&link));
+    }
+    resp
+}
+
+/// Percent-encodes what a tag or repository name may hold that a query may not.
+fn encode(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+}
+
+pub async fn tags(reg: &Registry, repo: &str, req: &Req) -> Result<Response, ApiError> {
+    let (n, last) = paging(req)?;
+    let page = reg.tags(repo, n, last).await?;
+    let body = json!({"name": repo, "tags": page.names});
+    Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list"), n))
+}
+
+pub async fn catalog(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
+    let (n, last) = paging(req)?;
+    let page = reg.catalog(n, last).await?;
+    let body = json!({"repositories": page.names});
+    Ok(with_link(body, &page, "/v2/_catalog", n))
+}
+
+pub async fn referrers(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+    req: &Req,
+) -> Result<Response, ApiError> {
+    let subject = parse_digest(digest)?;
+    let filter = req
+        .query
+        .get("artifactType")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty());
+    let list = reg.referrers(repo, &subject, filter).await?;
+    let manifests: Vec<Value> = list
+        .into_iter()
+        .map(|r| {
+            let mut d = json!({
+                "mediaType": r.media_type,
+                "digest": r.digest.as_str(),
+                "size": r.size,
+            });
+            if let Some(t) = r.artifact_type {
+                d["artifactType"] = json!(t);
+            }
+            if let Some(a) = r
+                .annotations
+                .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+            {
+                d["annotations"] = a;
+            }
+            d
+        })
+        .collect();
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut resp = (
+        [(header::CONTENT_TYPE, media_type::OCI_INDEX)],
+        body.to_string(),
+    )
+        .into_response();
+    if filter.is_some() {
+        resp.headers_mut()
+            .insert("OCI-Filters-Applied", header_value("artifactType"));
+    }
+    Ok(resp)
+}

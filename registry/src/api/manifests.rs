@@ -1,0 +1,119 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use wharf_common::reference::Tag;
+
+use super::{ApiError, OciErrorCode, Req, header_value};
+use crate::service::{ManifestRef, Registry, ServiceError};
+
+fn reference(text: &str) -> Result<ManifestRef, ApiError> {
+    if text.contains(':') {
+        return text
+            .parse()
+            .map(ManifestRef::Digest)
+            .map_err(|e| ApiError::new(OciErrorCode::DigestInvalid, format!("{e}")));
+    }
+    if Tag::is_valid(text) {
+        Ok(ManifestRef::Tag(text.to_owned()))
+    } else {
+        Err(ApiError::new(
+            OciErrorCode::ManifestInvalid,
+            format!("invalid tag {text:?}: [A-Za-z0-9_] then up to 127 of [A-Za-z0-9_.-]"),
+        ))
+    }
+}
+
+pub async fn get(reg: &Registry, repo: &str, r: &str, head: bool) -> Result<Response, ApiError> {
+    let r = reference(r).map_err(|e| {
+        // A reference that cannot exist is simply not there.
+        if e.code() == OciErrorCode::ManifestInvalid {
+            ApiError::new(OciErrorCode::ManifestUnknown, "invalid tag")
+        } else {
+            e
+        }
+    })?;
+    let m = reg.manifest(repo, &r).await?;
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.content.clone())
+    };
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(&m.media_type));
+    h.insert(
+        header::CONTENT_LENGTH,
+        header_value(&m.content.len().to_string()),
+    );
+    h.insert("Docker-Content-Digest", header_value(m.digest.as_str()));
+    h.insert(header::ETAG, header_value(&format!("\"{}\"", m.digest)));
+    Ok(resp)
+}
+
+pub async fn put(
+    reg: &Registry,
+    repo: &str,
+    r: &str,
+    req: &Req,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = reference(r)?;
+    let limit = reg.config().limits.manifest_max_bytes;
+    let too_large = || {
+        ApiError::from(ServiceError::TooLarge {
+            what: "the manifest",
+            limit,
+        })
+    };
+    if let Some(len) = req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
+    let mut buf = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                OciErrorCode::ManifestInvalid,
+                format!("reading the manifest: {e}"),
+            )
+        })?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let body = bytes::Bytes::from(buf);
+    reg.metrics().bytes_in(body.len() as u64);
+    let (digest, subject) = reg
+        .put_manifest(repo, &r, content_type.as_deref(), body)
+        .await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/v2/{repo}/manifests/{digest}")),
+    );
+    h.insert("Docker-Content-Digest", header_value(digest.as_str()));
+    h.insert(header::CONTENT_LENGTH, header_value("0"));
+    if let Some(s) = subject {
+        h.insert("OCI-Subject", header_value(s.as_str()));
+    }
+    Ok(resp)
+}
+
+pub async fn delete(reg: &Registry, repo: &str, r: &str) -> Result<Response, ApiError> {
+    let r = reference(r)?;
+    reg.delete_manifest(repo, &r).await?;
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, header_value("0"));
+    Ok(resp)
+}

@@ -1,0 +1,340 @@
+//! HTTP: the routes of the OCI Distribution Spec v1.1 (and what docker, containerd, podman and
+//! skopeo expect of the Docker Registry HTTP API v2), `/healthz` and `/metrics`.
+//!
+//! Repository names contain slashes, so everything under `/v2/` goes to one handler that reads
+//! the path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, `…/tags/list`) before
+//! validating the name.
+
+mod blobs;
+pub mod error;
+mod lists;
+mod manifests;
+mod uploads;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::TryStreamExt;
+use tower_http::trace::TraceLayer;
+use wharf_common::digest::Digest;
+use wharf_common::reference::RepoName;
+
+use crate::service::Registry;
+use crate::storage::ByteStream;
+pub use error::{ApiError, OciErrorCode};
+
+/// The route a response came from, for metrics.
+#[derive(Clone, Copy, Debug)]
+struct RouteName(&'static str);
+
+/// The whole HTTP surface of the registry.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/v2/", get(base))
+        .route("/v2", get(base))
+        .route("/v2/{*path}", any(dispatch))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(registry.clone(), observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(
+                    |resp: &Response, latency: std::time::Duration, _: &tracing::Span| {
+                        tracing::debug!(status = resp.status().as_u16(), ?latency, "answered");
+                    },
+                ),
+        )
+        .with_state(registry)
+}
+
+/// Adds the API version header to every response and counts requests and bytes.
+async fn observe(State(reg): State<Registry>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let route = resp
+        .extensions()
+        .get::<RouteName>()
+        .map_or("other", |r| r.0);
+    if method != Method::HEAD
+        && let Some(n) = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        reg.metrics().bytes_out(n);
+    }
+    reg.metrics().request(
+        route,
+        method.as_str(),
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
+    resp
+}
+
+async fn base() -> Response {
+    named(
+        "base",
+        ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+    )
+}
+
+async fn healthz() -> Response {
+    named("healthz", "ok\n".into_response())
+}
+
+async fn metrics(State(reg): State<Registry>) -> Response {
+    named(
+        "metrics",
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            reg.metrics().render(),
+        )
+            .into_response(),
+    )
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ApiError::new(
+        OciErrorCode::Unsupported,
+        format!("no such endpoint: {}", uri.path()),
+    )
+    .with_status(StatusCode::NOT_FOUND)
+    .into_response()
+}
+
+fn named(route: &'static str, mut resp: Response) -> Response {
+    resp.extensions_mut().insert(RouteName(route));
+    resp
+}
+
+/// An endpoint under `/v2/`, read from the path's end.
+#[derive(Debug, PartialEq)]
+enum Route<'a> {
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    UploadStart(&'a str),
+    Upload(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+}
+
+impl Route<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Catalog => "catalog",
+            Route::Tags(_) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) | Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+        }
+    }
+
+    fn repo(&self) -> Option<&str> {
+        match self {
+            Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::UploadStart(n)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+}
+
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    if path == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    let (head, last) = path.rsplit_once('/')?;
+    if let Some(name) = head.strip_suffix("/blobs/uploads") {
+        return Some(if last.is_empty() {
+            Route::UploadStart(name)
+        } else {
+            Route::Upload(name, last)
+        });
+    }
+    if last.is_empty() {
+        return None;
+    }
+    if let Some(name) = head.strip_suffix("/manifests") {
+        return Some(Route::Manifest(name, last));
+    }
+    if let Some(name) = head.strip_suffix("/blobs") {
+        return Some(if last == "uploads" {
+            Route::UploadStart(name)
+        } else {
+            Route::Blob(name, last)
+        });
+    }
+    if let Some(name) = head.strip_suffix("/referrers") {
+        return Some(Route::Referrers(name, last));
+    }
+    None
+}
+
+/// What a handler gets: the parsed request.
+struct Req {
+    method: Method,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+}
+
+impl Req {
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A request body as the storage layer reads it.
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(
+        body.into_data_stream()
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    )
+}
+
+async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().strip_prefix("/v2/").unwrap_or("");
+    let Some(route) = parse_route(path) else {
+        return not_found(parts.uri.clone()).await;
+    };
+    let name = route.name();
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let req = Req {
+        method: parts.method,
+        headers: parts.headers,
+        query,
+    };
+    let result = handle(&reg, &route, req, body).await;
+    named(name, result.unwrap_or_else(IntoResponse::into_response))
+}
+
+async fn handle(
+    reg: &Registry,
+    route: &Route<'_>,
+    req: Req,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if let Some(repo) = route.repo()
+        && !RepoName::is_valid_path(repo)
+    {
+        return Err(ApiError::new(
+            OciErrorCode::NameInvalid,
+            format!(
+                "invalid repository name {repo:?}: lowercase components [a-z0-9] joined by . _ __ - or /, at most 255 characters"
+            ),
+        ));
+    }
+    let m = &req.method;
+    match *route {
+        Route::Catalog if m == Method::GET => lists::catalog(reg, &req).await,
+        Route::Tags(repo) if m == Method::GET => lists::tags(reg, repo, &req).await,
+        Route::Referrers(repo, d) if m == Method::GET => lists::referrers(reg, repo, d, &req).await,
+        Route::Manifest(repo, r) if m == Method::GET || m == Method::HEAD => {
+            manifests::get(reg, repo, r, m == Method::HEAD).await
+        }
+        Route::Manifest(repo, r) if m == Method::PUT => {
+            manifests::put(reg, repo, r, &req, body).await
+        }
+        Route::Manifest(repo, r) if m == Method::DELETE => manifests::delete(reg, repo, r).await,
+        Route::Blob(repo, d) if m == Method::GET || m == Method::HEAD => {
+            blobs::get(reg, repo, d, &req).await
+        }
+        Route::Blob(repo, d) if m == Method::DELETE => blobs::delete(reg, repo, d).await,
+        Route::UploadStart(repo) if m == Method::POST => {
+            uploads::start(reg, repo, &req, body).await
+        }
+        Route::Upload(repo, id) if m == Method::GET => uploads::status(reg, repo, id).await,
+        Route::Upload(repo, id) if m == Method::PATCH => {
+            uploads::patch(reg, repo, id, &req, body).await
+        }
+        Route::Upload(repo, id) if m == Method::PUT => {
+            uploads::put(reg, repo, id, &req, body).await
+        }
+        Route::Upload(repo, id) if m == Method::DELETE => uploads::cancel(reg, repo, id).await,
+        _ => Err(ApiError::new(
+            OciErrorCode::Unsupported,
+            format!("{} is not supported on this endpoint", req.method),
+        )),
+    }
+}
+
+/// Parses a digest from a URL or query, as `DIGEST_INVALID` when it is not one.
+fn parse_digest(text: &str) -> Result<Digest, ApiError> {
+    text.parse::<Digest>()
+        .map_err(|e| ApiError::new(OciErrorCode::DigestInvalid, e.to_string()))
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_read_from_the_end() {
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(parse_route("_catalog"), Some(Route::Catalog));
+        assert_eq!(parse_route("a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            parse_route("a/manifests/v1"),
+            Some(Route::Manifest("a", "v1"))
+        );
+        assert_eq!(
+            parse_route("blobs/manifests/blobs"),
+            Some(Route::Manifest("blobs", "blobs"))
+        );
+        assert_eq!(
+            parse_route(&format!("x/y/blobs/{d}")),
+            Some(Route::Blob("x/y", d))
+        );
+        assert_eq!(
+            parse_route("x/blobs/uploads/"),
+            Some(Route::UploadStart("x"))
+        );
+        assert_eq!(
+            parse_route("x/blobs/uploads"),
+            Some(Route::UploadStart("x"))
+        );
+        assert_eq!(
+            parse_route("x/blobs/uploads/abc"),
+            Some(Route::Upload("x", "abc"))
+        );
+        assert_eq!(
+            parse_route(&format!("x/referrers/{d}")),
+            Some(Route::Referrers("x", d))
+        );
+        assert_eq!(parse_route("x/manifests/"), None);
+        assert_eq!(parse_route("nothing"), None);
+        assert_eq!(parse_route("x/unknown/y"), None);
+    }
+}

@@ -1,0 +1,443 @@
+//! The registry's configuration: a versioned TOML file, `WHARF_<SECTION>_<KEY>` environment
+//! overrides, then command-line flags; each layer overrides the one before (CLI > env > file >
+//! defaults). `wharf serve --show-config` prints the result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Everything `wharf serve` can be told.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Format version of the file; only 1 exists.
+    pub version: u32,
+    /// Listening socket and TLS.
+    pub server: ServerConfig,
+    /// Where blobs and the metadata database live.
+    pub storage: StorageConfig,
+    /// Upload sessions.
+    pub uploads: UploadConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the server speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root directory: `blobs/`, `uploads/` and `registry.db` live here.
+    pub root: PathBuf,
+}
+
+/// `[uploads]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// An upload session untouched this long is removed, with its data.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// How often expired sessions are looked for.
+    #[serde(with = "duration")]
+    pub purge_interval: Duration,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest manifest accepted, in bytes (larger → 413).
+    pub manifest_max_bytes: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            version: CONFIG_VERSION,
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            uploads: UploadConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            tls_cert: None,
+            tls_key: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            root: default_root(),
+        }
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            max_age: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            manifest_max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `/var/lib/wharf/registry` as root, else `$XDG_DATA_HOME/wharf/registry`.
+pub fn default_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return PathBuf::from("/var/lib/wharf/registry");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("wharf/registry")
+}
+
+/// A configuration that cannot be used, naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        source: toml::de::Error,
+    },
+    /// An environment override does not fit its setting.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why it does not fit.
+        message: String,
+    },
+    /// A setting is out of range or inconsistent with another.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Command-line values; `None` leaves the setting alone.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--addr`
+    pub addr: Option<SocketAddr>,
+    /// `--root`
+    pub root: Option<PathBuf>,
+    /// `--tls-cert`
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`
+    pub tls_key: Option<PathBuf>,
+}
+
+impl RegistryConfig {
+    /// The defaults, then `file` (if any), then `WHARF_*` variables from `env`, then `cli`.
+    pub fn resolve(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &Overrides,
+    ) -> Result<RegistryConfig, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                source,
+            })?;
+        // Parse once as-is so file errors name the file, not the environment.
+        if file.is_some() {
+            RegistryConfig::deserialize(toml::Value::Table(table.clone())).map_err(|source| {
+                ConfigError::Parse {
+                    path: file.map(Path::to_owned).unwrap_or_default(),
+                    source,
+                }
+            })?;
+        }
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("WHARF_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS
+                .iter()
+                .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))
+            else {
+                continue;
+            };
+            let Some(kind) = setting_kind(section, key) else {
+                continue;
+            };
+            let value = match kind {
+                Kind::Int => toml::Value::Integer(value.parse().map_err(|_| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("{value:?} is not a whole number"),
+                })?),
+                Kind::Text => toml::Value::String(value),
+            };
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(key.to_owned(), value);
+            }
+        }
+        let mut config = RegistryConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(a) = cli.addr {
+            config.server.addr = a;
+        }
+        if let Some(r) = &cli.root {
+            config.storage.root.clone_from(r);
+        }
+        if cli.tls_cert.is_some() {
+            config.server.tls_cert.clone_from(&cli.tls_cert);
+        }
+        if cli.tls_key.is_some() {
+            config.server.tls_key.clone_from(&cli.tls_key);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration rooted at `root` with every other setting at its default.
+    pub fn with_root(root: &Path) -> RegistryConfig {
+        let mut c = RegistryConfig::default();
+        c.storage.root = root.to_owned();
+        c
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError::Invalid(format!(
+                "version = {} is not supported (this wharf reads version {CONFIG_VERSION})",
+                self.version
+            )));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "server.tls_cert and server.tls_key go together: set both or neither".into(),
+            ));
+        }
+        if self.limits.manifest_max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.manifest_max_bytes must be above 0".into(),
+            ));
+        }
+        if self.uploads.purge_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "uploads.purge_interval must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+const SECTIONS: [&str; 4] = ["server", "storage", "uploads", "limits"];
+
+enum Kind {
+    Int,
+    Text,
+}
+
+fn setting_kind(section: &str, key: &str) -> Option<Kind> {
+    match (section, key) {
+        ("limits", "manifest_max_bytes") => Some(Kind::Int),
+        ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout")
+        | ("storage", "root")
+        | ("uploads", "max_age" | "purge_interval") => Some(Kind::Text),
+        _ => None,
+    }
+}
+
+/// Durations written as `90s`, `15m`, `24h`, `7d` or a plain number of seconds.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let secs = d.as_secs();
+        let text = match secs {
+            s if s != 0 && s % 86400 == 0 => format!("{}d", s / 86400),
+            s if s != 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s != 0 && s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        };
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 7d"))?;
+        let mult = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn cli_beats_env_beats_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(
+            &file,
+            "version = 1\n[server]\naddr = \"127.0.0.1:6000\"\n[uploads]\nmax_age = \"2h\"\n[storage]\nroot = \"/from/file\"\n",
+        )
+        .unwrap();
+        let c = RegistryConfig::resolve(
+            Some(&file),
+            env(&[
+                ("WHARF_UPLOADS_MAX_AGE", "30m"),
+                ("WHARF_STORAGE_ROOT", "/from/env"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                root: Some("/from/cli".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.server.addr, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(c.uploads.max_age, Duration::from_secs(1800));
+        assert_eq!(c.storage.root, PathBuf::from("/from/cli"));
+        assert_eq!(c.limits.manifest_max_bytes, 4 << 20);
+        let shown = c.to_toml();
+        assert!(shown.contains("max_age = \"30m\""), "{shown}");
+        let again: RegistryConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(&file, "[server]\nadress = \"x\"\n").unwrap();
+        let e = RegistryConfig::resolve(Some(&file), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wharf.toml") && e.contains("adress"), "{e}");
+        let e = RegistryConfig::resolve(
+            None,
+            env(&[("WHARF_LIMITS_MANIFEST_MAX_BYTES", "lots")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("WHARF_LIMITS_MANIFEST_MAX_BYTES"), "{e}");
+        let e = RegistryConfig::resolve(
+            None,
+            env(&[("WHARF_UPLOADS_MAX_AGE", "3 weeks")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("3 weeks"), "{e}");
+        let e = RegistryConfig::resolve(
+            None,
+            env(&[]),
+            &Overrides {
+                tls_cert: Some("/c.pem".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_key"), "{e}");
+    }
+}

@@ -1,0 +1,218 @@
+//! Registry metadata: repositories, tags, manifests, blob links, upload sessions and referrers.
+//! The only module with SQL. [`Metadata`] is the interface the service uses; SQLite implements
+//! it ([`SqliteMetadata`]) and a PostgreSQL implementation will share the schema.
+
+mod sqlite;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use wharf_common::digest::Digest;
+
+pub use sqlite::SqliteMetadata;
+
+/// A metadata failure.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The database refused or failed.
+    #[error("metadata database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migrating the metadata database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not parse (a damaged database).
+    #[error("metadata database holds a bad value: {0}")]
+    Corrupt(String),
+}
+
+/// A stored manifest.
+#[derive(Clone, Debug)]
+pub struct ManifestRecord {
+    /// Its digest.
+    pub digest: Digest,
+    /// The media type it was pushed with.
+    pub media_type: String,
+    /// The exact bytes pushed.
+    pub content: Bytes,
+}
+
+/// A manifest to store, with what was learnt validating it.
+#[derive(Clone, Debug)]
+pub struct NewManifest {
+    /// Repository.
+    pub repo: String,
+    /// Digest of `content`.
+    pub digest: Digest,
+    /// Media type.
+    pub media_type: String,
+    /// Exact bytes.
+    pub content: Bytes,
+    /// `artifactType`, or the config's media type for an image manifest.
+    pub artifact_type: Option<String>,
+    /// The `subject` it refers to.
+    pub subject: Option<Digest>,
+    /// Its `annotations`, as JSON text.
+    pub annotations: Option<String>,
+    /// Blobs and manifests it references.
+    pub children: Vec<Digest>,
+    /// Tag to point at it.
+    pub tag: Option<String>,
+}
+
+/// One entry of a referrers list.
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    /// The referring manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size.
+    pub size: u64,
+    /// Its artifact type.
+    pub artifact_type: Option<String>,
+    /// Its annotations, as JSON text.
+    pub annotations: Option<String>,
+}
+
+/// An upload session.
+#[derive(Clone, Debug)]
+pub struct UploadRecord {
+    /// Session id.
+    pub id: String,
+    /// Repository it uploads into.
+    pub repo: String,
+}
+
+/// A page of a sorted name list.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// The names, sorted.
+    pub names: Vec<String>,
+    /// Whether more follow the last one.
+    pub more: bool,
+}
+
+/// What the service needs from a metadata database. Each method is one transaction.
+pub trait Metadata: Send + Sync + 'static {
+    /// Size of `digest` if it is linked into `repo`.
+    fn repo_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<u64>, MetadataError>>;
+
+    /// Size of `digest` if any repository links it.
+    fn any_blob<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<u64>, MetadataError>>;
+
+    /// Records the blob (if new) and links it into `repo` (creating the repository).
+    fn link_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), MetadataError>>;
+
+    /// Unlinks the blob from `repo`; whether it was linked.
+    fn unlink_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>>;
+
+    /// Those of `digests` that are neither blobs linked into `repo` nor manifests in it.
+    fn missing<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [Digest],
+    ) -> BoxFuture<'a, Result<Vec<Digest>, MetadataError>>;
+
+    /// Stores a manifest (kept as is when already there) and points its tag at it.
+    fn put_manifest<'a>(&'a self, m: &'a NewManifest) -> BoxFuture<'a, Result<(), MetadataError>>;
+
+    /// The manifest a tag points at.
+    fn manifest_by_tag<'a>(
+        &'a self,
+        repo: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManifestRecord>, MetadataError>>;
+
+    /// A manifest by digest.
+    fn manifest_by_digest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<ManifestRecord>, MetadataError>>;
+
+    /// Deletes a manifest and every tag on it; whether it existed.
+    fn delete_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>>;
+
+    /// Deletes a tag, leaving its manifest; whether it existed.
+    fn delete_tag<'a>(
+        &'a self,
+        repo: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>>;
+
+    /// Whether the repository exists.
+    fn repo_exists<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>>;
+
+    /// Up to `n` tags of `repo` after `last`, sorted.
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+        n: Option<u32>,
+        last: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, MetadataError>>;
+
+    /// Up to `n` repositories after `last`, sorted.
+    fn catalog<'a>(
+        &'a self,
+        n: Option<u32>,
+        last: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, MetadataError>>;
+
+    /// Manifests in `repo` whose subject is `subject`.
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        subject: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Referrer>, MetadataError>>;
+
+    /// Records a new upload session.
+    fn create_upload<'a>(
+        &'a self,
+        id: &'a str,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<(), MetadataError>>;
+
+    /// An upload session.
+    fn upload<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UploadRecord>, MetadataError>>;
+
+    /// Marks the session as used now (it expires counted from here).
+    fn touch_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), MetadataError>>;
+
+    /// Forgets a session; whether it existed.
+    fn delete_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>>;
+
+    /// Sessions untouched since `before` (seconds since the epoch).
+    fn expired_uploads(&self, before: u64) -> BoxFuture<'_, Result<Vec<String>, MetadataError>>;
+
+    /// How many sessions are open.
+    fn upload_count(&self) -> BoxFuture<'_, Result<u64, MetadataError>>;
+}
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,490 @@
+//! [`Metadata`] in an embedded SQLite database (`<root>/registry.db`, WAL). Writes go through one
+//! connection, so writers queue in the pool instead of retrying on `SQLITE_BUSY`; reads use a
+//! pool of their own. Commits are synchronous=FULL: what the server acknowledged survives a
+//! power cut, not only a crash.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use wharf_common::digest::Digest;
+
+use super::{
+    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, UploadRecord, now,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Most names one tag or catalog page returns when the client names no `n`.
+const DEFAULT_PAGE: u32 = 10_000;
+
+/// SQLite-backed metadata.
+#[derive(Clone, Debug)]
+pub struct SqliteMetadata {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteMetadata {
+    /// Opens (creating and migrating) the database at `path`.
+    pub async fn open(path: &Path) -> Result<SqliteMetadata, MetadataError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(60))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteMetadata { read, write })
+    }
+}
+
+fn digest(text: &str) -> Result<Digest, MetadataError> {
+    Digest::from_str(text).map_err(|e| MetadataError::Corrupt(e.to_string()))
+}
+
+fn size(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+async fn repo_id(tx: &mut Transaction<'_, Sqlite>, repo: &str) -> Result<i64, MetadataError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO repositories (name) VALUES (?1)
+         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+    )
+    .bind(repo)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+fn page(mut names: Vec<String>, n: u32) -> Page {
+    let more = names.len() > n as usize;
+    names.truncate(n as usize);
+    Page { names, more }
+}
+
+impl Metadata for SqliteMetadata {
+    fn repo_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<u64>, MetadataError>> {
+        Box::pin(async move {
+            let row: Option<i64> = sqlx::query_scalar(
+                "SELECT b.size FROM repo_blobs rb
+                 JOIN repositories r ON r.id = rb.repo_id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE r.name = ?1 AND rb.digest = ?2",
+            )
+            .bind(repo)
+            .bind(d.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+            Ok(row.map(size))
+        })
+    }
+
+    fn any_blob<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, MetadataError>> {
+        Box::pin(async move {
+            let row: Option<i64> = sqlx::query_scalar(
+                "SELECT b.size FROM blobs b WHERE b.digest = ?1
+                 AND EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)",
+            )
+            .bind(d.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+            Ok(row.map(size))
+        })
+    }
+
+    fn link_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+        sz: u64,
+    ) -> BoxFuture<'a, Result<(), MetadataError>> {
+        Box::pin(async move {
+            let mut tx = self.write.begin().await?;
+            let id = repo_id(&mut tx, repo).await?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(d.as_str())
+            .bind(i64::try_from(sz).unwrap_or(i64::MAX))
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?1, ?2)")
+                .bind(id)
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn unlink_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM repo_blobs WHERE digest = ?2
+                 AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+            )
+            .bind(repo)
+            .bind(d.as_str())
+            .execute(&self.write)
+            .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn missing<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [Digest],
+    ) -> BoxFuture<'a, Result<Vec<Digest>, MetadataError>> {
+        Box::pin(async move {
+            let mut conn = self.read.acquire().await?;
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?1")
+                .bind(repo)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(id) = id else {
+                return Ok(digests.to_vec());
+            };
+            let mut out = Vec::new();
+            for d in digests {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2
+                     UNION ALL SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2 LIMIT 1",
+                )
+                .bind(id)
+                .bind(d.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+                if found.is_none() {
+                    out.push(d.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_manifest<'a>(&'a self, m: &'a NewManifest) -> BoxFuture<'a, Result<(), MetadataError>> {
+        Box::pin(async move {
+            let mut tx = self.write.begin().await?;
+            let id = repo_id(&mut tx, &m.repo).await?;
+            let t = now();
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO manifests
+                 (repo_id, digest, media_type, content, artifact_type, subject, annotations, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(id)
+            .bind(m.digest.as_str())
+            .bind(&m.media_type)
+            .bind(m.content.as_ref())
+            .bind(m.artifact_type.as_deref())
+            .bind(m.subject.as_ref().map(Digest::as_str))
+            .bind(m.annotations.as_deref())
+            .bind(t)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if inserted {
+                for child in &m.children {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO manifest_refs (repo_id, manifest, child) VALUES (?1, ?2, ?3)",
+                    )
+                    .bind(id)
+                    .bind(m.digest.as_str())
+                    .bind(child.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            if let Some(tag) = &m.tag {
+                sqlx::query(
+                    "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest,
+                     updated_at = excluded.updated_at",
+                )
+                .bind(id)
+                .bind(tag)
+                .bind(m.digest.as_str())
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn manifest_by_tag<'a>(
+        &'a self,
+        repo: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ManifestRecord>, MetadataError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT m.digest, m.media_type, m.content FROM tags t
+                 JOIN repositories r ON r.id = t.repo_id
+                 JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
+                 WHERE r.name = ?1 AND t.name = ?2",
+            )
+            .bind(repo)
+            .bind(tag)
+            .fetch_optional(&self.read)
+            .await?;
+            row.map(|r| {
+                Ok(ManifestRecord {
+                    digest: digest(r.get::<&str, _>(0))?,
+                    media_type: r.get(1),
+                    content: Bytes::from(r.get::<Vec<u8>, _>(2)),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn manifest_by_digest<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<ManifestRecord>, MetadataError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT m.media_type, m.content FROM manifests m
+                 JOIN repositories r ON r.id = m.repo_id
+                 WHERE r.name = ?1 AND m.digest = ?2",
+            )
+            .bind(repo)
+            .bind(d.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+            Ok(row.map(|r| ManifestRecord {
+                digest: d.clone(),
+                media_type: r.get(0),
+                content: Bytes::from(r.get::<Vec<u8>, _>(1)),
+            }))
+        })
+    }
+
+    fn delete_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            // Tags and refs go with it (ON DELETE CASCADE).
+            let r = sqlx::query(
+                "DELETE FROM manifests WHERE digest = ?2
+                 AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+            )
+            .bind(repo)
+            .bind(d.as_str())
+            .execute(&self.write)
+            .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn delete_tag<'a>(
+        &'a self,
+        repo: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM tags WHERE name = ?2
+                 AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+            )
+            .bind(repo)
+            .bind(tag)
+            .execute(&self.write)
+            .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn repo_exists<'a>(&'a self, repo: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?1")
+                .bind(repo)
+                .fetch_optional(&self.read)
+                .await?;
+            Ok(id.is_some())
+        })
+    }
+
+    fn tags<'a>(
+        &'a self,
+        repo: &'a str,
+        n: Option<u32>,
+        last: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, MetadataError>> {
+        Box::pin(async move {
+            let n = n.unwrap_or(DEFAULT_PAGE);
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id
+                 WHERE r.name = ?1 AND t.name > ?2 ORDER BY t.name LIMIT ?3",
+            )
+            .bind(repo)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n) + 1)
+            .fetch_all(&self.read)
+            .await?;
+            Ok(page(names, n))
+        })
+    }
+
+    fn catalog<'a>(
+        &'a self,
+        n: Option<u32>,
+        last: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, MetadataError>> {
+        Box::pin(async move {
+            let n = n.unwrap_or(DEFAULT_PAGE);
+            // A repository shows once something was pushed into it and stays while it holds
+            // a manifest or a blob.
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT r.name FROM repositories r WHERE r.name > ?1
+                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)
+                      OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = r.id))
+                 ORDER BY r.name LIMIT ?2",
+            )
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(n) + 1)
+            .fetch_all(&self.read)
+            .await?;
+            Ok(page(names, n))
+        })
+    }
+
+    fn referrers<'a>(
+        &'a self,
+        repo: &'a str,
+        subject: &'a Digest,
+    ) -> BoxFuture<'a, Result<Vec<Referrer>, MetadataError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations
+                 FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                 WHERE r.name = ?1 AND m.subject = ?2 ORDER BY m.created_at, m.digest",
+            )
+            .bind(repo)
+            .bind(subject.as_str())
+            .fetch_all(&self.read)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(Referrer {
+                        digest: digest(r.get::<&str, _>(0))?,
+                        media_type: r.get(1),
+                        size: size(r.get(2)),
+                        artifact_type: r.get(3),
+                        annotations: r.get(4),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn create_upload<'a>(
+        &'a self,
+        id: &'a str,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<(), MetadataError>> {
+        Box::pin(async move {
+            let t = now();
+            sqlx::query(
+                "INSERT INTO uploads (id, repo, started_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+            )
+            .bind(id)
+            .bind(repo)
+            .bind(t)
+            .execute(&self.write)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn upload<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UploadRecord>, MetadataError>> {
+        Box::pin(async move {
+            let repo: Option<String> = sqlx::query_scalar("SELECT repo FROM uploads WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+            Ok(repo.map(|repo| UploadRecord {
+                id: id.to_owned(),
+                repo,
+            }))
+        })
+    }
+
+    fn touch_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), MetadataError>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE uploads SET updated_at = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(now())
+                .execute(&self.write)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            let r = sqlx::query("DELETE FROM uploads WHERE id = ?1")
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+            Ok(r.rows_affected() > 0)
+        })
+    }
+
+    fn expired_uploads(&self, before: u64) -> BoxFuture<'_, Result<Vec<String>, MetadataError>> {
+        Box::pin(async move {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM uploads WHERE updated_at < ?1")
+                    .bind(i64::try_from(before).unwrap_or(i64::MAX))
+                    .fetch_all(&self.read)
+                    .await?;
+            Ok(ids)
+        })
+    }
+
+    fn upload_count(&self) -> BoxFuture<'_, Result<u64, MetadataError>> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM uploads")
+                .fetch_one(&self.read)
+                .await?;
+            Ok(size(n))
+        })
+    }
+}

@@ -1,0 +1,685 @@
+//! The registry's behaviour, free of HTTP: upload sessions, blob links, manifest validation,
+//! tags, referrers and the expiry of abandoned uploads. The api module translates requests
+//! into calls here and [`ServiceError`]s into the spec's error envelope.
+
+mod cache;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wharf_common::digest::{Algorithm, Digest, Hasher};
+
+use crate::config::RegistryConfig;
+use crate::metadata::{
+    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, SqliteMetadata, now,
+};
+use crate::metrics::Metrics;
+use crate::storage::{BlobStorage, ByteStream, FsStorage, StorageError};
+use cache::ManifestCache;
+
+/// Why an operation failed; the api module maps each to an error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The blob is not in the repository.
+    #[error("blob {0} is not in this repository")]
+    BlobUnknown(Digest),
+    /// No manifest under that tag or digest.
+    #[error("manifest {0} is not in this repository")]
+    ManifestUnknown(String),
+    /// The repository does not exist.
+    #[error("repository {0} is not known")]
+    NameUnknown(String),
+    /// No such upload session (never was, finished, cancelled or expired).
+    #[error("upload {0} is not known (finished, cancelled or expired?)")]
+    UploadUnknown(String),
+    /// Content does not hash to the digest given.
+    #[error("content hashes to {actual}, not {expected}")]
+    DigestMismatch {
+        /// The digest the client named.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+    /// A digest the client sent does not parse.
+    #[error("{0}")]
+    BadDigest(String),
+    /// Content length differs from what the client declared.
+    #[error("received {actual} bytes, declared {declared}")]
+    SizeMismatch {
+        /// Declared length.
+        declared: u64,
+        /// Received length.
+        actual: u64,
+    },
+    /// A chunk does not start where the upload ends.
+    #[error("chunk starts at {start}, but the upload holds {offset} bytes")]
+    UploadOutOfOrder {
+        /// The upload's length.
+        offset: u64,
+        /// Where the chunk claimed to start.
+        start: u64,
+    },
+    /// The manifest is not acceptable.
+    #[error("{0}")]
+    ManifestInvalid(String),
+    /// The manifest references something the repository lacks.
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(Digest),
+    /// A body is over its limit.
+    #[error("{what} is over the limit of {limit} bytes")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// The client's body broke off; what arrived was kept.
+    #[error("the request body broke off: {0}")]
+    ClientGone(String),
+    /// Blob storage failed.
+    #[error(transparent)]
+    Storage(StorageError),
+    /// The metadata database failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> ServiceError {
+        match e {
+            StorageError::Body(e) => ServiceError::ClientGone(e.to_string()),
+            StorageError::UploadMissing(id) => ServiceError::UploadUnknown(id),
+            e => ServiceError::Storage(e),
+        }
+    }
+}
+
+/// What a blob request finds.
+pub enum BlobFound {
+    /// A blob in storage, of this size.
+    Stored(u64),
+    /// A manifest of the repository, asked for through the blobs endpoint.
+    Manifest(Bytes),
+}
+
+/// The result of a mount request.
+pub enum Mounted {
+    /// The blob is now linked into the repository.
+    Linked,
+    /// Not mountable; an upload session was opened instead.
+    Session(String),
+}
+
+/// A stored manifest as served.
+pub type Manifest = Arc<ManifestRecord>;
+
+/// Hash state of an upload session kept between its requests. Lost in a restart, then rebuilt
+/// from the data when the upload completes.
+struct SessionState {
+    hasher: Option<Hasher>,
+    len: u64,
+}
+
+/// The registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    meta: Arc<dyn Metadata>,
+    storage: Arc<dyn BlobStorage>,
+    config: RegistryConfig,
+    metrics: Arc<Metrics>,
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>,
+    cache: ManifestCache,
+}
+
+/// A manifest or tag reference from a URL.
+#[derive(Clone, Debug)]
+pub enum ManifestRef {
+    /// A tag.
+    Tag(String),
+    /// A digest.
+    Digest(Digest),
+}
+
+impl ManifestRef {
+    fn key(&self) -> &str {
+        match self {
+            ManifestRef::Tag(t) => t,
+            ManifestRef::Digest(d) => d.as_str(),
+        }
+    }
+}
+
+impl Registry {
+    /// Opens the embedded default: SQLite metadata and filesystem blobs under the configured root.
+    pub async fn open(config: RegistryConfig) -> Result<Registry, ServiceError> {
+        let root = config.storage.root.clone();
+        std::fs::create_dir_all(&root).map_err(|source| {
+            ServiceError::Storage(StorageError::Io {
+                what: "creating",
+                path: root.clone(),
+                source,
+            })
+        })?;
+        let storage = FsStorage::open(&root)?;
+        let meta = SqliteMetadata::open(&root.join("registry.db")).await?;
+        Registry::with_parts(config, Arc::new(meta), Arc::new(storage)).await
+    }
+
+    /// A registry over the given metadata and storage.
+    pub async fn with_parts(
+        config: RegistryConfig,
+        meta: Arc<dyn Metadata>,
+        storage: Arc<dyn BlobStorage>,
+    ) -> Result<Registry, ServiceError> {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_uploads_open(meta.upload_count().await?);
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                meta,
+                storage,
+                config,
+                metrics,
+                sessions: Mutex::new(HashMap::new()),
+                cache: ManifestCache::default(),
+            }),
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.config.storage.root
+    }
+
+    // ---- blobs ----
+
+    /// Finds a blob (or a manifest by digest) in `repo`.
+    pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<BlobFound, ServiceError> {
+        if let Some(size) = self.inner.meta.repo_blob(repo, digest).await? {
+            return Ok(BlobFound::Stored(size));
+        }
+        match self.inner.meta.manifest_by_digest(repo, digest).await? {
+            Some(m) => Ok(BlobFound::Manifest(m.content)),
+            None => Err(ServiceError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Streams `len` bytes of a stored blob from `offset`.
+    pub async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, ServiceError> {
+        Ok(self.inner.storage.read(digest, offset, len).await?)
+    }
+
+    /// Unlinks a blob from `repo`.
+    pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), ServiceError> {
+        if self.inner.meta.unlink_blob(repo, digest).await? {
+            tracing::info!(repo, %digest, "blob unlinked");
+            Ok(())
+        } else {
+            Err(ServiceError::BlobUnknown(digest.clone()))
+        }
+    }
+
+    // ---- uploads ----
+
+    /// Opens an upload session in `repo`.
+    pub async fn start_upload(&self, repo: &str) -> Result<String, ServiceError> {
+        let id = new_id();
+        self.inner.storage.create_upload(&id).await?;
+        if let Err(e) = self.inner.meta.create_upload(&id, repo).await {
+            let _ = self.inner.storage.remove_upload(&id).await;
+            return Err(e.into());
+        }
+        self.lock_sessions().insert(
+            id.clone(),
+            Arc::new(tokio::sync::Mutex::new(SessionState {
+                hasher: Some(Algorithm::Sha256.hasher()),
+                len: 0,
+            })),
+        );
+        self.inner.metrics.upload_started();
+        Ok(id)
+    }
+
+    /// Links `digest` into `repo` from `from` (or from anywhere when `from` is `None`), or opens
+    /// a session when it cannot.
+    pub async fn mount(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: Option<&str>,
+    ) -> Result<Mounted, ServiceError> {
+        let size = match from {
+            Some(from) => self.inner.meta.repo_blob(from, digest).await?,
+            None => self.inner.meta.any_blob(digest).await?,
+        };
+        if let Some(size) = size
+            && self.inner.storage.stat(digest).await?.is_some()
+        {
+            self.inner.meta.link_blob(repo, digest, size).await?;
+            return Ok(Mounted::Linked);
+        }
+        Ok(Mounted::Session(self.start_upload(repo).await?))
+    }
+
+    /// Stores a whole blob sent in one request, verifying `digest`.
+    pub async fn put_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        body: ByteStream,
+        declared: Option<u64>,
+    ) -> Result<u64, ServiceError> {
+        let id = format!("mono-{}", new_id());
+        let storage = &self.inner.storage;
+        storage.create_upload(&id).await?;
+        let mut hasher = digest.algorithm().hasher();
+        let result = storage
+            .append(&id, body, &mut |b: &[u8]| hasher.update(b))
+            .await;
+        self.inner
+            .metrics
+            .bytes_in(result.as_ref().map_or(0, |a| a.received));
+        let checked = match result {
+            Ok(a) => check_content(digest, hasher.finish(), a.len, declared).map(|()| a.len),
+            Err(e) => Err(e.into()),
+        };
+        let size = match checked {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = storage.remove_upload(&id).await;
+                return Err(e);
+            }
+        };
+        storage.commit(&id, digest).await?;
+        self.inner.meta.link_blob(repo, digest, size).await?;
+        tracing::debug!(repo, %digest, size, "blob stored");
+        Ok(size)
+    }
+
+    async fn session(
+        &self,
+        repo: &str,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<SessionState>>, ServiceError> {
+        match self.inner.meta.upload(id).await? {
+            Some(u) if u.repo == repo => {}
+            _ => return Err(ServiceError::UploadUnknown(id.to_owned())),
+        }
+        let mut sessions = self.lock_sessions();
+        Ok(sessions
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(SessionState {
+                    hasher: None,
+                    len: u64::MAX,
+                }))
+            })
+            .clone())
+    }
+
+    fn lock_sessions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many bytes an upload holds.
+    pub async fn upload_status(&self, repo: &str, id: &str) -> Result<u64, ServiceError> {
+        let state = self.session(repo, id).await?;
+        let _guard = state.lock().await;
+        self.inner
+            .storage
+            .upload_len(id)
+            .await?
+            .ok_or_else(|| ServiceError::UploadUnknown(id.to_owned()))
+    }
+
+    /// Appends a chunk. `start`, from `Content-Range`, must equal the upload's length.
+    pub async fn append(
+        &self,
+        repo: &str,
+        id: &str,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        let state = self.session(repo, id).await?;
+        let mut st = state.lock().await;
+        self.append_locked(id, &mut st, start, body).await
+    }
+
+    async fn append_locked(
+        &self,
+        id: &str,
+        st: &mut SessionState,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        let len = self
+            .inner
+            .storage
+            .upload_len(id)
+            .await?
+            .ok_or_else(|| ServiceError::UploadUnknown(id.to_owned()))?;
+        if st.len != len {
+            // Restarted, or an earlier chunk broke off: the hash state no longer matches.
+            st.hasher = None;
+            st.len = len;
+        }
+        if let Some(start) = start
+            && start != len
+        {
+            return Err(ServiceError::UploadOutOfOrder { offset: len, start });
+        }
+        let mut hasher = st.hasher.take();
+        let result = self
+            .inner
+            .storage
+            .append(id, body, &mut |b: &[u8]| {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(b);
+                }
+            })
+            .await;
+        match result {
+            Ok(a) => {
+                self.inner.metrics.bytes_in(a.received);
+                st.hasher = hasher;
+                st.len = a.len;
+                self.inner.meta.touch_upload(id).await?;
+                Ok(a.len)
+            }
+            Err(e) => {
+                st.len = u64::MAX;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Completes an upload with an optional last chunk, verifying `digest`. On a mismatch the
+    /// session and its data are removed and nothing is stored.
+    pub async fn finish_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, ServiceError> {
+        let state = self.session(repo, id).await?;
+        let mut st = state.lock().await;
+        let len = self.append_locked(id, &mut st, start, body).await?;
+        let actual = match st.hasher.take() {
+            Some(h) if digest.algorithm() == Algorithm::Sha256 => h.finish(),
+            _ => {
+                let mut h = digest.algorithm().hasher();
+                self.inner
+                    .storage
+                    .replay(id, &mut |b: &[u8]| h.update(b))
+                    .await?;
+                h.finish()
+            }
+        };
+        if let Err(e) = check_content(digest, actual, len, None) {
+            drop(st);
+            self.end_session(id, false).await?;
+            return Err(e);
+        }
+        self.inner.storage.commit(id, digest).await?;
+        self.inner.meta.link_blob(repo, digest, len).await?;
+        drop(st);
+        self.end_session(id, true).await?;
+        tracing::debug!(repo, %digest, size = len, "upload completed");
+        Ok(len)
+    }
+
+    /// Cancels an upload, removing its data.
+    pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), ServiceError> {
+        let state = self.session(repo, id).await?;
+        let _guard = state.lock().await;
+        self.end_session(id, false).await
+    }
+
+    async fn end_session(&self, id: &str, completed: bool) -> Result<(), ServiceError> {
+        self.lock_sessions().remove(id);
+        let existed = self.inner.meta.delete_upload(id).await?;
+        if !completed {
+            self.inner.storage.remove_upload(id).await?;
+        }
+        if existed {
+            self.inner.metrics.upload_ended(completed);
+        }
+        Ok(())
+    }
+
+    /// Removes upload sessions (and stray upload data) untouched for longer than
+    /// `uploads.max_age`. Returns how many were removed.
+    pub async fn purge_expired_uploads(&self) -> Result<usize, ServiceError> {
+        let max_age = self.inner.config.uploads.max_age.as_secs();
+        let before = u64::try_from(now()).unwrap_or(0).saturating_sub(max_age);
+        let mut ids = self.inner.meta.expired_uploads(before).await?;
+        ids.extend(self.inner.storage.stale_uploads(before).await?);
+        ids.sort();
+        ids.dedup();
+        for id in &ids {
+            let state = self.lock_sessions().get(id).cloned();
+            let _guard = match &state {
+                Some(s) => Some(s.lock().await),
+                None => None,
+            };
+            self.end_session(id, false).await?;
+            tracing::info!(upload = %id, "expired upload removed");
+        }
+        Ok(ids.len())
+    }
+
+    /// Runs [`Registry::purge_expired_uploads`] every `uploads.purge_interval`, forever.
+    pub async fn purge_loop(self) {
+        let every = self.inner.config.uploads.purge_interval;
+        loop {
+            if let Err(e) = self.purge_expired_uploads().await {
+                tracing::error!(error = %e, "removing expired uploads");
+            }
+            tokio::time::sleep(every.max(Duration::from_secs(1))).await;
+        }
+    }
+
+    // ---- manifests ----
+
+    /// Validates and stores a manifest; returns its digest and subject.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &ManifestRef,
+        content_type: Option<&str>,
+        content: Bytes,
+    ) -> Result<(Digest, Option<Digest>), ServiceError> {
+        let limit = self.inner.config.limits.manifest_max_bytes;
+        if content.len() as u64 > limit {
+            return Err(ServiceError::TooLarge {
+                what: "the manifest",
+                limit,
+            });
+        }
+        let parsed =
+            manifest::parse(&content, content_type).map_err(ServiceError::ManifestInvalid)?;
+        let (digest, tag) = match reference {
+            ManifestRef::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &content);
+                if &actual != d {
+                    return Err(ServiceError::DigestMismatch {
+                        expected: d.clone(),
+                        actual,
+                    });
+                }
+                (actual, None)
+            }
+            ManifestRef::Tag(t) => (Digest::sha256(&content), Some(t.clone())),
+        };
+        let mut wanted = parsed.blobs.clone();
+        wanted.extend(parsed.manifests.iter().cloned());
+        wanted.sort();
+        wanted.dedup();
+        if let Some(missing) = self
+            .inner
+            .meta
+            .missing(repo, &wanted)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Err(ServiceError::ManifestBlobUnknown(missing));
+        }
+        let record = NewManifest {
+            repo: repo.to_owned(),
+            digest: digest.clone(),
+            media_type: parsed.media_type,
+            content,
+            artifact_type: parsed.artifact_type,
+            subject: parsed.subject.clone(),
+            annotations: parsed.annotations,
+            children: wanted,
+            tag,
+        };
+        self.inner.meta.put_manifest(&record).await?;
+        self.inner.cache.invalidate(repo);
+        tracing::info!(repo, reference = reference.key(), %digest, "manifest stored");
+        Ok((digest, parsed.subject))
+    }
+
+    /// A manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &ManifestRef,
+    ) -> Result<Manifest, ServiceError> {
+        if let Some(m) = self.inner.cache.get(repo, reference.key()) {
+            return Ok(m);
+        }
+        let generation = self.inner.cache.generation(repo);
+        let found = match reference {
+            ManifestRef::Tag(t) => self.inner.meta.manifest_by_tag(repo, t).await?,
+            ManifestRef::Digest(d) => self.inner.meta.manifest_by_digest(repo, d).await?,
+        };
+        let m = Arc::new(
+            found.ok_or_else(|| ServiceError::ManifestUnknown(reference.key().to_owned()))?,
+        );
+        self.inner
+            .cache
+            .insert(repo, reference.key(), generation, m.clone());
+        Ok(m)
+    }
+
+    /// Deletes a manifest (by digest, with its tags) or a tag (by tag, the manifest stays).
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        reference: &ManifestRef,
+    ) -> Result<(), ServiceError> {
+        let existed = match reference {
+            ManifestRef::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
+            ManifestRef::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
+        };
+        self.inner.cache.invalidate(repo);
+        if existed {
+            tracing::info!(repo, reference = reference.key(), "manifest deleted");
+            Ok(())
+        } else {
+            Err(ServiceError::ManifestUnknown(reference.key().to_owned()))
+        }
+    }
+
+    /// A page of `repo`'s tags.
+    pub async fn tags(
+        &self,
+        repo: &str,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Page, ServiceError> {
+        if !self.inner.meta.repo_exists(repo).await? {
+            return Err(ServiceError::NameUnknown(repo.to_owned()));
+        }
+        Ok(self.inner.meta.tags(repo, n, last).await?)
+    }
+
+    /// A page of repository names.
+    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page, ServiceError> {
+        Ok(self.inner.meta.catalog(n, last).await?)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, ServiceError> {
+        let mut all = self.inner.meta.referrers(repo, subject).await?;
+        if let Some(t) = artifact_type {
+            all.retain(|r| r.artifact_type.as_deref() == Some(t));
+        }
+        Ok(all)
+    }
+}
+
+/// Compares content against what the client claimed.
+fn check_content(
+    expected: &Digest,
+    actual: Digest,
+    len: u64,
+    declared: Option<u64>,
+) -> Result<(), ServiceError> {
+    if let Some(declared) = declared
+        && declared != len
+    {
+        return Err(ServiceError::SizeMismatch {
+            declared,
+            actual: len,
+        });
+    }
+    if &actual != expected {
+        return Err(ServiceError::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// A random upload id in UUID form.
+fn new_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}

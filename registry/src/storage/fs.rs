@@ -1,0 +1,373 @@
+//! Blobs on a local filesystem:
+//!
+//! ```text
+//! <root>/blobs/<alg>/<hex[..2]>/<hex>   committed blobs, read-only once renamed in
+//! <root>/uploads/<id>                   upload data, appended to; renamed into blobs/ on commit
+//! ```
+//!
+//! Uploads and blobs share one filesystem, so a commit is fsync → rename → fsync(dir).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use wharf_common::digest::Digest;
+
+use super::{Appended, BlobStorage, ByteStream, StorageError};
+
+/// Write-behind granularity: dirty pages are handed to the disk every this many bytes, so the
+/// fsync at commit has little left to do.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+/// Read size when serving a blob.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Filesystem blob storage under one root.
+#[derive(Clone, Debug)]
+pub struct FsStorage {
+    blobs: PathBuf,
+    uploads: PathBuf,
+}
+
+impl FsStorage {
+    /// Opens (creating) the storage directories under `root`.
+    pub fn open(root: &Path) -> Result<FsStorage, StorageError> {
+        let blobs = root.join("blobs");
+        let uploads = root.join("uploads");
+        for d in [&blobs, &uploads] {
+            std::fs::create_dir_all(d).map_err(StorageError::io("creating", d))?;
+        }
+        Ok(FsStorage { blobs, uploads })
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.blobs
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        self.uploads.join(id)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StorageError::Io {
+            what: "running blocking IO",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io("syncing directory", dir))
+}
+
+/// Starts writeback of `len` bytes at `from` without waiting for it.
+fn start_writeback(file: &File, from: u64, len: u64) {
+    // SAFETY: the fd is valid for the call; sync_file_range only schedules IO and touches no
+    // memory of ours. Failure only leaves more for the final fsync.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+impl BlobStorage for FsStorage {
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        Box::pin(async move {
+            let path = self.blob_path(digest);
+            match tokio::fs::metadata(&path).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StorageError::io("reading metadata of", path)(e)),
+            }
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<ByteStream, StorageError>> {
+        Box::pin(async move {
+            let path = self.blob_path(digest);
+            let mut file = blocking({
+                let path = path.clone();
+                move || {
+                    let mut f = File::open(&path).map_err(StorageError::io("opening", &path))?;
+                    f.seek(SeekFrom::Start(offset))
+                        .map_err(StorageError::io("seeking in", &path))?;
+                    Ok(f)
+                }
+            })
+            .await?;
+            // One blocking reader per response, a few chunks ahead of the socket.
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+            tokio::task::spawn_blocking(move || {
+                let mut left = len;
+                while left > 0 {
+                    let want = usize::try_from(left.min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                    let mut buf = BytesMut::zeroed(want);
+                    let r = match file.read(&mut buf) {
+                        Ok(0) => Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("{} ended early", path.display()),
+                        )),
+                        Ok(n) => {
+                            buf.truncate(n);
+                            left -= n as u64;
+                            Ok(buf.freeze())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let failed = r.is_err();
+                    if tx.blocking_send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            Ok(tokio_stream(rx))
+        })
+    }
+
+    fn create_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        let path = self.upload_path(id);
+        Box::pin(blocking(move || {
+            File::create(&path)
+                .map(drop)
+                .map_err(StorageError::io("creating", &path))
+        }))
+    }
+
+    fn upload_len<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
+        let path = self.upload_path(id);
+        Box::pin(async move {
+            match tokio::fs::metadata(&path).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StorageError::io("reading metadata of", path)(e)),
+            }
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        id: &'a str,
+        mut body: ByteStream,
+        on_bytes: &'a mut (dyn FnMut(&[u8]) + Send),
+    ) -> BoxFuture<'a, Result<Appended, StorageError>> {
+        let path = self.upload_path(id);
+        Box::pin(async move {
+            let file = blocking({
+                let path = path.clone();
+                let id = id.to_owned();
+                move || match OpenOptions::new().append(true).open(&path) {
+                    Ok(f) => Ok(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Err(StorageError::UploadMissing(id))
+                    }
+                    Err(e) => Err(StorageError::io("opening", &path)(e)),
+                }
+            })
+            .await?;
+            // Hashing happens here, writing on a blocking thread: the two overlap.
+            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            let writer = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || -> Result<u64, StorageError> {
+                    let mut file = file;
+                    let start = file
+                        .metadata()
+                        .map_err(StorageError::io("reading metadata of", &path))?
+                        .len();
+                    let mut written = 0u64;
+                    let mut flushed = 0u64;
+                    while let Some(chunk) = rx.blocking_recv() {
+                        file.write_all(&chunk)
+                            .map_err(StorageError::io("writing", &path))?;
+                        written += chunk.len() as u64;
+                        if written - flushed >= WRITEBACK_EVERY {
+                            start_writeback(&file, start + flushed, written - flushed);
+                            flushed = written;
+                        }
+                    }
+                    Ok(start + written)
+                }
+            });
+            let mut received = 0u64;
+            let mut body_error = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        on_bytes(&c);
+                        received += c.len() as u64;
+                        if tx.send(c).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        body_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let len = writer.await.map_err(|e| StorageError::Io {
+                what: "writing",
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+            if let Some(e) = body_error {
+                return Err(StorageError::Body(e));
+            }
+            Ok(Appended { len, received })
+        })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        id: &'a str,
+        on_bytes: &'a mut (dyn FnMut(&[u8]) + Send),
+    ) -> BoxFuture<'a, Result<u64, StorageError>> {
+        let path = self.upload_path(id);
+        Box::pin(async move {
+            let (tx, mut rx) = mpsc::channel::<Result<Bytes, StorageError>>(4);
+            tokio::task::spawn_blocking(move || {
+                let mut f = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(StorageError::io("opening", &path)(e)));
+                        return;
+                    }
+                };
+                loop {
+                    let mut buf = BytesMut::zeroed(READ_CHUNK);
+                    match f.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(StorageError::io("reading", &path)(e)));
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut total = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk?;
+                on_bytes(&chunk);
+                total += chunk.len() as u64;
+            }
+            Ok(total)
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        id: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let from = self.upload_path(id);
+        let to = self.blob_path(digest);
+        let id = id.to_owned();
+        Box::pin(blocking(move || {
+            let dir = to.parent().map(Path::to_owned).unwrap_or_default();
+            if to.exists() {
+                // Someone committed the same content first: theirs stays, ours goes.
+                return std::fs::remove_file(&from).map_err(StorageError::io("removing", &from));
+            }
+            let f = match File::open(&from) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadMissing(id));
+                }
+                Err(e) => return Err(StorageError::io("opening", &from)(e)),
+            };
+            f.sync_all().map_err(StorageError::io("syncing", &from))?;
+            drop(f);
+            let created = !dir.exists();
+            std::fs::create_dir_all(&dir).map_err(StorageError::io("creating", &dir))?;
+            std::fs::rename(&from, &to).map_err(StorageError::io("renaming into place", &to))?;
+            sync_dir(&dir)?;
+            if created && let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn remove_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        let path = self.upload_path(id);
+        Box::pin(async move {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::io("removing", path)(e)),
+            }
+        })
+    }
+
+    fn stale_uploads(&self, before: u64) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        let dir = self.uploads.clone();
+        Box::pin(blocking(move || {
+            let mut out = Vec::new();
+            let entries = std::fs::read_dir(&dir).map_err(StorageError::io("listing", &dir))?;
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                    .unwrap_or(Duration::ZERO);
+                if modified.as_secs() < before
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    out.push(name.to_owned());
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), StorageError>> {
+        let path = self.blob_path(digest);
+        Box::pin(async move {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::io("removing", path)(e)),
+            }
+        })
+    }
+}
+
+fn tokio_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> futures_util::stream::BoxStream<'static, T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+        .boxed()
+}

@@ -1,0 +1,60 @@
+//! `wharf serve`: the registry server, configured from file, environment and flags.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use wharf_registry::RegistryConfig;
+use wharf_registry::config::Overrides;
+
+use crate::cli::ServeArgs;
+use crate::context::Ctx;
+use crate::printer::out;
+
+pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        addr: args.addr,
+        root: ctx.global.root.clone(),
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    };
+    // For serve, --root (or WHARF_ROOT) is the registry's data folder, not the image store.
+    let config = RegistryConfig::resolve(
+        ctx.global.docker_config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?;
+    if args.show_config {
+        out(config.to_toml().trim_end())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    wharf_registry::run(config, shutdown_signal(), |addr| {
+        tracing::info!("wharf serve: listening on {scheme}://{addr}");
+    })
+    .await
+    .context("wharf serve")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,551 @@
+//! `wharf serve` as the private registry of real clients: docker, podman, skopeo and wharf's
+//! own client; then crashes and concurrency (issue 3).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::layout::{write_index_layout, write_layout};
+use crate::support::*;
+
+fn skopeo_inspect(reference: &str) -> serde_json::Value {
+    let r = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ])
+    .ok();
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+fn skopeo_raw(reference: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Pushes the busybox fixture to `reference` with skopeo.
+fn seed_busybox(reference: &str) {
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", busybox_layout().display()),
+        &format!("docker://{reference}"),
+    ])
+    .ok();
+}
+
+/// The media type of the first layer of `reference`'s manifest.
+fn first_layer_type(reference: &str) -> String {
+    let m: serde_json::Value = serde_json::from_slice(&skopeo_raw(reference)).unwrap();
+    m["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The busybox fixture recompressed with zstd into an OCI layout at `dir` (tag `1`). Written
+/// to a layout first because skopeo and podman would otherwise reuse the gzip blobs the
+/// registry already has.
+fn zstd_busybox(dir: &std::path::Path) -> String {
+    skopeo(&[
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        &format!("oci:{}:latest", busybox_layout().display()),
+        &format!("oci:{}:1", dir.display()),
+    ])
+    .ok();
+    format!("oci:{}:1", dir.display())
+}
+
+fn podman(dir: &std::path::Path, args: &[&str]) -> Run {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ])
+        .args(args)
+        .output()
+        .expect("running podman");
+    run_output(out)
+}
+
+#[test]
+fn issue_3_docker_pushes_and_pulls_through_wharf_serve() {
+    if !have("skopeo") || !have_busybox() {
+        return;
+    }
+    let Some(d) = Dockerd::start() else { return };
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    seed_busybox(&format!("{a}/fixtures/busybox:1"));
+    let seeded = skopeo_inspect(&format!("{a}/fixtures/busybox:1"))["Digest"].clone();
+
+    let pulled = d.docker(&["pull", &format!("{a}/fixtures/busybox:1")]).ok();
+    assert!(
+        pulled.stdout.contains(seeded.as_str().unwrap()),
+        "{}",
+        pulled.stdout
+    );
+    let ran = d
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &format!("{a}/fixtures/busybox:1"),
+            "echo",
+            "ok",
+        ])
+        .ok();
+    assert_eq!(ran.stdout.trim(), "ok");
+
+    d.docker(&[
+        "tag",
+        &format!("{a}/fixtures/busybox:1"),
+        &format!("{a}/docker/pushed:v2"),
+    ])
+    .ok();
+    let pushed = d.docker(&["push", &format!("{a}/docker/pushed:v2")]).ok();
+    let pushed_digest = pushed
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in docker push output: {}", pushed.stdout))
+        .to_owned();
+    assert_eq!(
+        skopeo_inspect(&format!("{a}/docker/pushed:v2"))["Digest"],
+        pushed_digest.as_str()
+    );
+
+    // Pulled back by digest after removing it locally.
+    d.docker(&[
+        "rmi",
+        &format!("{a}/docker/pushed:v2"),
+        &format!("{a}/fixtures/busybox:1"),
+    ])
+    .ok();
+    d.docker(&["pull", &format!("{a}/docker/pushed@{pushed_digest}")])
+        .ok();
+    let ran = d
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &format!("{a}/docker/pushed@{pushed_digest}"),
+            "sh",
+            "-c",
+            "echo again",
+        ])
+        .ok();
+    assert_eq!(ran.stdout.trim(), "again");
+}
+
+#[test]
+fn issue_3_podman_pushes_and_pulls_through_wharf_serve() {
+    if !have("skopeo") || !have("podman") || !have_busybox() || !have_root() {
+        return;
+    }
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    seed_busybox(&format!("{a}/fixtures/busybox:1"));
+    let tmp = tempfile::tempdir().unwrap();
+    podman(
+        tmp.path(),
+        &[
+            "pull",
+            "--tls-verify=false",
+            &format!("{a}/fixtures/busybox:1"),
+        ],
+    )
+    .ok();
+    podman(
+        tmp.path(),
+        &[
+            "tag",
+            &format!("{a}/fixtures/busybox:1"),
+            &format!("{a}/podman/bb:2"),
+        ],
+    )
+    .ok();
+    podman(
+        tmp.path(),
+        &["push", "--tls-verify=false", &format!("{a}/podman/bb:2")],
+    )
+    .ok();
+    // A second podman store pulls both back.
+    let other = tempfile::tempdir().unwrap();
+    podman(
+        other.path(),
+        &["pull", "--tls-verify=false", &format!("{a}/podman/bb:2")],
+    )
+    .ok();
+    let listed = podman(
+        other.path(),
+        &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+    )
+    .ok();
+    assert!(
+        listed.stdout.contains(&format!("{a}/podman/bb:2")),
+        "{}",
+        listed.stdout
+    );
+}
+
+#[test]
+fn issue_3_skopeo_both_ways_zstd_and_wharf_client() {
+    if !have("skopeo") || !have_busybox() {
+        return;
+    }
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    // zstd first, into an empty registry: skopeo would push the gzip blobs it knows the
+    // registry has instead.
+    let tmp = tempfile::tempdir().unwrap();
+    let zstd = zstd_busybox(&tmp.path().join("zstd"));
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &zstd,
+        &format!("docker://{a}/zstd/busybox:1"),
+    ])
+    .ok();
+    seed_busybox(&format!("{a}/fixtures/busybox:1"));
+    let seeded = skopeo_raw(&format!("{a}/fixtures/busybox:1"));
+
+    // Out again with skopeo: the same manifest bytes, every blob verified by skopeo.
+    let out = tmp.path().join("out");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{a}/fixtures/busybox:1"),
+        &format!("oci:{}:x", out.display()),
+    ])
+    .ok();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        format!("sha256:{}", sha256_hex(&seeded))
+    );
+
+    // zstd layers go in (pushed above) and out.
+    let t = first_layer_type(&format!("{a}/zstd/busybox:1"));
+    assert_eq!(t, "application/vnd.oci.image.layer.v1.tar+zstd");
+    let zout = tmp.path().join("zout");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{a}/zstd/busybox:1"),
+        &format!("oci:{}:x", zout.display()),
+    ])
+    .ok();
+
+    // wharf's own client: pull, tag, push (blobs mounted from the source repository), pull.
+    let w = Wharf::new();
+    w.run(&["pull", &format!("{a}/zstd/busybox:1")]).ok();
+    w.run(&[
+        "tag",
+        &format!("{a}/zstd/busybox:1"),
+        &format!("{a}/wharf/copy:1"),
+    ])
+    .ok();
+    let pushed = w.run(&["push", &format!("{a}/wharf/copy:1")]).ok();
+    assert!(pushed.stderr.contains("Mounted from"), "{}", pushed.stderr);
+    assert_eq!(
+        skopeo_raw(&format!("{a}/wharf/copy:1")),
+        skopeo_raw(&format!("{a}/zstd/busybox:1")),
+        "pushed byte for byte"
+    );
+    let fresh = Wharf::new();
+    fresh.run(&["pull", &format!("{a}/wharf/copy:1")]).ok();
+    let tags = http_get(a, "/v2/wharf/copy/tags/list").unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tags.2),
+        r#"{"name":"wharf/copy","tags":["1"]}"#
+    );
+}
+
+#[test]
+fn issue_3_multi_platform_index_comes_back_identical() {
+    if !have("skopeo") || !have_busybox() {
+        return;
+    }
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("multi");
+    let index = write_index_layout(
+        &dir,
+        &busybox_layout(),
+        &["linux/amd64", "linux/arm64/v8", "linux/riscv64"],
+        "1",
+    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", dir.display()),
+        &format!("docker://{a}/multi/bb:1"),
+    ])
+    .ok();
+    let raw = skopeo_raw(&format!("{a}/multi/bb:1"));
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), index);
+    let back = tmp.path().join("back");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{a}/multi/bb:1"),
+        &format!("oci:{}:1", back.display()),
+    ])
+    .ok();
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(top["manifests"][0]["digest"], index.as_str());
+    // Each platform's manifest is there by digest with its own media type.
+    let idx: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    for m in idx["manifests"].as_array().unwrap() {
+        let d = m["digest"].as_str().unwrap();
+        let got = skopeo_raw(&format!("{a}/multi/bb@{d}"));
+        assert_eq!(format!("sha256:{}", sha256_hex(&got)), d);
+    }
+}
+
+/// Random-content OCI layouts, one per pusher, sharing `shared` layers.
+fn random_layouts(
+    dir: &std::path::Path,
+    n: usize,
+    shared: &[Vec<u8>],
+    own_size: usize,
+) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("img{i}"));
+            let mut layers = shared.to_vec();
+            if own_size > 0 {
+                let own: Vec<u8> = (0..own_size).map(|_| rand::random::<u8>()).collect();
+                layers.push(crate::layout::tar_of(&[("own", &own)]));
+            }
+            write_layout(&p, None, &layers, "1");
+            p
+        })
+        .collect()
+}
+
+fn spawn_push(layout: &std::path::Path, dest: &str) -> std::process::Child {
+    Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--retry-times", "0"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn issue_3_kill_9_during_20_pushes_loses_nothing_acknowledged() {
+    if !have("skopeo") {
+        return;
+    }
+    let mut serve = WharfServe::start();
+    let a = serve.addr.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let layouts = random_layouts(tmp.path(), 20, &[], 6 << 20);
+    let mut children: Vec<_> = layouts
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Some(spawn_push(l, &format!("{a}/crash/img{i}:1"))))
+        .collect();
+    // Let some finish, then crash the server under the rest.
+    let start = Instant::now();
+    let mut acknowledged = vec![false; layouts.len()];
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Some(child) = c
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                acknowledged[i] = status.success();
+                *c = None;
+            }
+        }
+        let done = acknowledged.iter().filter(|a| **a).count();
+        if done >= 3 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serve.kill9();
+    for c in children.iter_mut().flatten() {
+        let _ = c.wait();
+    }
+    let acked: Vec<usize> = (0..layouts.len()).filter(|i| acknowledged[*i]).collect();
+    assert!(
+        !acked.is_empty() && acked.len() < layouts.len(),
+        "crash must land mid-way: {acked:?}"
+    );
+
+    serve.restart();
+    // No blob is visible that is not complete and correct.
+    for (digest, bytes) in serve.blob_files() {
+        assert_eq!(
+            format!("sha256:{}", sha256_hex(&bytes)),
+            digest,
+            "partial blob visible"
+        );
+    }
+    // Every acknowledged manifest is complete: skopeo copies it out, verifying every blob.
+    for i in &acked {
+        let out = tmp.path().join(format!("out{i}"));
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{a}/crash/img{i}:1"),
+            &format!("oci:{}:1", out.display()),
+        ])
+        .ok();
+    }
+    // The interrupted pushes succeed when retried.
+    for (i, l) in layouts.iter().enumerate() {
+        if !acknowledged[i] {
+            let out = spawn_push(l, &format!("{a}/crash/img{i}:1"))
+                .wait_with_output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "retry {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            skopeo_inspect(&format!("{a}/crash/img{i}:1"));
+        }
+    }
+}
+
+#[test]
+fn issue_3_fifty_pushers_share_layers_stored_once() {
+    if !have("skopeo") {
+        return;
+    }
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    let tmp = tempfile::tempdir().unwrap();
+    let shared: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let data: Vec<u8> = (0..(512 << 10)).map(|_| rand::random::<u8>()).collect();
+            crate::layout::tar_of(&[(&format!("shared{i}"), &data)])
+        })
+        .collect();
+    let layouts = random_layouts(tmp.path(), 50, &shared, 1024);
+    let children: Vec<_> = layouts
+        .iter()
+        .enumerate()
+        .map(|(i, l)| spawn_push(l, &format!("{a}/many/repo{i}:1")))
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "pusher {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // 3 shared layers + 50 own layers + 50 configs, each once.
+    let files = serve.blob_files();
+    let mut digests: Vec<&String> = files.iter().map(|(d, _)| d).collect();
+    digests.sort();
+    digests.dedup();
+    assert_eq!(digests.len(), files.len());
+    assert_eq!(files.len(), 3 + 50 + 50, "each blob stored once");
+    for i in [0, 17, 49] {
+        let v = skopeo_inspect(&format!("{a}/many/repo{i}:1"));
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 4);
+    }
+    let catalog = http_get(a, "/v2/_catalog?n=100").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&catalog.2).unwrap();
+    assert_eq!(v["repositories"].as_array().unwrap().len(), 50);
+}
+
+#[test]
+fn issue_3_serve_config_metrics_and_graceful_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[server]\naddr = \"127.0.0.1:7000\"\n[uploads]\nmax_age = \"2h\"\n",
+    )
+    .unwrap();
+    let shown = Command::new(WHARF)
+        .args(["serve", "--show-config", "--config"])
+        .arg(&file)
+        .args(["--root", "/srv/reg"])
+        .env("WHARF_LIMITS_MANIFEST_MAX_BYTES", "1000")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    for want in [
+        "addr = \"127.0.0.1:7000\"",
+        "max_age = \"2h\"",
+        "root = \"/srv/reg\"",
+        "manifest_max_bytes = 1000",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    std::fs::write(&file, "[server]\nadress = \"x\"\n").unwrap();
+    let bad = Command::new(WHARF)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("wharf.toml") && err.contains("adress"),
+        "{err}"
+    );
+
+    let mut serve = WharfServe::start();
+    let a = serve.addr.clone();
+    assert_eq!(http_get(&a, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&a, "/v2/nothing/here/tags/list").unwrap().0, 404);
+    let (status, _, body) = http_get(&a, "/metrics").unwrap();
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .contains("wharf_http_requests_total{route=\"tags\",method=\"GET\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wharf_uploads_open 0"), "{metrics}");
+    let status = serve.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM ends serve cleanly: {status:?}\n{}",
+        serve.log()
+    );
+}
