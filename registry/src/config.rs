@@ -404,6 +404,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let text = include_str!("../../deploy/registry.toml");
+        let c: RegistryConfig = toml::from_str(text).unwrap();
+        assert_eq!(c.server.addr, SocketAddr::from(([0, 0, 0, 0], 5000)));
+        assert_eq!(c.uploads.max_age, Duration::from_secs(86400));
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wharf.toml");

@@ -3,13 +3,19 @@
 //!
 //! ```text
 //! cargo bench --bench compare -- transfer [--rounds N] [--big-mib N] [--small-layers N]
+//! cargo bench --bench compare -- registry [--rounds N] [--big-mib N] [--small-layers N]
 //! ```
 //! `transfer`: push and pull, with wharf and with skopeo, of an image with one large random
 //! layer (1 GiB by default) and of one with 200 layers of 100 KiB, against Debian's
 //! docker-registry on a loopback port. Throughput ratios are wharf's over skopeo's (higher is
 //! better for wharf).
 //!
-//! The registry's storage and the images pushed from live in /dev/shm, so the server side is
+//! `registry`: `wharf serve` against docker-registry 2.8, both on loopback with storage under
+//! `$WHARF_BENCH_DIR`, with the same clients: curl for one large blob (push: POST + PUT with
+//! the body; pull: GET to /dev/null), skopeo for the 200-layer image, wrk (GET) and `ab -i`
+//! (HEAD) for manifests (2 threads / 32 connections), and each server's peak RSS (VmHWM).
+//!
+//! For `transfer`, the registry's storage and the images pushed from live in /dev/shm, so the server side is
 //! never the disk's bottleneck; the pulling clients write to `$WHARF_BENCH_DIR` (default
 //! /var/tmp), where wharf fsyncs every blob and skopeo does not. `WHARF_BENCH_VERBOSE=1` prints
 //! every timed command.
@@ -28,6 +34,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+
+mod registry;
 
 struct Args {
     what: Vec<String>,
@@ -282,7 +290,8 @@ fn main() {
     for what in args.what.clone() {
         match what.as_str() {
             "transfer" => transfer(&args),
-            other => eprintln!("unknown benchmark {other:?} (known: transfer)"),
+            "registry" => registry::bench(&args),
+            other => eprintln!("unknown benchmark {other:?} (known: transfer, registry)"),
         }
     }
 }

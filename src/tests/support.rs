@@ -331,6 +331,13 @@ impl Registry {
     }
 }
 
+impl Registry {
+    #[allow(dead_code, reason = "used by the benchmark harness (src/bench)")]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -468,7 +475,12 @@ pub struct WharfServe {
 
 impl WharfServe {
     pub fn start() -> WharfServe {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// Starts with its data in a fresh directory under `parent`.
+    pub fn start_in(parent: &Path) -> WharfServe {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let root = dir.path().join("registry");
         let log = dir.path().join("log");
         let mut s = WharfServe {
@@ -528,6 +540,11 @@ impl WharfServe {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    #[allow(dead_code, reason = "used by the benchmark harness (src/bench)")]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Every file under blobs/, as (digest, file bytes).

@@ -8,7 +8,7 @@
 //! Uploads and blobs share one filesystem, so a commit is fsync → rename → fsync(dir).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,8 +24,10 @@ use super::{Appended, BlobStorage, ByteStream, StorageError};
 /// Write-behind granularity: dirty pages are handed to the disk every this many bytes, so the
 /// fsync at commit has little left to do.
 const WRITEBACK_EVERY: u64 = 16 << 20;
-/// Read size when serving a blob.
+/// Read size when replaying an upload.
 const READ_CHUNK: usize = 1 << 20;
+/// How much of a blob is mapped at once when serving it.
+const MAP_WINDOW: u64 = 4 << 20;
 
 /// Filesystem blob storage under one root.
 #[derive(Clone, Debug)]
@@ -90,6 +92,23 @@ fn start_writeback(file: &File, from: u64, len: u64) {
     }
 }
 
+/// Maps `len` bytes of `file` at `offset` read-only and faults them in.
+fn map_window(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: committed blobs are never written or truncated (they arrive by rename and are
+    // only ever unlinked, which leaves a mapping intact), so the mapped bytes cannot change.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)?
+    };
+    if map.advise(memmap2::Advice::PopulateRead).is_err() {
+        let _ = map.advise(memmap2::Advice::WillNeed);
+    }
+    Ok(Bytes::from_owner(map))
+}
+
 impl BlobStorage for FsStorage {
     fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, StorageError>> {
         Box::pin(async move {
@@ -110,39 +129,28 @@ impl BlobStorage for FsStorage {
     ) -> BoxFuture<'a, Result<ByteStream, StorageError>> {
         Box::pin(async move {
             let path = self.blob_path(digest);
-            let mut file = blocking({
+            let file = blocking({
                 let path = path.clone();
-                move || {
-                    let mut f = File::open(&path).map_err(StorageError::io("opening", &path))?;
-                    f.seek(SeekFrom::Start(offset))
-                        .map_err(StorageError::io("seeking in", &path))?;
-                    Ok(f)
-                }
+                move || File::open(&path).map_err(StorageError::io("opening", &path))
             })
             .await?;
-            // One blocking reader per response, a few chunks ahead of the socket.
-            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+            // One blocking reader per response maps the blob a window at a time and faults the
+            // window in, a few windows ahead of the socket: the bytes go from the page cache to
+            // the socket with one copy, and no window stays mapped once it is sent.
+            let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(3);
             tokio::task::spawn_blocking(move || {
-                let mut left = len;
-                while left > 0 {
-                    let want = usize::try_from(left.min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-                    let mut buf = BytesMut::zeroed(want);
-                    let r = match file.read(&mut buf) {
-                        Ok(0) => Err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("{} ended early", path.display()),
-                        )),
-                        Ok(n) => {
-                            buf.truncate(n);
-                            left -= n as u64;
-                            Ok(buf.freeze())
-                        }
-                        Err(e) => Err(e),
-                    };
+                let mut at = offset;
+                let end = offset + len;
+                while at < end {
+                    let n = (end - at).min(MAP_WINDOW);
+                    let r = map_window(&file, at, n).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("mapping {}: {e}", path.display()))
+                    });
                     let failed = r.is_err();
                     if tx.blocking_send(r).is_err() || failed {
                         return;
                     }
+                    at += n;
                 }
             });
             Ok(tokio_stream(rx))

@@ -1,0 +1,288 @@
+//! `registry`: wharf serve and docker-registry side by side, same clients, same data.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::support::{self, Registry, WharfServe};
+use super::{Args, Figure, median, random_tar, run, settle};
+
+const ACCEPT: &str = "Accept: application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+struct Server {
+    addr: String,
+    pid: u32,
+}
+
+/// POST a session, then PUT the whole file to it; the digest is computed beforehand.
+fn curl_push(addr: &str, repo: &str, file: &Path, digest: &str) -> Duration {
+    let start = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "POST to {addr} failed");
+    let head = String::from_utf8_lossy(&out.stdout);
+    let loc = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_owned())
+        })
+        .expect("Location header");
+    let url = if loc.starts_with('/') {
+        format!("http://{addr}{loc}")
+    } else {
+        loc
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    run(Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+        ])
+        .arg(file)
+        .arg(format!("{url}{sep}digest={digest}")));
+    start.elapsed()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests per second from wrk's summary.
+fn wrk(url: &str) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", "-d5s", "-H", ACCEPT, url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx"),
+        "wrk saw errors from {url}:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec from wrk:\n{text}"))
+}
+
+/// Requests per second of HEAD requests, from ab's summary.
+fn ab_head(url: &str) -> f64 {
+    let out = Command::new("ab")
+        .args([
+            "-q", "-i", "-k", "-c", "32", "-n", "20000", "-H", ACCEPT, url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx responses"),
+        "ab saw errors from {url}:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests per second:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no requests per second from ab:\n{text}"))
+}
+
+fn rate_line(what: &str, wharf: f64, peer: f64) {
+    println!(
+        "{what:<28} wharf {wharf:>10.0} req/s   distribution {peer:>10.0} req/s   ratio {:>5.2}x",
+        wharf / peer
+    );
+}
+
+pub fn bench(args: &Args) {
+    for tool in ["skopeo", "docker-registry", "curl", "wrk", "ab"] {
+        assert!(
+            support::have(tool),
+            "the registry benchmark needs {tool} (run .ci/install-deps)"
+        );
+    }
+    let parent = std::env::var("WHARF_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let parent = Path::new(&parent);
+    let shm = Path::new(if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    });
+    let dist = Registry::start_in(parent, "").unwrap();
+    let wharf = WharfServe::start_in(parent);
+    let servers = [
+        Server {
+            addr: wharf.addr.clone(),
+            pid: wharf.pid().unwrap(),
+        },
+        Server {
+            addr: dist.addr.clone(),
+            pid: dist.pid(),
+        },
+    ];
+    println!(
+        "registry: wharf serve vs docker-registry 2.8, storage under {}; median of {} rounds",
+        parent.display(),
+        args.rounds
+    );
+    let data = tempfile::tempdir_in(shm).unwrap();
+
+    // One large blob with curl.
+    let (mut push, mut pull) = ([vec![], vec![]], [vec![], vec![]]);
+    let big = args.big_mib << 20;
+    for round in 0..args.rounds {
+        eprintln!("{} MiB blob: round {} …", args.big_mib, round + 1);
+        let file = data.path().join("big.bin");
+        let mut bytes = vec![0u8; big];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        let digest = format!("sha256:{}", support::sha256_hex(&bytes));
+        std::fs::write(&file, &bytes).unwrap();
+        drop(bytes);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            settle();
+            push[i].push(curl_push(
+                &servers[i].addr,
+                &format!("big/r{round}"),
+                &file,
+                &digest,
+            ));
+        }
+        for i in order {
+            settle();
+            pull[i].push(run(Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!(
+                    "http://{}/v2/big/r{round}/blobs/{digest}",
+                    servers[i].addr
+                ))));
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+    let fig = |name: String, bytes: u64, t: &[Vec<Duration>; 2]| Figure {
+        name,
+        bytes,
+        wharf: median(t[0].clone()),
+        peer: median(t[1].clone()),
+        peer_name: "distribution",
+    };
+    fig(
+        format!("curl push {} MiB blob", args.big_mib),
+        big as u64,
+        &push,
+    )
+    .print();
+    fig(
+        format!("curl pull {} MiB blob", args.big_mib),
+        big as u64,
+        &pull,
+    )
+    .print();
+
+    // Many small layers with skopeo.
+    let (mut push, mut pull) = ([vec![], vec![]], [vec![], vec![]]);
+    let mut bytes = 0;
+    for round in 0..args.rounds {
+        eprintln!("{} x 100 KiB: round {} …", args.small_layers, round + 1);
+        let dir = data.path().join(format!("small-{round}"));
+        let layers: Vec<Vec<u8>> = (0..args.small_layers)
+            .map(|i| random_tar(&format!("f{i}.bin"), 100 << 10))
+            .collect();
+        bytes = layers.iter().map(|l| l.len() as u64).sum();
+        super::layout::write_layout_with(&dir, None, &layers, "1", true);
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            settle();
+            push[i].push(run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:1", dir.display()),
+                &format!("docker://{}/small/r{round}:1", servers[i].addr),
+            ])));
+        }
+        for i in order {
+            let out = data.path().join(format!("out-{round}-{i}"));
+            settle();
+            pull[i].push(run(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{}/small/r{round}:1", servers[i].addr),
+                &format!("oci:{}:1", out.display()),
+            ])));
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        if round + 1 < args.rounds {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    fig(
+        format!("skopeo push {} x 100 KiB", args.small_layers),
+        bytes,
+        &push,
+    )
+    .print();
+    fig(
+        format!("skopeo pull {} x 100 KiB", args.small_layers),
+        bytes,
+        &pull,
+    )
+    .print();
+
+    // Manifest GET and HEAD: a one-layer manifest and the 200-layer one just pushed.
+    let one = data.path().join("one");
+    super::layout::write_layout_with(&one, None, &[random_tar("x", 1024)], "1", true);
+    for s in &servers {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1", one.display()),
+            &format!("docker://{}/one/img:1", s.addr),
+        ]));
+    }
+    let last = args.rounds - 1;
+    for (label, path) in [
+        (
+            "1-layer manifest".to_owned(),
+            "one/img/manifests/1".to_owned(),
+        ),
+        (
+            format!("{}-layer manifest", args.small_layers),
+            format!("small/r{last}/manifests/1"),
+        ),
+    ] {
+        let get: Vec<f64> = servers
+            .iter()
+            .map(|s| wrk(&format!("http://{}/v2/{path}", s.addr)))
+            .collect();
+        rate_line(&format!("GET {label} (wrk)"), get[0], get[1]);
+        let head: Vec<f64> = servers
+            .iter()
+            .map(|s| ab_head(&format!("http://{}/v2/{path}", s.addr)))
+            .collect();
+        rate_line(&format!("HEAD {label} (ab -i)"), head[0], head[1]);
+    }
+    let rss: Vec<u64> = servers.iter().map(|s| peak_rss_kib(s.pid)).collect();
+    println!(
+        "{:<28} wharf {:>8.1} MiB   distribution {:>8.1} MiB   ratio {:>5.2}x",
+        "server peak RSS",
+        rss[0] as f64 / 1024.0,
+        rss[1] as f64 / 1024.0,
+        rss[0] as f64 / rss[1] as f64
+    );
+}
