@@ -51,11 +51,11 @@ CREATE TABLE tags (
     FOREIGN KEY (repo_id, digest) REFERENCES manifests (repo_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
 
--- Upload sessions in progress; their bytes are in blob storage under the same id.
+-- Upload sessions in progress; their bytes are in blob storage under the same id, whose
+-- modification time says when the session was last used (no write here per chunk).
 CREATE TABLE uploads (
     id         TEXT PRIMARY KEY,
     repo       TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    started_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX uploads_by_age ON uploads (updated_at);
+CREATE INDEX uploads_by_age ON uploads (started_at);

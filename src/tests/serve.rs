@@ -549,3 +549,223 @@ fn issue_3_serve_config_metrics_and_graceful_stop() {
         serve.log()
     );
 }
+
+#[test]
+fn issue_3_tls_with_a_certificate_of_our_own() {
+    if !have("openssl") || !have("curl") || !have("skopeo") || !have_busybox() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let serve = WharfServe::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let a = &serve.addr;
+    let ok = Command::new("curl")
+        .args([
+            "-sf",
+            "--cacert",
+            cert.to_str().unwrap(),
+            &format!("https://{a}/v2/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "HTTPS with our CA: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "{}");
+    let plain = Command::new("curl")
+        .args(["-sf", &format!("http://{a}/v2/")])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "plain HTTP is refused on a TLS port"
+    );
+    // skopeo trusts the certificate through a cert dir.
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&cert, certs.join("ca.crt")).unwrap();
+    skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        certs.to_str().unwrap(),
+        &format!("oci:{}:latest", busybox_layout().display()),
+        &format!("docker://{a}/tls/busybox:1"),
+    ])
+    .ok();
+    let r = skopeo(&[
+        "inspect",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        &format!("docker://{a}/tls/busybox:1"),
+    ])
+    .ok();
+    assert!(r.stdout.contains("\"Digest\""), "{}", r.stdout);
+}
+
+#[test]
+fn issue_3_sigterm_lets_an_upload_in_flight_finish() {
+    use std::io::{Read, Write};
+    let mut serve = WharfServe::start();
+    let a = serve.addr.clone();
+    let (status, head, _) = {
+        let mut s = std::net::TcpStream::connect(&a).unwrap();
+        write!(s, "POST /v2/slow/blob/blobs/uploads/ HTTP/1.1\r\nHost: {a}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status: u16 = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, buf, ())
+    };
+    assert_eq!(status, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let body = vec![7u8; 1 << 20];
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let mut s = std::net::TcpStream::connect(&a).unwrap();
+    write!(
+        s,
+        "PUT {location}?digest={digest} HTTP/1.1\r\nHost: {a}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = serve.pid().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused while the old one is still served.
+    assert!(
+        std::net::TcpStream::connect(&a).is_err(),
+        "still accepting after SIGTERM"
+    );
+    s.write_all(&body[body.len() / 2..]).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let status = serve.wait();
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    // The blob is there after a restart.
+    serve.restart();
+    let (code, _, got) = http_get(&a, &format!("/v2/slow/blob/blobs/{digest}")).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(got, body);
+}
+
+#[test]
+fn issue_3_upload_sessions_survive_a_restart_and_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        "[uploads]\nmax_age = \"2s\"\npurge_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let mut serve = WharfServe::start_with(&["--config", config.to_str().unwrap()]);
+    let a = serve.addr.clone();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let (status, head, _) = http(&a, "POST", "/v2/keep/me/blobs/uploads/", &[], b"");
+    assert_eq!(status, 202);
+    let loc = header(&head, "location").unwrap().to_owned();
+    let (status, head, _) = http(
+        &a,
+        "PATCH",
+        &loc,
+        &[("Content-Range", "0-99999")],
+        &data[..100_000],
+    );
+    assert_eq!((status, header(&head, "range")), (202, Some("0-99999")));
+
+    // A crash loses the hash state, not the session or its bytes.
+    serve.restart();
+    let (status, head, _) = http(&a, "GET", &loc, &[], b"");
+    assert_eq!((status, header(&head, "range")), (204, Some("0-99999")));
+    let (status, _, _) = http(
+        &a,
+        "PATCH",
+        &loc,
+        &[("Content-Range", "100000-199999")],
+        &data[100_000..200_000],
+    );
+    assert_eq!(status, 202);
+    let (status, _, body) = http(
+        &a,
+        "PUT",
+        &format!("{loc}?digest={digest}"),
+        &[],
+        &data[200_000..],
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let (status, _, got) = http(&a, "GET", &format!("/v2/keep/me/blobs/{digest}"), &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        got == data,
+        "the blob assembled across the restart is the data sent"
+    );
+
+    // A session left alone expires, with its data.
+    let (_, head, _) = http(&a, "POST", "/v2/keep/me/blobs/uploads/", &[], b"");
+    let loc = header(&head, "location").unwrap().to_owned();
+    http(&a, "PATCH", &loc, &[], b"abandoned");
+    let uploads = serve.root.join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+    let start = Instant::now();
+    loop {
+        let (status, _, body) = http(&a, "GET", &loc, &[], b"");
+        if status == 404 {
+            assert!(String::from_utf8_lossy(&body).contains("BLOB_UPLOAD_UNKNOWN"));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the session never expired"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        std::fs::read_dir(&uploads).unwrap().count(),
+        0,
+        "its data went with it"
+    );
+    let (_, _, metrics) = http(&a, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("wharf_uploads_open 0"), "{metrics}");
+    assert!(
+        metrics.contains("wharf_uploads_completed_total 1"),
+        "{metrics}"
+    );
+}

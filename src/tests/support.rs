@@ -470,12 +470,28 @@ pub struct WharfServe {
     pub root: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    flags: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl WharfServe {
     pub fn start() -> WharfServe {
         Self::start_in(&std::env::temp_dir())
+    }
+
+    /// Starts with extra flags (e.g. TLS); the readiness probe is then a TCP connect.
+    pub fn start_with(flags: &[&str]) -> WharfServe {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = WharfServe {
+            addr: format!("127.0.0.1:{}", free_port()),
+            root: dir.path().join("registry"),
+            child: None,
+            log: dir.path().join("log"),
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+            _dir: dir,
+        };
+        s.spawn();
+        s
     }
 
     /// Starts with its data in a fresh directory under `parent`.
@@ -488,6 +504,7 @@ impl WharfServe {
             root,
             child: None,
             log,
+            flags: Vec::new(),
             _dir: dir,
         };
         s.spawn();
@@ -503,6 +520,7 @@ impl WharfServe {
         let child = Command::new(WHARF)
             .args(["serve", "--addr", &self.addr, "--root"])
             .arg(&self.root)
+            .args(&self.flags)
             .env_remove("WHARF_ROOT")
             .env("RUST_LOG", "warn,wharf_registry=info")
             .stdout(log.try_clone().unwrap())
@@ -512,7 +530,7 @@ impl WharfServe {
         self.child = Some(child);
         let addr = self.addr.clone();
         wait_until("wharf serve to listen", Duration::from_secs(20), || {
-            http_get(&addr, "/v2/").is_some()
+            TcpStream::connect(&addr).is_ok()
         });
     }
 
@@ -532,17 +550,21 @@ impl WharfServe {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("server running");
+        let c = self.child.as_ref().expect("server running");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        c.wait().unwrap()
+        self.wait()
+    }
+
+    /// Waits for the server to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("server running").wait().unwrap()
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    #[allow(dead_code, reason = "used by the benchmark harness (src/bench)")]
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -565,4 +587,39 @@ impl Drop for WharfServe {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, head with lowercase names, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, buf[split + 4..].to_vec())
+}
+
+/// A header's value from a head returned by [`http`].
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }

@@ -197,14 +197,24 @@ pub trait Metadata: Send + Sync + 'static {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<UploadRecord>, MetadataError>>;
 
-    /// Marks the session as used now (it expires counted from here).
-    fn touch_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), MetadataError>>;
+    /// Ends a session whose data became `digest`, linking the blob into `repo`, in one
+    /// transaction.
+    fn complete_upload<'a>(
+        &'a self,
+        id: &'a str,
+        repo: &'a str,
+        digest: &'a Digest,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), MetadataError>>;
 
     /// Forgets a session; whether it existed.
     fn delete_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>>;
 
-    /// Sessions untouched since `before` (seconds since the epoch).
-    fn expired_uploads(&self, before: u64) -> BoxFuture<'_, Result<Vec<String>, MetadataError>>;
+    /// Sessions started before `before` (seconds since the epoch).
+    fn uploads_started_before(
+        &self,
+        before: u64,
+    ) -> BoxFuture<'_, Result<Vec<String>, MetadataError>>;
 
     /// How many sessions are open.
     fn upload_count(&self) -> BoxFuture<'_, Result<u64, MetadataError>>;

@@ -73,6 +73,27 @@ async fn repo_id(tx: &mut Transaction<'_, Sqlite>, repo: &str) -> Result<i64, Me
     Ok(id)
 }
 
+async fn link(
+    tx: &mut Transaction<'_, Sqlite>,
+    repo: &str,
+    d: &Digest,
+    size: u64,
+) -> Result<(), MetadataError> {
+    let id = repo_id(tx, repo).await?;
+    sqlx::query("INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)")
+        .bind(d.as_str())
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?1, ?2)")
+        .bind(id)
+        .bind(d.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 fn page(mut names: Vec<String>, n: u32) -> Page {
     let more = names.len() > n as usize;
     names.truncate(n as usize);
@@ -419,14 +440,12 @@ impl Metadata for SqliteMetadata {
     ) -> BoxFuture<'a, Result<(), MetadataError>> {
         Box::pin(async move {
             let t = now();
-            sqlx::query(
-                "INSERT INTO uploads (id, repo, started_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-            )
-            .bind(id)
-            .bind(repo)
-            .bind(t)
-            .execute(&self.write)
-            .await?;
+            sqlx::query("INSERT INTO uploads (id, repo, started_at) VALUES (?1, ?2, ?3)")
+                .bind(id)
+                .bind(repo)
+                .bind(t)
+                .execute(&self.write)
+                .await?;
             Ok(())
         })
     }
@@ -447,13 +466,21 @@ impl Metadata for SqliteMetadata {
         })
     }
 
-    fn touch_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), MetadataError>> {
+    fn complete_upload<'a>(
+        &'a self,
+        id: &'a str,
+        repo: &'a str,
+        d: &'a Digest,
+        size: u64,
+    ) -> BoxFuture<'a, Result<(), MetadataError>> {
         Box::pin(async move {
-            sqlx::query("UPDATE uploads SET updated_at = ?2 WHERE id = ?1")
+            let mut tx = self.write.begin().await?;
+            sqlx::query("DELETE FROM uploads WHERE id = ?1")
                 .bind(id)
-                .bind(now())
-                .execute(&self.write)
+                .execute(&mut *tx)
                 .await?;
+            link(&mut tx, repo, d, size).await?;
+            tx.commit().await?;
             Ok(())
         })
     }
@@ -468,10 +495,13 @@ impl Metadata for SqliteMetadata {
         })
     }
 
-    fn expired_uploads(&self, before: u64) -> BoxFuture<'_, Result<Vec<String>, MetadataError>> {
+    fn uploads_started_before(
+        &self,
+        before: u64,
+    ) -> BoxFuture<'_, Result<Vec<String>, MetadataError>> {
         Box::pin(async move {
             let ids: Vec<String> =
-                sqlx::query_scalar("SELECT id FROM uploads WHERE updated_at < ?1")
+                sqlx::query_scalar("SELECT id FROM uploads WHERE started_at < ?1")
                     .bind(i64::try_from(before).unwrap_or(i64::MAX))
                     .fetch_all(&self.read)
                     .await?;

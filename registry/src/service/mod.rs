@@ -410,7 +410,6 @@ impl Registry {
                 self.inner.metrics.bytes_in(a.received);
                 st.hasher = hasher;
                 st.len = a.len;
-                self.inner.meta.touch_upload(id).await?;
                 Ok(a.len)
             }
             Err(e) => {
@@ -446,13 +445,17 @@ impl Registry {
         };
         if let Err(e) = check_content(digest, actual, len, None) {
             drop(st);
-            self.end_session(id, false).await?;
+            self.drop_session(id).await?;
             return Err(e);
         }
         self.inner.storage.commit(id, digest).await?;
-        self.inner.meta.link_blob(repo, digest, len).await?;
+        self.inner
+            .meta
+            .complete_upload(id, repo, digest, len)
+            .await?;
+        self.lock_sessions().remove(id);
+        self.inner.metrics.upload_ended(true);
         drop(st);
-        self.end_session(id, true).await?;
         tracing::debug!(repo, %digest, size = len, "upload completed");
         Ok(len)
     }
@@ -461,40 +464,53 @@ impl Registry {
     pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), ServiceError> {
         let state = self.session(repo, id).await?;
         let _guard = state.lock().await;
-        self.end_session(id, false).await
+        self.drop_session(id).await
     }
 
-    async fn end_session(&self, id: &str, completed: bool) -> Result<(), ServiceError> {
+    /// Ends a session without a blob: cancelled, failed verification or expired.
+    async fn drop_session(&self, id: &str) -> Result<(), ServiceError> {
         self.lock_sessions().remove(id);
         let existed = self.inner.meta.delete_upload(id).await?;
-        if !completed {
-            self.inner.storage.remove_upload(id).await?;
-        }
+        self.inner.storage.remove_upload(id).await?;
         if existed {
-            self.inner.metrics.upload_ended(completed);
+            self.inner.metrics.upload_ended(false);
         }
         Ok(())
     }
 
-    /// Removes upload sessions (and stray upload data) untouched for longer than
-    /// `uploads.max_age`. Returns how many were removed.
+    /// Removes upload sessions (and stray upload data) unused for longer than
+    /// `uploads.max_age`: their data was last written before then, or they have none and
+    /// started before then. Returns how many were removed.
     pub async fn purge_expired_uploads(&self) -> Result<usize, ServiceError> {
         let max_age = self.inner.config.uploads.max_age.as_secs();
         let before = u64::try_from(now()).unwrap_or(0).saturating_sub(max_age);
-        let mut ids = self.inner.meta.expired_uploads(before).await?;
-        ids.extend(self.inner.storage.stale_uploads(before).await?);
+        let mut ids = self.inner.storage.stale_uploads(before).await?;
+        for id in self.inner.meta.uploads_started_before(before).await? {
+            if self.inner.storage.upload_len(&id).await?.is_none() {
+                ids.push(id);
+            }
+        }
         ids.sort();
         ids.dedup();
+        let mut removed = 0;
         for id in &ids {
             let state = self.lock_sessions().get(id).cloned();
             let _guard = match &state {
                 Some(s) => Some(s.lock().await),
                 None => None,
             };
-            self.end_session(id, false).await?;
+            // A chunk may have arrived while we waited for the session.
+            if state.is_some()
+                && !self.inner.storage.stale_uploads(before).await?.contains(id)
+                && self.inner.storage.upload_len(id).await?.is_some()
+            {
+                continue;
+            }
+            self.drop_session(id).await?;
+            removed += 1;
             tracing::info!(upload = %id, "expired upload removed");
         }
-        Ok(ids.len())
+        Ok(removed)
     }
 
     /// Runs [`Registry::purge_expired_uploads`] every `uploads.purge_interval`, forever.

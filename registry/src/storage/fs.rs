@@ -8,7 +8,7 @@
 //! Uploads and blobs share one filesystem, so a commit is fsync → rename → fsync(dir).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -26,6 +26,8 @@ use super::{Appended, BlobStorage, ByteStream, StorageError};
 const WRITEBACK_EVERY: u64 = 16 << 20;
 /// Read size when replaying an upload.
 const READ_CHUNK: usize = 1 << 20;
+/// Blobs up to this size are served from one read, not mapped.
+const SMALL_BLOB: u64 = 1 << 20;
 /// How much of a blob is mapped at once when serving it.
 const MAP_WINDOW: u64 = 4 << 20;
 
@@ -129,6 +131,19 @@ impl BlobStorage for FsStorage {
     ) -> BoxFuture<'a, Result<ByteStream, StorageError>> {
         Box::pin(async move {
             let path = self.blob_path(digest);
+            if len <= SMALL_BLOB {
+                // Small blobs are read whole in one blocking call.
+                let bytes = blocking(move || {
+                    let mut f = File::open(&path).map_err(StorageError::io("opening", &path))?;
+                    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                    f.seek(SeekFrom::Start(offset))
+                        .and_then(|_| f.read_exact(&mut buf))
+                        .map_err(StorageError::io("reading", &path))?;
+                    Ok(Bytes::from(buf))
+                })
+                .await?;
+                return Ok(futures_util::stream::once(async move { Ok(bytes) }).boxed());
+            }
             let file = blocking({
                 let path = path.clone();
                 move || File::open(&path).map_err(StorageError::io("opening", &path))
