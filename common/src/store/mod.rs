@@ -146,14 +146,22 @@ impl LocalStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(120))
             .foreign_keys(true);
-        let db = SqlitePoolOptions::new()
+        // Opening (which switches a new database to WAL, taking an exclusive lock SQLite's busy
+        // handler does not wait for) and migrating run under an exclusive flock, so two first
+        // runs cannot race.
+        let lock_path = root.join("wharf.lock");
+        let lock = ingest::lock_file_blocking_async(lock_path.clone()).await?;
+        let db = match SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(StoreError::db("opening the database"))?;
-        // Migrations run under an exclusive flock so two first runs cannot race.
-        let lock_path = root.join("wharf.lock");
-        let lock = ingest::lock_file_blocking_async(lock_path.clone()).await?;
+        {
+            Ok(db) => db,
+            Err(e) => {
+                drop(lock);
+                return Err(StoreError::db("opening the database")(e));
+            }
+        };
         let migrated = MIGRATOR.run(&db).await;
         drop(lock);
         migrated.map_err(|source| StoreError::Migrate {
