@@ -139,6 +139,11 @@ impl ApiError {
     pub fn code(&self) -> OciErrorCode {
         self.code
     }
+
+    /// The status it is sent with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -78,11 +78,13 @@ pub async fn referrers(
     req: &Req,
 ) -> Result<Response, ApiError> {
     let subject = parse_digest(digest)?;
+    // Media types hold no spaces: a `+` sent unencoded (and so decoded as a space) is a `+`.
     let filter = req
         .query
         .get("artifactType")
-        .map(String::as_str)
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty())
+        .map(|t| t.replace(' ', "+"));
+    let filter = filter.as_deref();
     let list = reg.referrers(repo, &subject, filter).await?;
     let manifests: Vec<Value> = list
         .into_iter()

@@ -9,6 +9,9 @@ use wharf_common::reference::Tag;
 use super::{ApiError, OciErrorCode, Req, header_value};
 use crate::service::{ManifestRef, Registry, ServiceError};
 
+/// How much of an oversized manifest is read and dropped before the 413.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
 fn reference(text: &str) -> Result<ManifestRef, ApiError> {
     if text.contains(':') {
         return text
@@ -68,15 +71,11 @@ pub async fn put(
             limit,
         })
     };
-    if let Some(len) = req
-        .header(header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit
-    {
-        return Err(too_large());
-    }
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
+    // An oversized body is read (up to a bound) and dropped before answering, so the client
+    // gets the 413 instead of a connection reset halfway through its upload.
     let mut buf = Vec::new();
+    let mut seen = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -85,10 +84,16 @@ pub async fn put(
                 format!("reading the manifest: {e}"),
             )
         })?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
+        seen += chunk.len() as u64;
+        if seen > limit.saturating_add(DRAIN_LIMIT) {
+            break;
         }
-        buf.extend_from_slice(&chunk);
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
     }
     let body = bytes::Bytes::from(buf);
     reg.metrics().bytes_in(body.len() as u64);

@@ -51,8 +51,8 @@ fn declared_length(req: &Req) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
-/// The start of a `Content-Range: <start>-<end>` (also accepted with a `bytes ` prefix and a
-/// `/total` suffix). A range whose length disagrees with `Content-Length` is refused.
+/// The start of a `Content-Range: <start>-<end>` (the spec's form, digits only). A range whose
+/// length disagrees with `Content-Length` is refused.
 fn chunk_start(req: &Req) -> Result<Option<u64>, ApiError> {
     let Some(raw) = req.header(header::CONTENT_RANGE) else {
         return Ok(None);
@@ -64,14 +64,13 @@ fn chunk_start(req: &Req) -> Result<Option<u64>, ApiError> {
         )
         .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
     };
-    let spec = raw
-        .trim()
-        .trim_start_matches("bytes ")
-        .trim_start_matches("bytes=");
-    let spec = spec.split('/').next().unwrap_or(spec);
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let start: u64 = a.trim().parse().map_err(|_| bad())?;
-    let end: u64 = b.trim().parse().map_err(|_| bad())?;
+    let (a, b) = raw.trim().split_once('-').ok_or_else(bad)?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return Err(bad());
+    }
+    let start: u64 = a.parse().map_err(|_| bad())?;
+    let end: u64 = b.parse().map_err(|_| bad())?;
     if end < start {
         return Err(bad());
     }
@@ -139,9 +138,27 @@ pub async fn patch(
     req: &Req,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let start = chunk_start(req)?;
-    let len = reg.append(repo, id, start, body_stream(body)).await?;
+    let start = chunk_start(req).map_err(|e| with_session(e, repo, id))?;
+    let len = reg
+        .append(repo, id, start, body_stream(body))
+        .await
+        .map_err(|e| with_session(e.into(), repo, id))?;
     Ok(session_response(StatusCode::ACCEPTED, repo, id, len))
+}
+
+/// A refused chunk (416) says where the session is, so the client can go on from there.
+fn with_session(e: ApiError, repo: &str, id: &str) -> ApiError {
+    if e.status() != StatusCode::RANGE_NOT_SATISFIABLE {
+        return e;
+    }
+    e.with_header(
+        header::LOCATION,
+        header_value(&format!("/v2/{repo}/blobs/uploads/{id}")),
+    )
+    .with_header(
+        header::HeaderName::from_static("docker-upload-uuid"),
+        header_value(id),
+    )
 }
 
 pub async fn put(
@@ -160,7 +177,8 @@ pub async fn put(
     let digest = parse_digest(d)?;
     let start = chunk_start(req)?;
     reg.finish_upload(repo, id, &digest, start, body_stream(body))
-        .await?;
+        .await
+        .map_err(|e| with_session(e.into(), repo, id))?;
     Ok(created(repo, &digest))
 }
 
