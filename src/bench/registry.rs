@@ -1,4 +1,6 @@
-//! `registry`: wharf serve and docker-registry side by side, same clients, same data.
+//! `registry`: wharf serve and docker-registry side by side, same clients, same data. The small
+//! layers are moved twice: with skopeo, whose own per-blob work (a bolt database write per
+//! blob) bounds it, and with wharf's client, which overlaps requests and so measures the servers.
 
 use std::path::Path;
 use std::process::Command;
@@ -194,6 +196,7 @@ pub fn bench(args: &Args) {
 
     // Many small layers with skopeo.
     let (mut push, mut pull) = ([vec![], vec![]], [vec![], vec![]]);
+    let (mut wpush, mut wpull) = ([vec![], vec![]], [vec![], vec![]]);
     let mut bytes = 0;
     for round in 0..args.rounds {
         eprintln!("{} x 100 KiB: round {} …", args.small_layers, round + 1);
@@ -226,6 +229,44 @@ pub fn bench(args: &Args) {
             ])));
             let _ = std::fs::remove_dir_all(&out);
         }
+        // wharf's client, which overlaps its requests, so the servers are what is measured.
+        let store = data.path().join(format!("store-{round}"));
+        let wharf = |root: &Path| {
+            let mut c = Command::new(support::WHARF);
+            c.env("WHARF_ROOT", root).args(["--progress", "quiet"]);
+            c
+        };
+        let loaded = wharf(&store)
+            .args(["load", "-i"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            loaded.status.success(),
+            "{}",
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+        let id = String::from_utf8_lossy(&loaded.stdout)
+            .trim()
+            .trim_start_matches("Loaded image ID: ")
+            .to_owned();
+        for i in order {
+            let name = format!("{}/wsmall/r{round}:1", servers[i].addr);
+            run(wharf(&store).args(["tag", &id, &name]));
+            settle();
+            wpush[i].push(run(wharf(&store).args(["push", "-q", &name])));
+        }
+        for i in order {
+            let root = data.path().join(format!("pull-{round}-{i}"));
+            settle();
+            wpull[i].push(run(wharf(&root).args([
+                "pull",
+                "-q",
+                &format!("{}/wsmall/r{round}:1", servers[i].addr),
+            ])));
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        let _ = std::fs::remove_dir_all(&store);
         if round + 1 < args.rounds {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -240,6 +281,18 @@ pub fn bench(args: &Args) {
         format!("skopeo pull {} x 100 KiB", args.small_layers),
         bytes,
         &pull,
+    )
+    .print();
+    fig(
+        format!("wharf push {} x 100 KiB", args.small_layers),
+        bytes,
+        &wpush,
+    )
+    .print();
+    fig(
+        format!("wharf pull {} x 100 KiB", args.small_layers),
+        bytes,
+        &wpull,
     )
     .print();
 
