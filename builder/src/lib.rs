@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`change`]: Dockerfile instructions applied to an image config, as `import --change`
 //!   takes them.
+//! - [`dockerfile`]: the Dockerfile front end (parser).
 //!
-//! The Dockerfile parser, build graph, cache and sandbox arrive with issues 4 and 5.
+//! The instruction layer, build graph, cache and sandbox arrive with issues 4 and 5.
 
 pub mod change;
+pub mod dockerfile;

@@ -1,0 +1,3 @@
+//! The Dockerfile front end: text → nodes ([`parser`]).
+
+pub mod parser;
