@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`change`]: Dockerfile instructions applied to an image config, as `import --change`
 //!   takes them.
-//! - [`dockerfile`]: the Dockerfile front end (parser).
+//! - [`dockerfile`]: the Dockerfile front end (parser, typed instructions).
+//! - [`context`]: the build context (`.dockerignore` rules).
 //!
 //! The instruction layer, build graph, cache and sandbox arrive with issues 4 and 5.
 
 pub mod change;
+pub mod context;
 pub mod dockerfile;

@@ -185,7 +185,7 @@ impl Default for Lexer {
 }
 
 impl Lexer {
-    /// A lexer with `escape` as the escape token: `\`, or `` ` `` after `# escape=` ``.
+    /// A lexer with `escape` as the escape token: `\`, or `` ` `` after `# escape=``.`
     pub const fn new(escape: char) -> Self {
         Self {
             escape,
@@ -260,7 +260,11 @@ impl Lexer {
             }),
             Err(fault) => Err(ShellError {
                 word: word.to_owned(),
-                offset: expander.offsets.get(fault.at).copied().unwrap_or(word.len()),
+                offset: expander
+                    .offsets
+                    .get(fault.at)
+                    .copied()
+                    .unwrap_or(word.len()),
                 kind: fault.kind,
             }),
         }
@@ -474,7 +478,9 @@ impl<'a> Expander<'a> {
                         match self.peek() {
                             // Dropped; the missing `"` is reported next.
                             None => continue,
-                            Some(next) if next == '"' || next == '$' || next == self.lexer.escape => {
+                            Some(next)
+                                if next == '"' || next == '$' || next == self.lexer.escape =>
+                            {
                                 ch = next;
                                 self.pos += 1;
                             }
@@ -640,7 +646,10 @@ impl<'a> Expander<'a> {
                     )
                 })
             }
-            _ => fault(ShellErrorKind::UnsupportedModifier { name, modifier }, start),
+            _ => fault(
+                ShellErrorKind::UnsupportedModifier { name, modifier },
+                start,
+            ),
         }
     }
 
@@ -839,7 +848,11 @@ impl<'g, 's> Matcher<'g, 's> {
                 out.push_str(&expand_template(template, &self.slice(start..end)));
             }
             last_end = end;
-            search = if search < len { (search + 1).max(end) } else { search + 1 };
+            search = if search < len {
+                (search + 1).max(end)
+            } else {
+                search + 1
+            };
         }
         out.push_str(&self.slice(last_end..len));
         out
@@ -868,7 +881,11 @@ fn expand_template(template: &str, matched: &str) -> String {
             .find(|&(_, ch)| !is_name_char(ch))
             .map_or(body.len(), |(i, _)| i);
         let (name, after) = body.split_at(name_len);
-        let after = if braced { after.strip_prefix('}') } else { Some(after) };
+        let after = if braced {
+            after.strip_prefix('}')
+        } else {
+            Some(after)
+        };
         match after {
             Some(after) if !name.is_empty() => {
                 if name == "0" {
@@ -1035,9 +1052,15 @@ mod tests {
     #[test]
     fn prefix_and_suffix_patterns() {
         let e = [("F", "xxyy"), ("P", "/a/b/c.tar.gz"), ("X", "x")];
-        assert_eq!(word("${F#x}|${F##*x}|${F#*}|${F##*}|${F#}", &e), "xyy|yy|xxyy||xxyy");
+        assert_eq!(
+            word("${F#x}|${F##*x}|${F#*}|${F##*}|${F#}", &e),
+            "xyy|yy|xxyy||xxyy"
+        );
         assert_eq!(word("${F#*x*y}|${F#$X}|${F#z}", &e), "y|xyy|xxyy");
-        assert_eq!(word("${P%.*}|${P%%.*}|${P##*/}|${P%/*}", &e), "/a/b/c.tar|/a/b/c|c.tar.gz|/a/b");
+        assert_eq!(
+            word("${P%.*}|${P%%.*}|${P##*/}|${P%/*}", &e),
+            "/a/b/c.tar|/a/b/c|c.tar.gz|/a/b"
+        );
         assert_eq!(word("${F%y}|${F%%y*}|${F%}", &e), "xxy|xx|xxyy");
         assert_eq!(word(r"${Q%%\**\*}", &[("Q", "a***yy*")]), "a");
         assert_eq!(word(r"${Q#?\?}", &[("Q", "???y")]), "?y");
@@ -1062,30 +1085,60 @@ mod tests {
             ("T", "/tmp/tmp/bar.txt"),
             ("U", "http://example.com"),
         ];
-        assert_eq!(word("${F/$N/.} - ${F//$N/.}", &e), "/foo.*/*.txt - /foo..*.txt");
-        assert_eq!(word("${T/\\/tmp/} - ${T//\\/tmp/}", &e), "/tmp/bar.txt - /bar.txt");
+        assert_eq!(
+            word("${F/$N/.} - ${F//$N/.}", &e),
+            "/foo.*/*.txt - /foo..*.txt"
+        );
+        assert_eq!(
+            word("${T/\\/tmp/} - ${T//\\/tmp/}", &e),
+            "/tmp/bar.txt - /bar.txt"
+        );
         assert_eq!(word("${U/http:\\/\\//https://}", &e), "https://example.com");
         assert_eq!(word(r"${T//\//\/}", &e), r"\/tmp\/tmp\/bar.txt");
         assert_eq!(word("${T/t*p/X}", &e), "/X/bar.txt");
-        assert_eq!(word("${Q/$EMPTY/ww}|${Q//$EMPTY/-}|${Q///}", &[("Q", "xy"), ("EMPTY", "")]), "wwxy|-x-y-|xy");
+        assert_eq!(
+            word(
+                "${Q/$EMPTY/ww}|${Q//$EMPTY/-}|${Q///}",
+                &[("Q", "xy"), ("EMPTY", "")]
+            ),
+            "wwxy|-x-y-|xy"
+        );
         // Go template rules in replace-all only.
-        assert_eq!(word("${Q//b/<$0>}|${Q/b/<$0>}", &[("Q", "abc"), ("0", "$0")]), "a<b>c|a<$0>c");
-        assert_eq!(expand_template("$$|$0|${0}|$1x|${x|$|$.", "m"), "$|m|m||${x|$|$.");
+        assert_eq!(
+            word("${Q//b/<$0>}|${Q/b/<$0>}", &[("Q", "abc"), ("0", "$0")]),
+            "a<b>c|a<$0>c"
+        );
+        assert_eq!(
+            expand_template("$$|$0|${0}|$1x|${x|$|$.", "m"),
+            "$|m|m||${x|$|$."
+        );
         assert_eq!(word("${NONE/a/b}|${NONE//a/b}", &e), "|");
-        assert!(matches!(kind("${F//ww}", &e), ShellErrorKind::MissingSlash { .. }));
+        assert!(matches!(
+            kind("${F//ww}", &e),
+            ShellErrorKind::MissingSlash { .. }
+        ));
         assert_eq!(kind("${F/a/b", &e), ShellErrorKind::MissingBrace);
     }
 
     #[test]
     fn syntax_errors() {
         assert_eq!(kind("'abc", &[]), ShellErrorKind::UnterminatedSingleQuote);
-        assert_eq!(kind(r#""abc\""#, &[]), ShellErrorKind::UnterminatedDoubleQuote);
+        assert_eq!(
+            kind(r#""abc\""#, &[]),
+            ShellErrorKind::UnterminatedDoubleQuote
+        );
         assert_eq!(kind("${", &[]), ShellErrorKind::MissingBrace);
         assert_eq!(kind("${A", &[]), ShellErrorKind::MissingBrace);
         assert_eq!(kind("${A:-b", &[]), ShellErrorKind::MissingBrace);
         assert_eq!(kind("${A:-b ${c}", &[]), ShellErrorKind::MissingBrace);
-        assert_eq!(kind("${}", &[]), ShellErrorKind::BadSubstitution { found: '}' });
-        assert_eq!(kind("${:-x}", &[]), ShellErrorKind::BadSubstitution { found: ':' });
+        assert_eq!(
+            kind("${}", &[]),
+            ShellErrorKind::BadSubstitution { found: '}' }
+        );
+        assert_eq!(
+            kind("${:-x}", &[]),
+            ShellErrorKind::BadSubstitution { found: ':' }
+        );
         assert_eq!(
             kind("${A:=x}", &[]),
             ShellErrorKind::UnsupportedModifier {
@@ -1114,7 +1167,7 @@ mod tests {
     fn splitting() {
         let e = [("S", "  a  b "), ("EMPTY", "")];
         assert_eq!(words(" x  y ", &e), ["x", "y"]);
-        assert_eq!(words("x${S}y", &e), ["x", "a", "by"]);
+        assert_eq!(words("x${S}y", &e), ["x", "a", "b", "y"]);
         assert_eq!(words("x\"${S}\"y", &e), ["x  a  b y"]);
         assert_eq!(words(r"x\ y z\", &e), ["x y", "z"]);
         assert_eq!(words(r#"'' "" x$EMPTY"#, &e), ["x"]);
@@ -1140,7 +1193,10 @@ mod tests {
         let e = env(&[("SET", "v")]);
         assert_eq!(
             lexer
-                .process_word(r#"'a'"$SET" $NONE ${NONE} ${NONE:-$SET} ${NONE?x} ${NONE//a/b}"#, &e)
+                .process_word(
+                    r#"'a'"$SET" $NONE ${NONE} ${NONE:-$SET} ${NONE?x} ${NONE//a/b}"#,
+                    &e
+                )
                 .unwrap(),
             r#"'a'"v" $NONE ${NONE} ${NONE:-v} ${NONE?x} ${NONE//a/b}"#
         );
@@ -1149,7 +1205,10 @@ mod tests {
             [r#"a" b""#, "$NONE"]
         );
         let escapes = Lexer::default().with_raw_escapes(true);
-        assert_eq!(escapes.process_word(r#"a\ b"\$""#, &e).unwrap(), r#"a\ b\$"#);
+        assert_eq!(
+            escapes.process_word(r#"a\ b"\$""#, &e).unwrap(),
+            r#"a\ b\$"#
+        );
         let no_quotes = Lexer::default().with_skip_process_quotes(true);
         assert_eq!(
             no_quotes.process_words(r#"'a b' "$SET""#, &e).unwrap(),
@@ -1171,7 +1230,11 @@ mod tests {
 
     #[test]
     fn pattern_reversal() {
-        let rev = |p: &str| -> String { reverse_pattern(&p.chars().collect::<Vec<_>>()).into_iter().collect() };
+        let rev = |p: &str| -> String {
+            reverse_pattern(&p.chars().collect::<Vec<_>>())
+                .into_iter()
+                .collect()
+        };
         assert_eq!(rev(r"a\*c"), r"c\*a");
         assert_eq!(rev(r"\\\ab"), r"b\a\\");
         assert_eq!(rev(r"ab\"), r"\ba");
@@ -1306,7 +1369,8 @@ mod tests {
                 e.push((name.to_owned(), value.to_owned()));
                 continue;
             }
-            let Some((input, expected)) = line.split_once('|').filter(|(_, rest)| !rest.contains('|'))
+            let Some((input, expected)) =
+                line.split_once('|').filter(|(_, rest)| !rest.contains('|'))
             else {
                 failures.push(format!("line {number}: not exactly one '|': {line:?}"));
                 continue;
