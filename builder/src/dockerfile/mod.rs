@@ -1,5 +1,6 @@
 //! The Dockerfile front end: text → nodes ([`parser`]) → checked stages and instructions
-//! ([`instructions`]).
+//! ([`instructions`]); words expanded with ARG/ENV values ([`shell`]).
 
 pub mod instructions;
 pub mod parser;
+pub mod shell;

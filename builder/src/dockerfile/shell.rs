@@ -185,7 +185,8 @@ impl Default for Lexer {
 }
 
 impl Lexer {
-    /// A lexer with `escape` as the escape token: `\`, or `` ` `` after `# escape=``.`
+    /// A lexer with `escape` as the escape token: `\` by default, or a backtick after an
+    /// `# escape=` directive.
     pub const fn new(escape: char) -> Self {
         Self {
             escape,
