@@ -1,6 +1,7 @@
 //! The local store as a copy source and destination.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -123,7 +124,13 @@ pub struct LocalDest {
     store: LocalStore,
     lease: Lease,
     record_repo_digest: bool,
+    /// One permit per blob writer thread: `abort` takes them all, so no writer of this copy
+    /// can still create or commit a file after it has cleaned up.
+    writers: Arc<tokio::sync::Semaphore>,
 }
+
+/// More permits than writers can ever be running at once.
+const WRITER_PERMITS: u32 = 1 << 20;
 
 enum Msg {
     Data(Bytes),
@@ -139,6 +146,7 @@ impl LocalDest {
             store,
             lease,
             record_repo_digest,
+            writers: Arc::new(tokio::sync::Semaphore::new(WRITER_PERMITS as usize)),
         })
     }
 
@@ -147,11 +155,20 @@ impl LocalDest {
         self.lease.release().await
     }
 
-    /// Ends a failed copy: blobs it brought that no image uses are deleted.
+    /// Ends a failed copy: once its blob writers have stopped, blobs it brought that no image
+    /// uses are deleted, and so are its unfinished downloads (nothing of the image is kept).
     pub async fn abort(self) -> Result<(), StoreError> {
+        let _all_stopped = self.writers.acquire_many(WRITER_PERMITS).await;
         let digests = self.lease.digests().await?;
         self.lease.release().await?;
-        self.store.gc(Some(digests)).await?;
+        self.store.gc(Some(digests.clone())).await?;
+        let store = self.store.clone();
+        let root = store.root().to_owned();
+        tokio::task::spawn_blocking(move || store.discard_partials_blocking(&digests))
+            .await
+            .map_err(|e| {
+                StoreError::io("discarding unfinished downloads", root)(std::io::Error::other(e))
+            })?;
         Ok(())
     }
 
@@ -165,9 +182,13 @@ impl LocalDest {
     ) -> Result<Transfer, CopyError> {
         let store = self.store.clone();
         let b = blob.clone();
-        let start = tokio::task::spawn_blocking(move || store.ingest_known_blocking(&b))
-            .await
-            .map_err(|e| join_error(blob, e))??;
+        let permit = self.writers.clone().acquire_owned().await.ok();
+        let start = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            store.ingest_known_blocking(&b)
+        })
+        .await
+        .map_err(|e| join_error(blob, e))??;
         let mut ing = match start {
             IngestStart::Present => return Ok(Transfer::Skipped(Skip::Exists)),
             IngestStart::Write(ing) => ing,
@@ -183,7 +204,9 @@ impl LocalDest {
         let mut stream = src.blob(blob, offset).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(16);
         let expected = blob.clone();
+        let permit = self.writers.clone().acquire_owned().await.ok();
         let writer = tokio::task::spawn_blocking(move || -> Result<Option<()>, StoreError> {
+            let _permit = permit;
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     Msg::Data(b) => ing.write(&b)?,

@@ -245,6 +245,22 @@ impl LocalStore {
         Ok(StagingDir { path, _lock: lock })
     }
 
+    /// Removes the resumable downloads of `digests` that no writer holds. Blocking.
+    pub fn discard_partials_blocking(&self, digests: &[Digest]) {
+        for d in digests {
+            let path = self
+                .ingest_dir()
+                .join(format!("{}-{}.partial", d.algorithm(), d.hex()));
+            let Ok(f) = OpenOptions::new().read(true).open(&path) else {
+                continue;
+            };
+            // Held by a live writer (another process): leave it.
+            if matches!(flock(&f, true), Ok(true)) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
     /// Starts writing a blob whose digest and size are known. Waits while another process
     /// writes the same blob; resumes a partial file left by a process that died. Blocking.
     pub fn ingest_known_blocking(&self, blob: &BlobRef) -> Result<IngestStart, StoreError> {
