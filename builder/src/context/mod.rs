@@ -1,3 +1,325 @@
-//! The build context: which files a build may read ([`ignore`]: `.dockerignore` rules).
+//! The build context: which files a build may read, and finding them safely.
+//!
+//! - [`ignore`]: `.dockerignore` rules.
+//! - [`Context`]: a context directory with its ignore rules; resolves COPY/ADD sources (with
+//!   wildcards) to files inside the context, following symlinks only as far as the context's
+//!   root: a link that points outside is resolved as if the root were `/`, as BuildKit does, so
+//!   no path can leave the context.
 
 pub mod ignore;
+
+use std::path::{Component, Path, PathBuf};
+
+use ignore::Patterns;
+
+/// A context source that cannot be used, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// Nothing in the context matches.
+    #[error("{source_path}: not found in the build context{}", if *.excluded { " (excluded by .dockerignore)" } else { "" })]
+    NotFound {
+        /// The source as written.
+        source_path: String,
+        /// It exists but `.dockerignore` excludes it.
+        excluded: bool,
+    },
+    /// Reading the context failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Symlinks loop.
+    #[error("{0}: too many levels of symbolic links")]
+    Loop(String),
+}
+
+/// A build context directory.
+#[derive(Clone, Debug)]
+pub struct Context {
+    root: PathBuf,
+    ignore: Patterns,
+}
+
+/// Symlinks followed while resolving one path, at most.
+const MAX_LINKS: usize = 255;
+
+impl Context {
+    /// Opens `root` with the ignore file for `dockerfile`: `<Dockerfile>.dockerignore` next to
+    /// it if there is one, else `.dockerignore` at the root.
+    pub fn open(root: &Path, dockerfile: Option<&Path>) -> Result<Context, ContextError> {
+        let root = std::fs::canonicalize(root).map_err(|source| ContextError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        let specific = dockerfile.and_then(|d| {
+            let name = d.file_name()?.to_str()?;
+            Some(d.with_file_name(format!("{name}.dockerignore")))
+        });
+        let candidates = specific.into_iter().chain([root.join(".dockerignore")]);
+        let mut ignore = Patterns::default();
+        for c in candidates {
+            match std::fs::read_to_string(&c) {
+                Ok(text) => {
+                    ignore = Patterns::parse(&text);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ContextError::Io { path: c, source }),
+            }
+        }
+        Ok(Context { root, ignore })
+    }
+
+    /// The context's root directory (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Its ignore rules.
+    pub fn ignore(&self) -> &Patterns {
+        &self.ignore
+    }
+
+    /// Resolves `path` (relative to the root, or absolute meaning the root) to a path on disk
+    /// inside the root, following symlinks (each resolved within the root). The last
+    /// component's link is followed only with `follow_last`. Missing components are fine: the
+    /// result says where the file would be.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
+        resolve_in_root(&self.root, path, follow_last)
+    }
+
+    /// The context-relative paths a COPY/ADD source names: the path itself, or what a pattern
+    /// with `*`, `?` or `[…]` matches, in sorted order, without excluded files. An empty list
+    /// from a pattern is fine (BuildKit copies nothing); a plain path that does not exist is
+    /// an error.
+    pub fn select(&self, source: &str) -> Result<Vec<String>, ContextError> {
+        let rel = ignore::clean(source.trim_start_matches('/'));
+        let rel = if rel.starts_with("..") {
+            // `COPY ../x` names something outside: confined, it is the root's `x`.
+            ignore::clean(&format!("/{rel}"))
+                .trim_start_matches('/')
+                .to_owned()
+        } else {
+            rel
+        };
+        let rel = if rel.is_empty() { ".".to_owned() } else { rel };
+        if !has_wildcards(&rel) {
+            let disk = self.resolve(&rel, true)?;
+            let exists = std::fs::symlink_metadata(&disk).is_ok();
+            let excluded = rel != "." && self.ignore.excludes(&rel);
+            if !exists || (excluded && !self.ignore.has_exclusions()) {
+                return Err(ContextError::NotFound {
+                    source_path: source.to_owned(),
+                    excluded: exists && excluded,
+                });
+            }
+            return Ok(vec![rel]);
+        }
+        let mut out = Vec::new();
+        self.glob(&rel.split('/').collect::<Vec<_>>(), String::new(), &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
+    fn glob(
+        &self,
+        segs: &[&str],
+        prefix: String,
+        out: &mut Vec<String>,
+    ) -> Result<(), ContextError> {
+        let Some((seg, rest)) = segs.split_first() else {
+            if !prefix.is_empty() && !self.ignore.excludes(&prefix) {
+                out.push(prefix);
+            }
+            return Ok(());
+        };
+        let join = |name: &str| {
+            if prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{prefix}/{name}")
+            }
+        };
+        if !has_wildcards(seg) {
+            let next = join(seg);
+            if std::fs::symlink_metadata(self.resolve(&next, !rest.is_empty())?).is_ok() {
+                self.glob(rest, next, out)?;
+            }
+            return Ok(());
+        }
+        let dir = self.resolve(if prefix.is_empty() { "." } else { &prefix }, true)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::NotADirectory =>
+            {
+                return Ok(());
+            }
+            Err(source) => return Err(ContextError::Io { path: dir, source }),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for name in names {
+            if ignore::Pattern::new(seg).is_some_and(|p| p.matches(&name)) {
+                self.glob(rest, join(&name), out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn has_wildcards(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Joins `path` onto `root` resolving `..` and symlinks lexically within `root`, the way a
+/// chroot would: nothing resolves outside it.
+pub fn resolve_in_root(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+) -> Result<PathBuf, ContextError> {
+    let mut pending: Vec<String> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_owned()),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut current: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            current.pop();
+            continue;
+        }
+        let candidate = current
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&part);
+        let is_last = pending.is_empty();
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(ContextError::Loop(path.to_owned()));
+                }
+                let target = std::fs::read_link(&candidate).map_err(|source| ContextError::Io {
+                    path: candidate.clone(),
+                    source,
+                })?;
+                if target.is_absolute() {
+                    current.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
+                        Component::ParentDir => pending.push("..".to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => current.push(part),
+        }
+    }
+    Ok(current.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, Context) {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        for d in ["src/a", "src/b", "docs"] {
+            std::fs::create_dir_all(ctx.join(d)).unwrap();
+        }
+        for f in [
+            "src/a/x.rs",
+            "src/b/y.rs",
+            "src/main.rs",
+            "docs/r.md",
+            "README.md",
+            "notes.md",
+        ] {
+            std::fs::write(ctx.join(f), f).unwrap();
+        }
+        std::fs::write(t.path().join("secret"), "outside").unwrap();
+        symlink("../../secret", ctx.join("src/escape")).unwrap();
+        symlink("/etc/passwd", ctx.join("abs")).unwrap();
+        symlink("src/a", ctx.join("alink")).unwrap();
+        symlink("loop", ctx.join("loop")).unwrap();
+        std::fs::write(ctx.join(".dockerignore"), "notes.md\ndocs\n").unwrap();
+        let c = Context::open(&ctx, None).unwrap();
+        (t, c)
+    }
+
+    #[test]
+    fn symlinks_stay_inside_the_context() {
+        let (_t, c) = tree();
+        let root = c.root().to_owned();
+        assert_eq!(c.resolve("src/escape", true).unwrap(), root.join("secret"));
+        assert_eq!(c.resolve("abs", true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(c.resolve("abs", false).unwrap(), root.join("abs"));
+        assert_eq!(c.resolve("../../x", true).unwrap(), root.join("x"));
+        assert_eq!(
+            c.resolve("alink/x.rs", false).unwrap(),
+            root.join("src/a/x.rs")
+        );
+        assert!(matches!(
+            c.resolve("loop", true),
+            Err(ContextError::Loop(_))
+        ));
+    }
+
+    #[test]
+    fn sources_and_wildcards() {
+        let (_t, c) = tree();
+        assert_eq!(c.select("src/main.rs").unwrap(), ["src/main.rs"]);
+        assert_eq!(c.select("/src/main.rs").unwrap(), ["src/main.rs"]);
+        assert_eq!(
+            c.select("src/*/*.rs").unwrap(),
+            ["src/a/x.rs", "src/b/y.rs"]
+        );
+        assert_eq!(
+            c.select("*.md").unwrap(),
+            ["README.md"],
+            "notes.md is ignored"
+        );
+        assert_eq!(
+            c.select("../src/main.rs").unwrap(),
+            ["src/main.rs"],
+            "confined"
+        );
+        assert!(c.select("nothing*").unwrap().is_empty());
+        let e = c.select("missing.txt").unwrap_err().to_string();
+        assert!(e.contains("missing.txt: not found"), "{e}");
+        let e = c.select("notes.md").unwrap_err().to_string();
+        assert!(e.contains("excluded by .dockerignore"), "{e}");
+        assert!(c.select("docs/r.md").is_err());
+    }
+
+    #[test]
+    fn dockerfile_specific_ignore_file_wins() {
+        let (t, _) = tree();
+        let ctx = t.path().join("ctx");
+        std::fs::write(ctx.join("Dockerfile.dockerignore"), "README.md\n").unwrap();
+        let c = Context::open(&ctx, Some(&ctx.join("Dockerfile"))).unwrap();
+        assert!(c.ignore().excludes("README.md"));
+        assert!(!c.ignore().excludes("notes.md"));
+    }
+}
