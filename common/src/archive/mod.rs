@@ -3,11 +3,13 @@
 //!
 //! wharf writes one layout that is all of these at once, as docker 25 does: `blobs/<alg>/<hex>`
 //! for every blob, `oci-layout` and `index.json` for OCI readers, and `manifest.json` for
-//! `docker load`. [`unpack`] applies a layer onto a root filesystem directory, safely. Reading stages the archive's files in the store's ingest directory, hashing
+//! `docker load`. [`unpack`] applies a layer onto a root filesystem directory, safely; [`layer`] writes
+//! one deterministically. Reading stages the archive's files in the store's ingest directory, hashing
 //! each as it is written, and serves them to the copy engine from there.
 
 mod compress;
 mod import;
+pub mod layer;
 mod reader;
 pub mod unpack;
 mod writer;
