@@ -79,8 +79,47 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Build an image from a Dockerfile (no RUN yet)
+    Build(BuildArgs),
     /// Run the registry server (OCI Distribution v1.1) [default: 0.0.0.0:5000, data in --root]
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The build context directory
+    pub context: PathBuf,
+    /// Name and optionally a tag (NAME[:TAG]); repeatable
+    #[arg(short, long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// Set a build-time variable (NAME=VALUE, or NAME to take it from the environment)
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Build up to this stage
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Layer compression
+    #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
+    pub compression: LayerCompression,
+    /// Write the image id to this file
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Platform to build for (only the host's can be built)
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print only the image id
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
+    Uncompressed,
 }
 
 #[derive(Debug, Args)]

@@ -49,3 +49,9 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     }
     ExitCode::FAILURE
 }
+
+/// Writes one line for people to stderr.
+pub fn err_line(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{line}");
+}

@@ -1,5 +1,6 @@
 //! One module per command: arguments → options → one library call → render.
 
+mod build;
 mod history;
 mod images;
 mod import;
@@ -35,5 +36,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(a) => login::login(&ctx, a).await,
         Command::Logout(a) => login::logout(&ctx, a).await,
         Command::Serve(a) => serve::run(&ctx, a).await,
+        Command::Build(a) => build::run(&ctx, a).await,
     }
 }

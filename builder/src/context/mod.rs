@@ -73,6 +73,14 @@ impl Context {
         Ok(Context { root, ignore })
     }
 
+    /// A directory read without ignore rules (an earlier stage's or an image's root).
+    pub fn without_ignore(root: &Path) -> Context {
+        Context {
+            root: root.to_owned(),
+            ignore: Patterns::default(),
+        }
+    }
+
     /// The context's root directory (canonical).
     pub fn root(&self) -> &Path {
         &self.root

@@ -1,0 +1,683 @@
+//! COPY and ADD: sources from the context, an earlier stage or an image, with Docker's rules for
+//! destinations, ownership and modes; the result is applied to the stage's root directory and
+//! becomes the entries of a new layer.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wharf_common::archive::layer::{LayerEntry, LayerOptions, LayerSource, write_layer};
+
+use super::{BuildOptions, Layer, Run, StageState, clean_abs};
+use crate::context::{Context, resolve_in_root};
+use crate::dockerfile::instructions::CopySpec;
+
+/// Owner of copied files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+/// Resolves `user[:group]` against the stage's /etc/passwd and /etc/group.
+fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let read = |name: &str| {
+        std::fs::read_to_string(resolve_in_root(rootfs, name, true).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let passwd = read("etc/passwd");
+    let groups = read("etc/group");
+    let lookup = |db: &str, name: &str| -> Option<(u32, Option<u32>)> {
+        db.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.first() != Some(&name) {
+                return None;
+            }
+            let id = f.get(2)?.parse().ok()?;
+            Some((id, f.get(3).and_then(|g| g.parse().ok())))
+        })
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => lookup(&passwd, user).ok_or_else(|| {
+            format!("unable to find user {user}: no matching entries in passwd file")
+        })?,
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup(&groups, g).map(|(id, _)| id).ok_or_else(|| {
+                format!("unable to find group {g}: no matching entries in group file")
+            })?,
+        },
+        None => primary.unwrap_or(uid),
+    };
+    Ok(Owner { uid, gid })
+}
+
+/// Octal (`755`) or symbolic (`u+x,go=r`) modes, applied to `current`.
+fn apply_chmod(spec: &str, current: u32, is_dir: bool) -> Result<u32, String> {
+    if spec.chars().all(|c| c.is_ascii_digit()) {
+        return u32::from_str_radix(spec, 8).map_err(|_| format!("invalid chmod {spec:?}"));
+    }
+    let mut mode = current & 0o7777;
+    for clause in spec.split(',') {
+        let op_at = clause
+            .find(['+', '-', '='])
+            .ok_or_else(|| format!("invalid chmod {spec:?}"))?;
+        let (who, rest) = clause.split_at(op_at);
+        let op = rest.chars().next().unwrap_or('=');
+        let perms = &rest[1..];
+        let mut mask = 0u32;
+        let who = if who.is_empty() { "a" } else { who };
+        for w in who.chars() {
+            mask |= match w {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o0007,
+                'a' => 0o6777,
+                _ => return Err(format!("invalid chmod {spec:?}")),
+            };
+        }
+        let mut bits = 0u32;
+        for p in perms.chars() {
+            bits |= match p {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if is_dir || current & 0o111 != 0 => 0o111,
+                'X' => 0,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => return Err(format!("invalid chmod {spec:?}")),
+            };
+        }
+        let bits = bits & mask;
+        match op {
+            '+' => mode |= bits,
+            '-' => mode &= !bits,
+            _ => mode = (mode & !(mask & 0o7777)) | bits,
+        }
+    }
+    Ok(mode)
+}
+
+/// Creates `path` and its missing parents in the root; returns the entries for those created.
+pub(crate) fn mkdir_p(
+    s: &mut StageState,
+    path: &str,
+    owner: Option<Owner>,
+) -> std::io::Result<Vec<LayerEntry>> {
+    let mut entries = Vec::new();
+    let mut current = String::new();
+    for seg in path.split('/').filter(|p| !p.is_empty()) {
+        current = format!("{current}/{seg}");
+        let disk = resolve_in_root(&s.rootfs, &current, true).map_err(std::io::Error::other)?;
+        match std::fs::symlink_metadata(&disk) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{current} exists and is not a directory"
+                )));
+            }
+            Err(_) => {}
+        }
+        std::fs::create_dir(&disk)?;
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755))?;
+        let o = owner.unwrap_or(Owner { uid: 0, gid: 0 });
+        chown(&disk, o);
+        entries.push(LayerEntry {
+            uid: u64::from(o.uid),
+            gid: u64::from(o.gid),
+            ..LayerEntry::new(&current, LayerSource::Dir)
+        });
+    }
+    Ok(entries)
+}
+
+fn chown(path: &Path, o: Owner) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let _ = std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid));
+    }
+}
+
+/// Writes the entries as the stage's next layer.
+pub(crate) fn commit_layer(
+    s: &mut StageState,
+    entries: Vec<LayerEntry>,
+    opts: &BuildOptions,
+) -> std::io::Result<()> {
+    let dir = opts.work_dir.join("layers");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.layer", s.layers.len() + rand_suffix()));
+    let file = std::fs::File::create(&path)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let written = write_layer(
+        entries,
+        &mut w,
+        LayerOptions {
+            compression: opts.compression,
+            source_date_epoch: opts.source_date_epoch,
+        },
+    )?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    let final_path = dir.join(written.digest.hex());
+    std::fs::rename(&path, &final_path)?;
+    s.layers.push(Layer::New(written, final_path));
+    Ok(())
+}
+
+fn rand_suffix() -> usize {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    1_000_000 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One thing to put in the image.
+struct Item {
+    /// Where it goes, absolute image path.
+    dest: String,
+    /// Where it is on disk (None for heredoc content).
+    disk: Option<PathBuf>,
+    content: Option<Vec<u8>>,
+}
+
+/// Runs a COPY or ADD: returns the layer's entries, the root updated.
+pub(crate) fn copy(
+    run: &Run,
+    s: &mut StageState,
+    c: &CopySpec,
+    add: bool,
+    from_root: Option<&Path>,
+) -> Result<Vec<LayerEntry>, String> {
+    let env = s.expansion_env();
+    let lexer = run.lexer();
+    let dest_raw = lexer
+        .process_word(&c.dest, &env)
+        .map_err(|e| e.to_string())?;
+    let workdir = s.workdir();
+    let dest_dir_form = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
+    let dest = if dest_raw.starts_with('/') {
+        clean_abs(&dest_raw)
+    } else {
+        clean_abs(&format!("{workdir}/{dest_raw}"))
+    };
+    let owner = match &c.chown {
+        Some(spec) => Some(resolve_owner(
+            &s.rootfs,
+            &lexer.process_word(spec, &env).map_err(|e| e.to_string())?,
+        )?),
+        None => None,
+    };
+    let chmod = match &c.chmod {
+        Some(m) => Some(lexer.process_word(m, &env).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(m) = &chmod {
+        apply_chmod(m, 0o644, false)?;
+    }
+    // The sources, as (context-relative path, root they are in).
+    let plain;
+    let ctx: &Context = match from_root {
+        Some(root) => {
+            plain = Context::without_ignore(root);
+            &plain
+        }
+        None => run.context(),
+    };
+    let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
+    let mut items: Vec<Item> = Vec::new();
+    let mut sources = 0usize;
+    for src in &c.sources {
+        if let Some(name) = src.strip_prefix("<<") {
+            let name = name.trim_start_matches('-').trim_matches(['"', '\'']);
+            let Some(h) = c.heredocs.iter().find(|h| h.name == name) else {
+                return Err(format!("heredoc {src} has no body"));
+            };
+            let content = if h.expand {
+                lexer
+                    .process_word(&h.content, &env)
+                    .map_err(|e| e.to_string())?
+            } else {
+                h.content.clone()
+            };
+            sources += 1;
+            items.push(Item {
+                dest: name.to_owned(),
+                disk: None,
+                content: Some(content.into_bytes()),
+            });
+            continue;
+        }
+        if add
+            && (src.starts_with("http://")
+                || src.starts_with("https://")
+                || src.starts_with("git@"))
+        {
+            return Err(format!(
+                "ADD {src}: remote sources are not supported by this build yet"
+            ));
+        }
+        let src = lexer.process_word(src, &env).map_err(|e| e.to_string())?;
+        let matched = ctx.select(&src).map_err(|e| e.to_string())?;
+        for rel in matched {
+            if !excludes.is_empty() && excludes.excludes(&rel) {
+                continue;
+            }
+            sources += 1;
+            let disk = ctx.resolve(&rel, true).map_err(|e| e.to_string())?;
+            items.push(Item {
+                dest: rel,
+                disk: Some(disk),
+                content: None,
+            });
+        }
+    }
+    let dest_is_dir = dest_dir_form
+        || sources > 1
+        || std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?)
+            .is_ok_and(|m| m.is_dir());
+    if sources > 1
+        && !dest_dir_form
+        && !std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?)
+            .is_ok_and(|m| m.is_dir())
+    {
+        return Err(format!(
+            "when using {} with more than one source file, the destination must be a directory and end with a /",
+            if add { "ADD" } else { "COPY" }
+        ));
+    }
+    let mut entries = Vec::new();
+    let parent_of = |p: &str| {
+        p.rsplit_once('/')
+            .map(|(a, _)| a.to_owned())
+            .unwrap_or_default()
+    };
+    if dest_is_dir {
+        entries.extend(mkdir_p(s, &dest, owner).map_err(|e| e.to_string())?);
+    } else {
+        entries.extend(mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?);
+    }
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    for item in items {
+        let base = item
+            .dest
+            .rsplit('/')
+            .next()
+            .unwrap_or(&item.dest)
+            .to_owned();
+        match (item.disk, item.content) {
+            (_, Some(content)) => {
+                let target = if dest_is_dir {
+                    format!("{dest}/{base}")
+                } else {
+                    dest.clone()
+                };
+                let mode = match &chmod {
+                    Some(m) => apply_chmod(m, 0o644, false)?,
+                    None => 0o644,
+                };
+                put_bytes(
+                    s,
+                    &target,
+                    &content,
+                    mode,
+                    owner.unwrap_or(Owner { uid: 0, gid: 0 }),
+                    &mut entries,
+                )?;
+            }
+            (Some(disk), None) => {
+                let meta = std::fs::metadata(&disk).map_err(|e| format!("{}: {e}", item.dest))?;
+                if meta.is_dir() {
+                    // A directory's contents go into the destination, which is made with the
+                    // source directory's mode and time if it is not there.
+                    let on_disk =
+                        resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?;
+                    if !on_disk.is_dir() {
+                        entries.extend(
+                            mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?,
+                        );
+                        let _ = std::fs::remove_file(&on_disk);
+                        std::fs::create_dir(&on_disk).map_err(|e| format!("{dest}: {e}"))?;
+                        let mode = match chmod.as_deref() {
+                            Some(m) => apply_chmod(m, meta.mode(), true)?,
+                            None => meta.mode() & 0o7777,
+                        };
+                        std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
+                            .map_err(|e| e.to_string())?;
+                        let o = owner.unwrap_or(if from_root.is_some() {
+                            Owner {
+                                uid: meta.uid(),
+                                gid: meta.gid(),
+                            }
+                        } else {
+                            Owner { uid: 0, gid: 0 }
+                        });
+                        chown(&on_disk, o);
+                        entries.push(LayerEntry {
+                            mode,
+                            uid: u64::from(o.uid),
+                            gid: u64::from(o.gid),
+                            mtime: meta.mtime(),
+                            ..LayerEntry::new(&dest, LayerSource::Dir)
+                        });
+                    }
+                    walk(
+                        s,
+                        &disk,
+                        &dest,
+                        owner,
+                        chmod.as_deref(),
+                        from_root.is_some(),
+                        &excludes,
+                        &item.dest,
+                        &mut links,
+                        &mut entries,
+                    )?;
+                } else {
+                    let target = if dest_is_dir {
+                        format!("{dest}/{base}")
+                    } else {
+                        dest.clone()
+                    };
+                    if add && is_archive(&disk) {
+                        extract_archive(s, &disk, &dest, &mut entries)?;
+                        continue;
+                    }
+                    put_file(
+                        s,
+                        &disk,
+                        &meta,
+                        &target,
+                        owner,
+                        chmod.as_deref(),
+                        from_root.is_some(),
+                        &mut links,
+                        &mut entries,
+                    )?;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(entries)
+}
+
+/// Whether an ADD source is a local tar archive (plain, gzip or zstd) to unpack.
+fn is_archive(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(d) = wharf_common::archive::decompress(std::io::BufReader::new(f)) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    let mut r = d.reader;
+    if std::io::Read::read_exact(&mut r, &mut header).is_err() {
+        return false;
+    }
+    &header[257..262] == b"ustar"
+}
+
+/// ADD of a local archive: unpacked (safely) into the destination.
+fn extract_archive(
+    s: &mut StageState,
+    archive: &Path,
+    dest: &str,
+    entries: &mut Vec<LayerEntry>,
+) -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let f = std::fs::File::open(archive).map_err(|e| e.to_string())?;
+    let d =
+        wharf_common::archive::decompress(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+    wharf_common::archive::unpack::apply_layer(tmp.path(), d.reader, &Default::default())
+        .map_err(|e| format!("unpacking {}: {e}", archive.display()))?;
+    entries.extend(mkdir_p(s, dest, None).map_err(|e| e.to_string())?);
+    let mut links = HashMap::new();
+    walk(
+        s,
+        tmp.path(),
+        dest,
+        None,
+        None,
+        true,
+        &Default::default(),
+        "",
+        &mut links,
+        entries,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    s: &mut StageState,
+    dir: &Path,
+    dest: &str,
+    owner: Option<Owner>,
+    chmod: Option<&str>,
+    keep_owner: bool,
+    excludes: &crate::context::ignore::Patterns,
+    rel: &str,
+    links: &mut HashMap<(u64, u64), String>,
+    entries: &mut Vec<LayerEntry>,
+) -> Result<(), String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let Some(n) = name.to_str() else { continue };
+        let child_rel = if rel.is_empty() {
+            n.to_owned()
+        } else {
+            format!("{rel}/{n}")
+        };
+        if !excludes.is_empty() && excludes.excludes(&child_rel) {
+            continue;
+        }
+        let disk = dir.join(n);
+        let meta = std::fs::symlink_metadata(&disk).map_err(|e| e.to_string())?;
+        let target = format!("{}/{n}", dest.trim_end_matches('/'));
+        if meta.is_dir() {
+            let mode = match chmod {
+                Some(m) => apply_chmod(m, meta.mode(), true)?,
+                None => meta.mode() & 0o7777,
+            };
+            let o = owner.unwrap_or(if keep_owner {
+                Owner {
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                }
+            } else {
+                Owner { uid: 0, gid: 0 }
+            });
+            let on_disk = resolve_in_root(&s.rootfs, &target, false).map_err(|e| e.to_string())?;
+            if !on_disk.is_dir() {
+                let _ = std::fs::remove_file(&on_disk);
+                std::fs::create_dir_all(&on_disk).map_err(|e| e.to_string())?;
+            }
+            std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
+            chown(&on_disk, o);
+            entries.push(LayerEntry {
+                mode,
+                uid: u64::from(o.uid),
+                gid: u64::from(o.gid),
+                mtime: meta.mtime(),
+                ..LayerEntry::new(&target, LayerSource::Dir)
+            });
+            walk(
+                s, &disk, &target, owner, chmod, keep_owner, excludes, &child_rel, links, entries,
+            )?;
+        } else {
+            put_file(
+                s, &disk, &meta, &target, owner, chmod, keep_owner, links, entries,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_file(
+    s: &mut StageState,
+    disk: &Path,
+    meta: &std::fs::Metadata,
+    target: &str,
+    owner: Option<Owner>,
+    chmod: Option<&str>,
+    keep_owner: bool,
+    links: &mut HashMap<(u64, u64), String>,
+    entries: &mut Vec<LayerEntry>,
+) -> Result<(), String> {
+    let o = owner.unwrap_or(if keep_owner {
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    } else {
+        Owner { uid: 0, gid: 0 }
+    });
+    let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
+    if std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
+        return Err(format!(
+            "cannot copy to {target}: it is a directory in the image"
+        ));
+    }
+    let _ = std::fs::remove_file(&on_disk);
+    let base = LayerEntry::new(target, LayerSource::Dir);
+    let ft = std::fs::symlink_metadata(disk)
+        .map_err(|e| e.to_string())?
+        .file_type();
+    if ft.is_symlink() {
+        let link = std::fs::read_link(disk).map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&link, &on_disk).map_err(|e| e.to_string())?;
+        chown(&on_disk, o);
+        entries.push(LayerEntry {
+            source: LayerSource::Symlink(link.to_string_lossy().into_owned()),
+            mode: 0o777,
+            uid: u64::from(o.uid),
+            gid: u64::from(o.gid),
+            mtime: meta.mtime(),
+            ..base
+        });
+        return Ok(());
+    }
+    let mode = match chmod {
+        Some(m) => apply_chmod(m, meta.mode(), false)?,
+        None => meta.mode() & 0o7777,
+    };
+    let key = (meta.dev(), meta.ino());
+    if meta.nlink() > 1
+        && let Some(first) = links.get(&key)
+    {
+        let first_disk = resolve_in_root(&s.rootfs, first, false).map_err(|e| e.to_string())?;
+        std::fs::hard_link(&first_disk, &on_disk).map_err(|e| e.to_string())?;
+        entries.push(LayerEntry {
+            source: LayerSource::Hardlink(first.trim_start_matches('/').to_owned()),
+            ..base
+        });
+        return Ok(());
+    }
+    links.insert(key, target.to_owned());
+    std::fs::copy(disk, &on_disk).map_err(|e| format!("copying {}: {e}", disk.display()))?;
+    std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| e.to_string())?;
+    chown(&on_disk, o);
+    entries.push(LayerEntry {
+        source: LayerSource::File(on_disk),
+        mode,
+        uid: u64::from(o.uid),
+        gid: u64::from(o.gid),
+        mtime: meta.mtime(),
+        ..base
+    });
+    Ok(())
+}
+
+fn put_bytes(
+    s: &mut StageState,
+    target: &str,
+    content: &[u8],
+    mode: u32,
+    o: Owner,
+    entries: &mut Vec<LayerEntry>,
+) -> Result<(), String> {
+    let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&on_disk);
+    std::fs::write(&on_disk, content).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| e.to_string())?;
+    chown(&on_disk, o);
+    entries.push(LayerEntry {
+        mode,
+        uid: u64::from(o.uid),
+        gid: u64::from(o.gid),
+        ..LayerEntry::new(target, LayerSource::Bytes(content.to_vec()))
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn chmod_forms() {
+        assert_eq!(apply_chmod("755", 0o644, false).unwrap(), 0o755);
+        assert_eq!(apply_chmod("u+x", 0o644, false).unwrap(), 0o744);
+        assert_eq!(apply_chmod("go-r", 0o644, false).unwrap(), 0o600);
+        assert_eq!(apply_chmod("a=rX", 0o600, true).unwrap(), 0o555);
+        assert_eq!(apply_chmod("a=rX", 0o600, false).unwrap(), 0o444);
+        assert!(apply_chmod("q+z", 0o644, false).is_err());
+    }
+
+    #[test]
+    fn owners_from_passwd_and_group() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\napp:x:1001:\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_owner(t.path(), "app").unwrap(),
+            Owner {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(
+            resolve_owner(t.path(), "app:staff").unwrap(),
+            Owner { uid: 1000, gid: 50 }
+        );
+        assert_eq!(
+            resolve_owner(t.path(), "42").unwrap(),
+            Owner { uid: 42, gid: 42 }
+        );
+        assert_eq!(
+            resolve_owner(t.path(), "42:7").unwrap(),
+            Owner { uid: 42, gid: 7 }
+        );
+        assert!(
+            resolve_owner(t.path(), "nobody")
+                .unwrap_err()
+                .contains("unable to find user nobody")
+        );
+    }
+}

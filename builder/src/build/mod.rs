@@ -1,0 +1,1028 @@
+//! Running a Dockerfile: stages in order, each from its base (scratch, an image, or an earlier
+//! stage), instructions applied to the image config and, for COPY/ADD/WORKDIR, to a root
+//! directory and a new deterministic layer. The result is an image ([`Built`]) that the copy
+//! engine stores like any other source.
+//!
+//! Not here yet (issue 4 continues): the build graph with parallel stages and the
+//! content-addressed cache; RUN needs the sandbox of issue 5.
+
+mod copy;
+mod output;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+use wharf_common::archive::layer::WrittenLayer;
+use wharf_common::archive::unpack::{UnpackOptions, apply_layer};
+use wharf_common::image::{BlobRef, Platform};
+use wharf_common::media_type::Compression;
+
+use crate::context::Context;
+use crate::dockerfile::instructions::{
+    self, CommandLine, Dockerfile, DockerfileError, Healthcheck, Instruction, Lint, Step,
+};
+use crate::dockerfile::shell::Lexer;
+
+pub use output::Built;
+
+/// An image a build starts from or copies from, as the local store holds it.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    /// The image config JSON.
+    pub config: Value,
+    /// Its layers (blobs, in order) and where their bytes are.
+    pub layers: Vec<(BlobRef, PathBuf)>,
+}
+
+/// Where base images come from (the CLI: the local store, pulling when missing).
+pub trait Images: Send + Sync {
+    /// The image `reference` for `platform`.
+    fn base<'a>(
+        &'a self,
+        reference: &'a str,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<BaseImage, String>>;
+}
+
+/// What to build.
+pub struct BuildOptions {
+    /// The Dockerfile's text.
+    pub dockerfile: String,
+    /// Its name, for errors.
+    pub dockerfile_name: String,
+    /// The context.
+    pub context: Context,
+    /// `--build-arg` values.
+    pub build_args: Vec<(String, String)>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `SOURCE_DATE_EPOCH`: clamps file times and sets `created`.
+    pub source_date_epoch: Option<i64>,
+    /// Layer compression.
+    pub compression: Compression,
+    /// The platform to build for (the host's).
+    pub platform: Platform,
+    /// A scratch directory for root filesystems and layers; removed by the caller.
+    pub work_dir: PathBuf,
+}
+
+/// A build that failed, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile does not parse or check.
+    #[error(transparent)]
+    Dockerfile(#[from] DockerfileError),
+    /// A step failed.
+    #[error("{file}:{line}: {instruction}: {message}")]
+    Step {
+        /// The Dockerfile.
+        file: String,
+        /// The step's line.
+        line: usize,
+        /// The instruction as written.
+        instruction: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A base image could not be had.
+    #[error("{file}:{line}: {reference}: {message}")]
+    Base {
+        /// The Dockerfile.
+        file: String,
+        /// The FROM or COPY --from line.
+        line: usize,
+        /// The image.
+        reference: String,
+        /// Why.
+        message: String,
+    },
+    /// The target stage does not exist.
+    #[error("target stage {0:?} could not be found")]
+    NoTarget(String),
+}
+
+/// Progress of a build, for the CLI to render.
+#[derive(Clone, Debug)]
+pub enum BuildEvent {
+    /// A step starts: `[stage i/n] INSTRUCTION`.
+    Step {
+        /// Stage name or index.
+        stage: String,
+        /// 1-based step number within the stage (FROM is 1).
+        index: usize,
+        /// Steps in the stage.
+        total: usize,
+        /// The instruction as written.
+        text: String,
+    },
+    /// A lint warning.
+    Warning(Lint),
+}
+
+/// The platform arguments every build defines.
+fn platform_args(p: &Platform) -> Vec<(String, String)> {
+    let full = match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    };
+    let mut out = Vec::new();
+    for prefix in ["BUILD", "TARGET"] {
+        out.push((format!("{prefix}PLATFORM"), full.clone()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// ARGs docker lets `--build-arg` set without a declaration.
+const PREDEFINED: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// Builds the Dockerfile in `opts`, reporting through `events`.
+pub async fn build(
+    opts: BuildOptions,
+    images: &dyn Images,
+    events: Events,
+) -> Result<Built, BuildError> {
+    let df = instructions::parse(&opts.dockerfile, &opts.dockerfile_name)?;
+    for l in &df.lints {
+        (*events)(BuildEvent::Warning(l.clone()));
+    }
+    let file = opts.dockerfile_name.clone();
+    let lexer = Lexer::new(df.escape);
+    // Meta ARGs: defaults, overridden by --build-arg, plus the platform args.
+    let mut meta: Vec<(String, String)> = platform_args(&opts.platform);
+    for (name, default) in &df.meta_args {
+        let value = opts
+            .build_args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                default
+                    .as_ref()
+                    .and_then(|d| lexer.process_word(d, &meta).ok())
+            });
+        if let Some(v) = value {
+            meta.push((name.clone(), v));
+        }
+    }
+    let target = match &opts.target {
+        Some(t) => df
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(t.to_lowercase().as_str()))
+            .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
+        None => df.stages.len() - 1,
+    };
+    let needed = needed_stages(&df, target);
+    // Resolve every base and COPY --from image first: they are what can be slow.
+    let mut bases: BTreeMap<String, BaseImage> = BTreeMap::new();
+    for &i in &needed {
+        let stage = &df.stages[i];
+        let base = lexer
+            .process_word(&stage.base, &meta)
+            .map_err(|e| step_error(&file, stage.location.line, &stage.original, e.to_string()))?;
+        let mut wanted = vec![(base, stage.location.line)];
+        for step in &stage.steps {
+            if let Instruction::Copy(c) = &step.instruction
+                && let Some(from) = &c.from
+            {
+                wanted.push((from.clone(), step.location.line));
+            }
+        }
+        for (name, line) in wanted {
+            let is_stage = stage_index(&df, &name, i).is_some();
+            if is_stage || name == "scratch" || bases.contains_key(&name) {
+                continue;
+            }
+            let img = images
+                .base(&name, &opts.platform)
+                .await
+                .map_err(|message| BuildError::Base {
+                    file: file.clone(),
+                    line,
+                    reference: name.clone(),
+                    message,
+                })?;
+            bases.insert(name, img);
+        }
+    }
+    let run = Run {
+        df,
+        opts,
+        meta,
+        bases,
+        lexer,
+        events,
+    };
+    tokio::task::spawn_blocking(move || run.run_blocking(&needed, target))
+        .await
+        .map_err(|e| BuildError::Step {
+            file,
+            line: 0,
+            instruction: String::new(),
+            message: e.to_string(),
+        })?
+}
+
+/// Where build events go.
+pub type Events = std::sync::Arc<dyn Fn(BuildEvent) + Send + Sync>;
+
+fn step_error(file: &str, line: usize, original: &str, message: String) -> BuildError {
+    BuildError::Step {
+        file: file.to_owned(),
+        line,
+        instruction: original.to_owned(),
+        message,
+    }
+}
+
+/// The index of the stage `name` (a name or a number) defined before stage `before`.
+fn stage_index(df: &Dockerfile, name: &str, before: usize) -> Option<usize> {
+    let lower = name.to_lowercase();
+    if let Some(i) = df.stages[..before]
+        .iter()
+        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
+        return Some(i);
+    }
+    name.parse::<usize>().ok().filter(|i| *i < before)
+}
+
+/// The stages `target` depends on (FROM a stage, COPY --from a stage), and itself, in order.
+fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
+    let mut needed = HashSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let s = &df.stages[i];
+        if let Some(j) = stage_index(df, &s.base, i) {
+            todo.push(j);
+        }
+        for step in &s.steps {
+            if let Instruction::Copy(c) = &step.instruction
+                && let Some(j) = c.from.as_deref().and_then(|f| stage_index(df, f, i))
+            {
+                todo.push(j);
+            }
+        }
+    }
+    let mut v: Vec<usize> = needed.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+/// A layer of the image being built.
+#[derive(Clone, Debug)]
+pub(crate) enum Layer {
+    /// From the base image, as stored.
+    Base(BlobRef, PathBuf),
+    /// Written by this build.
+    New(WrittenLayer, PathBuf),
+}
+
+/// The state of one stage while it runs.
+#[derive(Clone, Debug)]
+pub(crate) struct StageState {
+    pub image: Map<String, Value>,
+    pub layers: Vec<Layer>,
+    pub rootfs: PathBuf,
+    /// ARGs declared in the stage, with their values.
+    pub args: Vec<(String, String)>,
+}
+
+impl StageState {
+    pub(crate) fn config(&mut self) -> &mut Map<String, Value> {
+        let c = self
+            .image
+            .entry("config")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !c.is_object() {
+            *c = Value::Object(Map::new());
+        }
+        c.as_object_mut()
+            .unwrap_or_else(|| unreachable!("made an object above"))
+    }
+
+    /// The environment variables words are expanded with: ARGs, then ENV over them.
+    pub(crate) fn expansion_env(&mut self) -> Vec<(String, String)> {
+        let mut env = self.args.clone();
+        if let Some(list) = self.config().get("Env").and_then(Value::as_array) {
+            for e in list.iter().filter_map(Value::as_str) {
+                if let Some((k, v)) = e.split_once('=') {
+                    env.push((k.to_owned(), v.to_owned()));
+                }
+            }
+        }
+        env
+    }
+
+    pub(crate) fn workdir(&mut self) -> String {
+        self.config()
+            .get("WorkingDir")
+            .and_then(Value::as_str)
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_owned()
+    }
+
+    fn shell(&mut self) -> Vec<String> {
+        self.config()
+            .get("Shell")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .filter(|v: &Vec<String>| !v.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+}
+
+struct Run {
+    df: Dockerfile,
+    opts: BuildOptions,
+    meta: Vec<(String, String)>,
+    bases: BTreeMap<String, BaseImage>,
+    lexer: Lexer,
+    events: Events,
+}
+
+impl Run {
+    fn run_blocking(self, needed: &[usize], target: usize) -> Result<Built, BuildError> {
+        let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
+        for &i in needed {
+            let state = self.run_stage(i, &done)?;
+            done.insert(i, state);
+        }
+        let state = done
+            .remove(&target)
+            .unwrap_or_else(|| unreachable!("the target stage ran"));
+        output::assemble(state, &self.opts).map_err(|e| {
+            step_error(
+                &self.opts.dockerfile_name,
+                0,
+                "exporting the image",
+                e.to_string(),
+            )
+        })
+    }
+
+    fn created(&self) -> String {
+        let secs = self.opts.source_date_epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+        });
+        rfc3339(secs)
+    }
+
+    fn run_stage(
+        &self,
+        i: usize,
+        done: &BTreeMap<usize, StageState>,
+    ) -> Result<StageState, BuildError> {
+        let stage = &self.df.stages[i];
+        let file = &self.opts.dockerfile_name;
+        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+        let total = stage.steps.len() + 1;
+        let emit = |e: BuildEvent| (*self.events)(e);
+        emit(BuildEvent::Step {
+            stage: label.clone(),
+            index: 1,
+            total,
+            text: stage.original.clone(),
+        });
+        let base = self
+            .lexer
+            .process_word(&stage.base, &self.meta)
+            .map_err(|e| step_error(file, stage.location.line, &stage.original, e.to_string()))?;
+        let rootfs = self.opts.work_dir.join(format!("stage-{i}"));
+        let mut state = match stage_index(&self.df, &base, i) {
+            Some(j) => {
+                let parent = done
+                    .get(&j)
+                    .unwrap_or_else(|| unreachable!("stages run in order"));
+                copy_tree(&parent.rootfs, &rootfs).map_err(|e| {
+                    step_error(file, stage.location.line, &stage.original, e.to_string())
+                })?;
+                StageState {
+                    rootfs,
+                    args: Vec::new(),
+                    ..parent.clone()
+                }
+            }
+            None if base == "scratch" => {
+                std::fs::create_dir_all(&rootfs).map_err(|e| {
+                    step_error(file, stage.location.line, &stage.original, e.to_string())
+                })?;
+                let mut image = Map::new();
+                image.insert("config".into(), json!({}));
+                StageState {
+                    image,
+                    layers: Vec::new(),
+                    rootfs,
+                    args: Vec::new(),
+                }
+            }
+            None => {
+                let img = self
+                    .bases
+                    .get(&base)
+                    .unwrap_or_else(|| unreachable!("bases resolved first"));
+                materialize(img, &rootfs)
+                    .map_err(|e| step_error(file, stage.location.line, &stage.original, e))?;
+                let mut image = img.config.as_object().cloned().unwrap_or_default();
+                // ONBUILD triggers of the base run first.
+                let triggers: Vec<String> = image
+                    .get("config")
+                    .and_then(|c| c.get("OnBuild"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|t| t.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(c) = image.get_mut("config").and_then(Value::as_object_mut) {
+                    c.remove("OnBuild");
+                }
+                let mut s = StageState {
+                    image,
+                    layers: img
+                        .layers
+                        .iter()
+                        .map(|(b, p)| Layer::Base(b.clone(), p.clone()))
+                        .collect(),
+                    rootfs,
+                    args: Vec::new(),
+                };
+                for t in triggers {
+                    let parsed = instructions::parse(&format!("FROM scratch\n{t}\n"), "ONBUILD")
+                        .map_err(|e| {
+                            step_error(
+                                file,
+                                stage.location.line,
+                                &stage.original,
+                                format!("ONBUILD trigger {t:?}: {}", e.message),
+                            )
+                        })?;
+                    for step in &parsed.stages[0].steps {
+                        self.step(&mut s, step, done, i).map_err(|m| {
+                            step_error(file, stage.location.line, &format!("ONBUILD {t}"), m)
+                        })?;
+                    }
+                }
+                s
+            }
+        };
+        self.set_platform(&mut state);
+        // Proxy ARGs need no declaration.
+        for (k, v) in &self.opts.build_args {
+            if PREDEFINED.contains(&k.as_str()) {
+                state.args.push((k.clone(), v.clone()));
+            }
+        }
+        for (n, step) in stage.steps.iter().enumerate() {
+            emit(BuildEvent::Step {
+                stage: label.clone(),
+                index: n + 2,
+                total,
+                text: step.original.clone(),
+            });
+            self.step(&mut state, step, done, i)
+                .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
+        }
+        Ok(state)
+    }
+
+    fn set_platform(&self, s: &mut StageState) {
+        let p = &self.opts.platform;
+        s.image.insert("architecture".into(), json!(p.architecture));
+        s.image.insert("os".into(), json!(p.os));
+        match &p.variant {
+            Some(v) => {
+                s.image.insert("variant".into(), json!(v));
+            }
+            None => {
+                s.image.remove("variant");
+            }
+        }
+    }
+
+    fn history(&self, s: &mut StageState, created_by: String, empty_layer: bool) {
+        let mut h = json!({
+            "created": self.created(),
+            "created_by": created_by,
+            "comment": "buildkit.dockerfile.v0",
+        });
+        if empty_layer {
+            h["empty_layer"] = json!(true);
+        }
+        let list = s.image.entry("history").or_insert_with(|| json!([]));
+        if let Some(a) = list.as_array_mut() {
+            a.push(h);
+        }
+    }
+
+    fn expand(&self, s: &mut StageState, word: &str) -> Result<String, String> {
+        let env = s.expansion_env();
+        self.lexer
+            .process_word(word, &env)
+            .map_err(|e| e.to_string())
+    }
+
+    fn step(
+        &self,
+        s: &mut StageState,
+        step: &Step,
+        done: &BTreeMap<usize, StageState>,
+        stage: usize,
+    ) -> Result<(), String> {
+        match &step.instruction {
+            Instruction::Arg(args) => {
+                for (name, default) in args {
+                    let value = self
+                        .opts
+                        .build_args
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| {
+                            // A meta ARG re-declared without a default takes the meta value.
+                            default
+                                .is_none()
+                                .then(|| {
+                                    self.meta
+                                        .iter()
+                                        .rev()
+                                        .find(|(k, _)| k == name)
+                                        .map(|(_, v)| v.clone())
+                                })
+                                .flatten()
+                        });
+                    let value = match (value, default) {
+                        (Some(v), _) => Some(v),
+                        (None, Some(d)) => Some(self.expand(s, d)?),
+                        (None, None) => None,
+                    };
+                    if let Some(v) = value {
+                        s.args.push((name.clone(), v));
+                    }
+                }
+                let text = args.iter().map(|(k, d)| match d {
+                    Some(d) => format!("{k}={d}"),
+                    None => k.clone(),
+                });
+                self.history(
+                    s,
+                    format!("ARG {}", text.collect::<Vec<_>>().join(" ")),
+                    true,
+                );
+            }
+            Instruction::Env(pairs) => {
+                let mut expanded = Vec::new();
+                for (k, v) in pairs {
+                    let k = self.expand(s, k)?;
+                    let v = self.expand(s, v)?;
+                    set_env(s.config(), &k, &v);
+                    expanded.push(format!("{k}={v}"));
+                }
+                self.history(s, format!("ENV {}", expanded.join(" ")), true);
+            }
+            Instruction::Label(pairs) => {
+                let mut expanded = Vec::new();
+                for (k, v) in pairs {
+                    let k = self.expand(s, k)?;
+                    let v = self.expand(s, v)?;
+                    let labels = s.config().entry("Labels").or_insert_with(|| json!({}));
+                    if !labels.is_object() {
+                        *labels = json!({});
+                    }
+                    labels[&k] = json!(v);
+                    expanded.push(format!("{k}={v}"));
+                }
+                self.history(s, format!("LABEL {}", expanded.join(" ")), true);
+            }
+            Instruction::Maintainer(m) => {
+                let m = self.expand(s, m)?;
+                s.image.insert("author".into(), json!(m));
+                self.history(s, format!("MAINTAINER {m}"), true);
+            }
+            Instruction::Expose(ports) => {
+                let mut list = Vec::new();
+                for p in ports {
+                    for word in self.expand(s, p)?.split_whitespace() {
+                        let port = if word.contains('/') {
+                            word.to_lowercase()
+                        } else {
+                            format!("{word}/tcp")
+                        };
+                        let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
+                        if num.split('-').any(|n| n.parse::<u16>().is_err())
+                            || !matches!(proto, "tcp" | "udp" | "sctp")
+                        {
+                            return Err(format!(
+                                "invalid port {word:?}: expected <port>[/tcp|udp|sctp]"
+                            ));
+                        }
+                        list.push(port);
+                    }
+                }
+                let exposed = s
+                    .config()
+                    .entry("ExposedPorts")
+                    .or_insert_with(|| json!({}));
+                if !exposed.is_object() {
+                    *exposed = json!({});
+                }
+                for p in &list {
+                    exposed[p] = json!({});
+                }
+                let shown: Vec<String> = list.iter().map(|p| format!("{p}:{{}}")).collect();
+                self.history(s, format!("EXPOSE map[{}]", shown.join(" ")), true);
+            }
+            Instruction::Cmd(c) | Instruction::Entrypoint(c) => {
+                let is_cmd = matches!(step.instruction, Instruction::Cmd(_));
+                let argv = match c {
+                    CommandLine::Exec(v) => v.clone(),
+                    CommandLine::Shell(cmd) => {
+                        let mut v = s.shell();
+                        v.push(cmd.clone());
+                        v
+                    }
+                };
+                let key = if is_cmd { "Cmd" } else { "Entrypoint" };
+                s.config().insert(key.into(), json!(argv));
+                if !is_cmd && !self.cmd_set_in_stage(stage, step) {
+                    // ENTRYPOINT resets a CMD inherited from the base.
+                    s.config().insert("Cmd".into(), Value::Null);
+                }
+                let word = if is_cmd { "CMD" } else { "ENTRYPOINT" };
+                self.history(
+                    s,
+                    format!(
+                        "{word} {}",
+                        serde_json::to_string(&argv).unwrap_or_default()
+                    ),
+                    true,
+                );
+            }
+            Instruction::Shell(v) => {
+                s.config().insert("Shell".into(), json!(v));
+                self.history(
+                    s,
+                    format!("SHELL {}", serde_json::to_string(v).unwrap_or_default()),
+                    true,
+                );
+            }
+            Instruction::User(u) => {
+                let u = self.expand(s, u)?;
+                s.config().insert("User".into(), json!(u));
+                self.history(s, format!("USER {u}"), true);
+            }
+            Instruction::StopSignal(sig) => {
+                let sig = self.expand(s, sig)?;
+                check_signal(&sig)?;
+                s.config().insert("StopSignal".into(), json!(sig));
+                self.history(s, format!("STOPSIGNAL {sig}"), true);
+            }
+            Instruction::Volume(paths) => {
+                let mut list = Vec::new();
+                for p in paths {
+                    let p = self.expand(s, p)?;
+                    if p.is_empty() {
+                        return Err("VOLUME specified can not be an empty string".into());
+                    }
+                    list.push(p);
+                }
+                let vols = s.config().entry("Volumes").or_insert_with(|| json!({}));
+                if !vols.is_object() {
+                    *vols = json!({});
+                }
+                for p in &list {
+                    vols[p] = json!({});
+                }
+                self.history(
+                    s,
+                    format!(
+                        "VOLUME {}",
+                        serde_json::to_string(&list).unwrap_or_default()
+                    ),
+                    true,
+                );
+            }
+            Instruction::Workdir(w) => {
+                let w = self.expand(s, w)?;
+                let current = s.workdir();
+                let path = if w.starts_with('/') {
+                    clean_abs(&w)
+                } else {
+                    clean_abs(&format!("{current}/{w}"))
+                };
+                s.config().insert("WorkingDir".into(), json!(path));
+                let created = copy::mkdir_p(s, &path, None).map_err(|e| e.to_string())?;
+                let layer = !created.is_empty();
+                if layer {
+                    copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
+                }
+                self.history(s, format!("WORKDIR {path}"), !layer);
+            }
+            Instruction::Healthcheck(h) => {
+                let value = match h {
+                    Healthcheck::None => json!({"Test": ["NONE"]}),
+                    Healthcheck::Cmd {
+                        command,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => {
+                        let test = match command {
+                            CommandLine::Exec(v) => std::iter::once("CMD".to_owned())
+                                .chain(v.iter().cloned())
+                                .collect::<Vec<_>>(),
+                            CommandLine::Shell(c) => vec!["CMD-SHELL".to_owned(), c.clone()],
+                        };
+                        let mut v = json!({"Test": test});
+                        for (key, d) in [
+                            ("Interval", interval),
+                            ("Timeout", timeout),
+                            ("StartPeriod", start_period),
+                            ("StartInterval", start_interval),
+                        ] {
+                            if let Some(d) = d {
+                                v[key] = json!(parse_duration_ns(d)?);
+                            }
+                        }
+                        if let Some(r) = retries {
+                            v["Retries"] = json!(r);
+                        }
+                        v
+                    }
+                };
+                s.config().insert("Healthcheck".into(), value.clone());
+                self.history(
+                    s,
+                    format!(
+                        "HEALTHCHECK {}",
+                        step.original
+                            .split_once(char::is_whitespace)
+                            .map_or("", |x| x.1)
+                            .trim()
+                    ),
+                    true,
+                );
+            }
+            Instruction::Onbuild(trigger) => {
+                let list = s.config().entry("OnBuild").or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                if let Some(a) = list.as_array_mut() {
+                    a.push(json!(trigger));
+                }
+                self.history(s, format!("ONBUILD {trigger}"), true);
+            }
+            Instruction::Copy(c) | Instruction::Add(c) => {
+                let add = matches!(step.instruction, Instruction::Add(_));
+                let from_root = match &c.from {
+                    None => None,
+                    Some(f) => {
+                        let f = self.expand(s, f)?;
+                        Some(match stage_index(&self.df, &f, stage) {
+                            Some(j) => done
+                                .get(&j)
+                                .map(|d| d.rootfs.clone())
+                                .ok_or_else(|| format!("stage {f} did not run"))?,
+                            None => {
+                                let img = self
+                                    .bases
+                                    .get(&f)
+                                    .ok_or_else(|| format!("image {f} was not resolved"))?;
+                                let dir = self.opts.work_dir.join(format!("from-{}", sanitize(&f)));
+                                if !dir.exists() {
+                                    materialize(img, &dir)?;
+                                }
+                                dir
+                            }
+                        })
+                    }
+                };
+                let entries = copy::copy(self, s, c, add, from_root.as_deref())?;
+                copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
+                let word = if add { "ADD" } else { "COPY" };
+                let args = step
+                    .original
+                    .split_once(char::is_whitespace)
+                    .map_or("", |x| x.1)
+                    .trim();
+                self.history(s, format!("{word} {args} # buildkit"), false);
+            }
+            Instruction::Run(_) => {
+                return Err("RUN needs wharf's build sandbox, which is not built yet (issue 5); this build has no RUN support".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn cmd_set_in_stage(&self, stage: usize, entrypoint: &Step) -> bool {
+        self.df.stages[stage].steps.iter().any(|st| {
+            matches!(st.instruction, Instruction::Cmd(_))
+                && st.location.line > entrypoint.location.line
+        })
+    }
+
+    pub(crate) fn lexer(&self) -> &Lexer {
+        &self.lexer
+    }
+
+    pub(crate) fn context(&self) -> &Context {
+        &self.opts.context
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn set_env(config: &mut Map<String, Value>, key: &str, value: &str) {
+    let list = config.entry("Env").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    if let Some(a) = list.as_array_mut() {
+        let prefix = format!("{key}=");
+        let entry = json!(format!("{key}={value}"));
+        match a
+            .iter_mut()
+            .find(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)))
+        {
+            Some(slot) => *slot = entry,
+            None => a.push(entry),
+        }
+    }
+}
+
+fn check_signal(sig: &str) -> Result<(), String> {
+    let name = sig.trim_start_matches("SIG");
+    let known = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    if sig.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n))
+        || known.contains(&name)
+        || name.starts_with("RTMIN")
+        || name.starts_with("RTMAX")
+    {
+        Ok(())
+    } else {
+        Err(format!("invalid signal: {sig}"))
+    }
+}
+
+/// Go durations (`1h30m`, `5s`, `250ms`) in nanoseconds.
+fn parse_duration_ns(text: &str) -> Result<i64, String> {
+    let bad = || format!("invalid duration {text:?}: expected a duration like 30s, 1m30s or 250ms");
+    let mut total: f64 = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if rest == "0" {
+        return Ok(0);
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += n * mult;
+        rest = &rest[unit_len..];
+    }
+    Ok(total as i64)
+}
+
+/// Cleans an absolute path.
+pub(crate) fn clean_abs(p: &str) -> String {
+    let c = crate::context::ignore::clean(&format!("/{}", p.trim_start_matches('/')));
+    if c.is_empty() { "/".to_owned() } else { c }
+}
+
+/// Extracts an image's layers into `dir`.
+fn materialize(img: &BaseImage, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let opts = UnpackOptions {
+        owners: root,
+        devices: root,
+    };
+    for (blob, path) in &img.layers {
+        let f = std::fs::File::open(path).map_err(|e| format!("layer {}: {e}", blob.digest))?;
+        let d = wharf_common::archive::decompress(std::io::BufReader::new(f))
+            .map_err(|e| format!("layer {}: {e}", blob.digest))?;
+        apply_layer(dir, d.reader, &opts).map_err(|e| format!("layer {}: {e}", blob.digest))?;
+    }
+    Ok(())
+}
+
+/// Copies a directory tree (for a stage built on an earlier one).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "cp -a {} {} failed",
+            from.display(),
+            to.display()
+        )))
+    }
+}
+
+/// RFC 3339 in UTC, seconds precision.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(parse_duration_ns("5s").unwrap(), 5_000_000_000);
+        assert_eq!(parse_duration_ns("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration_ns("250ms").unwrap(), 250_000_000);
+        assert!(parse_duration_ns("5").is_err());
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert!(
+            check_signal("SIGTERM").is_ok()
+                && check_signal("9").is_ok()
+                && check_signal("SIGFOO").is_err()
+        );
+        assert_eq!(clean_abs("a/../b/./c/"), "/b/c");
+    }
+}

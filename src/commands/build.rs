@@ -1,0 +1,232 @@
+//! `wharf build`: a Dockerfile and its context into an image in the local store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use wharf_builder::build::{BaseImage, BuildEvent, BuildOptions, Images, build};
+use wharf_builder::context::Context;
+use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
+use wharf_common::image::{BlobRef, Manifest, Platform};
+use wharf_common::media_type::Compression;
+use wharf_common::reference::Reference;
+use wharf_common::store::LocalStore;
+
+use crate::cli::{BuildArgs, LayerCompression};
+use crate::context::{Ctx, find_image};
+use crate::printer::out;
+
+/// Base images from the local store, pulled when missing.
+struct StoreImages<'a> {
+    ctx: &'a Ctx,
+    store: LocalStore,
+}
+
+impl StoreImages<'_> {
+    async fn load(&self, reference: &str, platform: &Platform) -> anyhow::Result<BaseImage> {
+        let rec = match find_image(&self.store, reference).await {
+            Ok(r) => r,
+            Err(_) => {
+                let r: Reference = reference.parse()?;
+                let client = self.ctx.client(None)?;
+                let src = RegistrySource::new(client.repository(r.repo()));
+                let dest = LocalDest::new(self.store.clone(), true).await?;
+                let names = if r.tag().is_some() {
+                    vec![r.tagged()]
+                } else {
+                    vec![]
+                };
+                let opts = CopyOptions {
+                    platform: Some(platform.clone()),
+                    all_platforms: false,
+                };
+                let silent = wharf_common::progress::Silent;
+                match copy_image(&src, &dest, Some(&r), &names, &opts, &silent).await {
+                    Ok(_) => dest.finish().await?,
+                    Err(e) => {
+                        let _ = dest.abort().await;
+                        return Err(e).with_context(|| format!("pulling {}", r.familiar()));
+                    }
+                }
+                find_image(&self.store, reference).await?
+            }
+        };
+        let bytes = self.store.read_blob(&rec.digest).await?;
+        let manifest_bytes = match Manifest::parse(&bytes, &rec.media_type, &rec.digest)? {
+            Manifest::Image(_) => bytes,
+            Manifest::Index(idx) => {
+                let child = idx
+                    .manifests()
+                    .iter()
+                    .find(|m| {
+                        m.platform().as_ref().is_some_and(|p| {
+                            p.os().to_string() == platform.os
+                                && p.architecture().to_string() == platform.architecture
+                        })
+                    })
+                    .with_context(|| {
+                        format!(
+                            "{reference} has no image for {}/{}",
+                            platform.os, platform.architecture
+                        )
+                    })?;
+                let d: wharf_common::digest::Digest = child.digest().to_string().parse()?;
+                self.store.read_blob(&d).await?
+            }
+        };
+        let m: Value = serde_json::from_slice(&manifest_bytes)?;
+        let config_digest: wharf_common::digest::Digest = m["config"]["digest"]
+            .as_str()
+            .context("manifest without a config")?
+            .parse()?;
+        let config: Value = serde_json::from_slice(&self.store.read_blob(&config_digest).await?)?;
+        let mut layers = Vec::new();
+        for l in m["layers"].as_array().cloned().unwrap_or_default() {
+            let digest: wharf_common::digest::Digest = l["digest"]
+                .as_str()
+                .context("layer without a digest")?
+                .parse()?;
+            let path = self.store.blob_path(&digest);
+            layers.push((
+                BlobRef {
+                    digest,
+                    size: l["size"].as_u64().unwrap_or(0),
+                    media_type: l["mediaType"].as_str().unwrap_or_default().to_owned(),
+                },
+                path,
+            ));
+        }
+        Ok(BaseImage { config, layers })
+    }
+}
+
+impl Images for StoreImages<'_> {
+    fn base<'a>(
+        &'a self,
+        reference: &'a str,
+        platform: &'a Platform,
+    ) -> BoxFuture<'a, Result<BaseImage, String>> {
+        Box::pin(async move {
+            self.load(reference, platform)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let platform = Platform::host();
+    if let Some(p) = &args.platform {
+        let wanted: Platform = p.parse()?;
+        if wanted.os != platform.os || wanted.architecture != platform.architecture {
+            anyhow::bail!(
+                "--platform {p}: only the host's platform ({}/{}) can be built here",
+                platform.os,
+                platform.architecture
+            );
+        }
+    }
+    let names: Vec<Reference> = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse_exact(t).map(|r| r.tagged()))
+        .collect::<Result<_, _>>()?;
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = std::fs::read_to_string(&dockerfile_path)
+        .with_context(|| format!("reading the Dockerfile {}", dockerfile_path.display()))?;
+    let context = Context::open(&args.context, Some(&dockerfile_path))?;
+    let build_args = args
+        .build_args
+        .iter()
+        .filter_map(|a| match a.split_once('=') {
+            Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
+        })
+        .collect();
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<i64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
+        Err(_) => None,
+    };
+    let store = ctx.store().await?;
+    let staging = store.staging_dir_blocking()?;
+    let opts = BuildOptions {
+        dockerfile,
+        dockerfile_name: dockerfile_path.display().to_string(),
+        context,
+        build_args,
+        target: args.target.clone(),
+        source_date_epoch,
+        compression: match args.compression {
+            LayerCompression::Gzip => Compression::Gzip,
+            LayerCompression::Zstd => Compression::Zstd,
+            LayerCompression::Uncompressed => Compression::None,
+        },
+        platform,
+        work_dir: PathBuf::from(staging.path()),
+    };
+    let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let events: wharf_builder::build::Events = Arc::new(move |e| {
+        if quiet {
+            return;
+        }
+        let line = match e {
+            BuildEvent::Step {
+                stage,
+                index,
+                total,
+                text,
+            } => {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                format!("#{n} [{stage} {index}/{total}] {text}")
+            }
+            BuildEvent::Warning(l) => format!("WARN: {}: {} (line {})", l.rule, l.message, l.line),
+        };
+        crate::printer::err_line(&line);
+    });
+    let images = StoreImages {
+        ctx,
+        store: store.clone(),
+    };
+    let built = build(opts, &images, events).await?;
+    let dest = LocalDest::new(store.clone(), false).await?;
+    let silent = wharf_common::progress::Silent;
+    match copy_image(
+        &built,
+        &dest,
+        None,
+        &names,
+        &CopyOptions::default(),
+        &silent,
+    )
+    .await
+    {
+        Ok(_) => dest.finish().await?,
+        Err(e) => {
+            let _ = dest.abort().await;
+            return Err(e).context("storing the built image");
+        }
+    }
+    drop(staging);
+    let id = built.id().to_string();
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, &id).with_context(|| format!("writing {}", f.display()))?;
+    }
+    if !quiet {
+        for n in &names {
+            crate::printer::err_line(&format!("naming to {}", n.familiar()));
+        }
+    }
+    out(&id)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,281 @@
+//! `wharf build` against docker's BuildKit (issue 4): the same Dockerfile and context give the
+//! same image config and the same file tree.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/build")
+        .join(name)
+}
+
+/// Extracts a `docker save`-style archive's image (the first in manifest.json) into `root`,
+/// layer by layer, with GNU tar (owners and modes kept).
+fn extract_image(archive: &Path, root: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("manifest.json")).unwrap()).unwrap();
+    std::fs::create_dir_all(root).unwrap();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let path = tmp.path().join(layer.as_str().unwrap());
+        let ok = Command::new("tar")
+            .args([
+                "-x",
+                "--same-owner",
+                "--same-permissions",
+                "--numeric-owner",
+                "-f",
+            ])
+            .arg(&path)
+            .arg("-C")
+            .arg(root)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "extracting {}", path.display());
+    }
+}
+
+/// Every path under `root` with its type, mode, owner, size, content digest and link target.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_owned()
+            } else {
+                format!(
+                    "file {} sha256:{}",
+                    m.len(),
+                    sha256_hex(&std::fs::read(&p).unwrap())
+                )
+            };
+            let mode = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.permissions().mode() & 0o7777
+            };
+            out.insert(
+                rel,
+                format!("{what} mode {mode:o} owner {}:{}", m.uid(), m.gid()),
+            );
+        }
+    }
+    out
+}
+
+const CONFIG_KEYS: [&str; 12] = [
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Volumes",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "Shell",
+    "OnBuild",
+];
+
+#[test]
+fn issue_4_build_without_run_matches_buildkit() {
+    if !have_busybox() || !have("tar") {
+        return;
+    }
+    let Some(d) = Dockerd::start() else { return };
+    let w = Wharf::new();
+    w.load_busybox();
+    // docker gets the same busybox, from wharf's save.
+    let base = w.dir().join("busybox.tar");
+    w.run(&["save", "-o", base.to_str().unwrap(), "busybox"])
+        .ok();
+    d.docker(&["load", "-i", base.to_str().unwrap()]).ok();
+
+    let ctx = fixture("no-run");
+    let out = Command::new("/usr/bin/docker")
+        .args([
+            "-H",
+            &format!("unix://{}", d.sock),
+            "build",
+            "-t",
+            "bk:1",
+            "--build-arg",
+            "VERSION=2.5",
+        ])
+        .arg(&ctx)
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "BuildKit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = w
+        .run(&[
+            "build",
+            "-t",
+            "wh:1",
+            "--build-arg",
+            "VERSION=2.5",
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        built.stdout.trim().starts_with("sha256:"),
+        "{}",
+        built.stdout
+    );
+
+    let bk = d.docker(&["inspect", "bk:1"]).ok();
+    let bk: serde_json::Value = serde_json::from_str(&bk.stdout).unwrap();
+    let wh = w.inspect("wh:1");
+    for key in CONFIG_KEYS {
+        let theirs = &bk[0]["Config"][key];
+        let ours = &wh["Config"][key];
+        let empty = |v: &serde_json::Value| {
+            v.is_null()
+                || v.as_object().is_some_and(|o| o.is_empty())
+                || v.as_array().is_some_and(|a| a.is_empty())
+                || v.as_str() == Some("")
+        };
+        assert!(
+            theirs == ours || (empty(theirs) && empty(ours)),
+            "Config.{key}: BuildKit {theirs} wharf {ours}"
+        );
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (bk_tar, wh_tar) = (tmp.path().join("bk.tar"), tmp.path().join("wh.tar"));
+    d.docker(&["save", "-o", bk_tar.to_str().unwrap(), "bk:1"])
+        .ok();
+    w.run(&["save", "-o", wh_tar.to_str().unwrap(), "wh:1"])
+        .ok();
+    let (bk_root, wh_root) = (tmp.path().join("bk"), tmp.path().join("wh"));
+    extract_image(&bk_tar, &bk_root);
+    extract_image(&wh_tar, &wh_root);
+    let (theirs, ours) = (tree(&bk_root), tree(&wh_root));
+    assert!(
+        theirs.len() > 100,
+        "BuildKit's tree has busybox and the copies: {theirs:?}"
+    );
+    assert_eq!(
+        theirs.get("srv/bin/hello").map(String::as_str),
+        ours.get("srv/bin/hello").map(String::as_str)
+    );
+    let mut diffs = Vec::new();
+    for (path, t) in &theirs {
+        match ours.get(path) {
+            Some(o) if o == t => {}
+            Some(o) => diffs.push(format!("{path}: BuildKit {t} / wharf {o}")),
+            None => diffs.push(format!("{path}: only in BuildKit's ({t})")),
+        }
+    }
+    for (path, o) in &ours {
+        if !theirs.contains_key(path) {
+            diffs.push(format!("{path}: only in wharf's ({o})"));
+        }
+    }
+    assert!(diffs.is_empty(), "file trees differ:\n{}", diffs.join("\n"));
+    assert!(!ours.contains_key("secret.txt") && ours.contains_key("srv/owned/s.txt"));
+}
+
+#[test]
+fn issue_4_build_errors_name_the_line() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("Dockerfile"),
+        "FROM scratch\nCOPY --form=x a /b\n",
+    )
+    .unwrap();
+    let r = w.run(&["build", tmp.path().to_str().unwrap()]).fails();
+    assert!(
+        r.stderr
+            .contains("Dockerfile:2:6: unknown flag: --form (for COPY)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(" 2 | COPY --form=x a /b"), "{}", r.stderr);
+    std::fs::write(
+        tmp.path().join("Dockerfile"),
+        "FROM scratch\nCOPY missing.txt /\n",
+    )
+    .unwrap();
+    let r = w.run(&["build", tmp.path().to_str().unwrap()]).fails();
+    assert!(
+        r.stderr
+            .contains(":2: COPY missing.txt /: missing.txt: not found in the build context"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(w.run(&["images", "-q"]).ok().stdout, "", "nothing stored");
+}
+
+#[test]
+fn issue_4_same_epoch_same_image_and_hostile_context_stays_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("d")).unwrap();
+    std::fs::write(tmp.path().join("outside"), "secret").unwrap();
+    std::fs::write(ctx.join("d/f"), "inside").unwrap();
+    std::os::unix::fs::symlink("../../outside", ctx.join("d/escape")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY ../d/escape /x\nCOPY d /d/\n",
+    )
+    .unwrap();
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let w = Wharf::new();
+            let r = w
+                .cmd()
+                .args(["build", "-q", ctx.to_str().unwrap()])
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&r.stderr);
+            // The link resolves inside the context: ../../outside from d/ is the context's outside.
+            assert!(!r.status.success() && stderr.contains("escape"), "{stderr}");
+            std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY d /d/\n").unwrap();
+            let r = w
+                .cmd()
+                .args(["build", "-q", ctx.to_str().unwrap()])
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .output()
+                .unwrap();
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            std::fs::write(
+                ctx.join("Dockerfile"),
+                "FROM scratch\nCOPY ../d/escape /x\nCOPY d /d/\n",
+            )
+            .unwrap();
+            String::from_utf8_lossy(&r.stdout).trim().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "same context, same SOURCE_DATE_EPOCH: same image"
+    );
+}
