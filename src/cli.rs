@@ -81,6 +81,8 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Build an image from a Dockerfile (no RUN yet)
     Build(BuildArgs),
+    /// Manage the build cache
+    Builder(BuilderArgs),
     /// Run the registry server (OCI Distribution v1.1) [default: 0.0.0.0:5000, data in --root]
     Serve(ServeArgs),
 }
@@ -113,6 +115,31 @@ pub struct BuildArgs {
     /// Print only the image id
     #[arg(short, long)]
     pub quiet: bool,
+    /// Run every step; do not use the build cache
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderArgs {
+    #[command(subcommand)]
+    pub command: BuilderCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuilderCommand {
+    /// Remove the build cache
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Do not ask (wharf never asks; accepted for docker compatibility)
+    #[arg(short, long)]
+    pub force: bool,
+    /// Remove all of it (the only mode; accepted for docker compatibility)
+    #[arg(short, long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,3 +25,4 @@ pub mod media_type;
 pub mod progress;
 pub mod reference;
 pub mod store;
+pub mod time;

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use wharf_builder::build::{BaseImage, BuildEvent, BuildOptions, Images, build};
+use wharf_builder::build::{BaseImage, BuildEvent, BuildOptions, CacheAccess, Images, build};
 use wharf_builder::context::Context;
 use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
 use wharf_common::media_type::Compression;
 use wharf_common::reference::Reference;
-use wharf_common::store::LocalStore;
+use wharf_common::store::{CacheEntry, LocalStore};
 
-use crate::cli::{BuildArgs, LayerCompression};
+use crate::cli::{BuildArgs, BuilderArgs, BuilderCommand, LayerCompression};
 use crate::context::{Ctx, find_image};
 use crate::printer::out;
 
@@ -173,6 +173,11 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         },
         platform,
         work_dir: PathBuf::from(staging.path()),
+        cache: Some(CacheAccess {
+            store: store.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        no_cache: args.no_cache,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -189,6 +194,14 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             } => {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 format!("#{n} [{stage} {index}/{total}] {text}")
+            }
+            BuildEvent::Cached => {
+                let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+                format!("#{n} CACHED")
+            }
+            BuildEvent::Done(took) => {
+                let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+                format!("#{n} DONE {:.1}s", took.as_secs_f64())
             }
             BuildEvent::Warning(l) => format!("WARN: {}: {} (line {})", l.rule, l.message, l.line),
         };
@@ -217,6 +230,29 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context("storing the built image");
         }
     }
+    // Layers of every stage go into the store, so later builds can reuse them.
+    let mut records = Vec::new();
+    for (key, layer, path, created_at) in &built.new_layers {
+        let blob = BlobRef {
+            digest: layer.digest.clone(),
+            size: layer.size,
+            media_type: layer.media_type.to_owned(),
+        };
+        let (st, p, b) = (store.clone(), path.clone(), blob.clone());
+        tokio::task::spawn_blocking(move || st.adopt_verified_blocking(&p, &b)).await??;
+        records.push((
+            key.clone(),
+            CacheEntry {
+                layer: layer.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.media_type.to_owned(),
+                size: layer.size,
+                created_at: *created_at,
+            },
+        ));
+    }
+    store.sync_blob_dirs().await?;
+    store.cache_put(&records).await?;
     drop(staging);
     let id = built.id().to_string();
     if let Some(f) = &args.iidfile {
@@ -229,4 +265,19 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     out(&id)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wharf builder prune`.
+pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        BuilderCommand::Prune(_) => {
+            let store = ctx.store().await?;
+            let (entries, bytes) = store.cache_prune().await?;
+            out(format!(
+                "Deleted build cache objects: {entries}\nTotal reclaimed space: {}",
+                crate::commands::util::human_size(bytes)
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

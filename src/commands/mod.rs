@@ -37,5 +37,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logout(a) => login::logout(&ctx, a).await,
         Command::Serve(a) => serve::run(&ctx, a).await,
         Command::Build(a) => build::run(&ctx, a).await,
+        Command::Builder(a) => build::builder(&ctx, a).await,
     }
 }

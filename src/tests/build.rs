@@ -279,3 +279,81 @@ fn issue_4_same_epoch_same_image_and_hostile_context_stays_inside() {
         "same context, same SOURCE_DATE_EPOCH: same image"
     );
 }
+
+/// Each step's text and whether it was CACHED, from `wharf build`'s plain progress.
+fn step_statuses(stderr: &str) -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let Some((_, what)) = rest.split_once(' ') else {
+            continue;
+        };
+        if let Some(step) = what.strip_prefix('[') {
+            let text = step.split_once("] ").map_or("", |x| x.1);
+            out.push((text.to_owned(), "started"));
+        } else if let Some(last) = out.last_mut() {
+            last.1 = if what == "CACHED" { "CACHED" } else { "ran" };
+        }
+    }
+    out
+}
+
+#[test]
+fn issue_4_cache_reuses_steps_and_reruns_from_the_changed_file() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path();
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(ctx.join(f), f).unwrap();
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY a.txt /a.txt\nENV X=1\nCOPY b.txt /b.txt\nCOPY c.txt /c.txt\n",
+    )
+    .unwrap();
+    let build = || {
+        let r = w.run(&["build", ctx.to_str().unwrap()]).ok();
+        (r.stdout.trim().to_owned(), step_statuses(&r.stderr))
+    };
+    let copies = |s: &[(String, &'static str)]| -> Vec<&'static str> {
+        s.iter()
+            .filter(|(t, _)| t.starts_with("COPY"))
+            .map(|(_, st)| *st)
+            .collect()
+    };
+    let (first, steps) = build();
+    assert_eq!(copies(&steps), ["ran", "ran", "ran"]);
+    // Another process, nothing changed: every step from the cache, the same image.
+    let (again, steps) = build();
+    assert_eq!(copies(&steps), ["CACHED", "CACHED", "CACHED"]);
+    assert_eq!(again, first);
+    // A new mtime alone changes nothing.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .append(true)
+        .open(ctx.join("b.txt"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (touched, steps) = build();
+    assert_eq!(copies(&steps), ["CACHED", "CACHED", "CACHED"]);
+    assert_eq!(touched, first);
+    // New content: the COPY that selects it and what follows run again.
+    std::fs::write(ctx.join("b.txt"), "changed").unwrap();
+    let (changed, steps) = build();
+    assert_eq!(copies(&steps), ["CACHED", "ran", "ran"]);
+    assert_ne!(changed, first);
+    // --no-cache runs everything; prune forgets it all.
+    let r = w.run(&["build", "--no-cache", ctx.to_str().unwrap()]).ok();
+    assert_eq!(copies(&step_statuses(&r.stderr)), ["ran", "ran", "ran"]);
+    let pruned = w.run(&["builder", "prune", "-f"]).ok();
+    assert!(
+        pruned.stdout.contains("Total reclaimed space"),
+        "{}",
+        pruned.stdout
+    );
+    let (_, steps) = build();
+    assert_eq!(copies(&steps), ["ran", "ran", "ran"]);
+}

@@ -178,6 +178,27 @@ fn rand_suffix() -> usize {
     1_000_000 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Puts a cached layer on the stage: unpacked onto the root, added to the image.
+pub(crate) fn apply_cached(
+    s: &mut StageState,
+    (layer, path): (wharf_common::archive::layer::WrittenLayer, PathBuf),
+) -> Result<(), String> {
+    let f =
+        std::fs::File::open(&path).map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
+    let d = wharf_common::archive::decompress(std::io::BufReader::new(f))
+        .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let opts = wharf_common::archive::unpack::UnpackOptions {
+        owners: root,
+        devices: false,
+    };
+    wharf_common::archive::unpack::apply_layer(&s.rootfs, d.reader, &opts)
+        .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
+    s.layers.push(Layer::New(layer, path));
+    Ok(())
+}
+
 /// One thing to put in the image.
 struct Item {
     /// Where it goes, absolute image path.

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use wharf_common::archive::layer::WrittenLayer;
 use wharf_common::archive::unpack::{UnpackOptions, apply_layer};
+use wharf_common::digest::Digest;
 use wharf_common::image::{BlobRef, Platform};
 use wharf_common::media_type::Compression;
 
@@ -66,6 +67,20 @@ pub struct BuildOptions {
     pub platform: Platform,
     /// A scratch directory for root filesystems and layers; removed by the caller.
     pub work_dir: PathBuf,
+    /// The build cache: where step results are looked up (unless `no_cache`) and context file
+    /// digests remembered.
+    pub cache: Option<CacheAccess>,
+    /// `--no-cache`: run every step (results are still recorded).
+    pub no_cache: bool,
+}
+
+/// The local store as the build cache, reached from the build's blocking thread.
+#[derive(Clone)]
+pub struct CacheAccess {
+    /// The store.
+    pub store: wharf_common::store::LocalStore,
+    /// The runtime to reach it on.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A build that failed, and where.
@@ -117,6 +132,10 @@ pub enum BuildEvent {
         /// The instruction as written.
         text: String,
     },
+    /// The step just announced was found in the cache.
+    Cached,
+    /// The step just announced finished.
+    Done(std::time::Duration),
     /// A lint warning.
     Warning(Lint),
 }
@@ -230,6 +249,7 @@ pub async fn build(
         bases,
         lexer,
         events,
+        new_layers: std::sync::Mutex::new(Vec::new()),
     };
     tokio::task::spawn_blocking(move || run.run_blocking(&needed, target))
         .await
@@ -302,6 +322,11 @@ pub(crate) enum Layer {
 /// The state of one stage while it runs.
 #[derive(Clone, Debug)]
 pub(crate) struct StageState {
+    /// The cache key of everything so far.
+    pub key: Digest,
+    /// The time the image records for its latest change (seconds): the base's, then that of
+    /// each layer step when it first ran, so a fully cached rebuild gives the same image.
+    pub time: i64,
     pub image: Map<String, Value>,
     pub layers: Vec<Layer>,
     pub rootfs: PathBuf,
@@ -365,6 +390,8 @@ struct Run {
     bases: BTreeMap<String, BaseImage>,
     lexer: Lexer,
     events: Events,
+    /// Layers this build wrote, with their step keys, for the cache.
+    new_layers: std::sync::Mutex<Vec<NewLayer>>,
 }
 
 impl Run {
@@ -377,7 +404,13 @@ impl Run {
         let state = done
             .remove(&target)
             .unwrap_or_else(|| unreachable!("the target stage ran"));
-        output::assemble(state, &self.opts).map_err(|e| {
+        let new_layers = std::mem::take(
+            &mut *self
+                .new_layers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        output::assemble(state, &self.opts, new_layers).map_err(|e| {
             step_error(
                 &self.opts.dockerfile_name,
                 0,
@@ -385,15 +418,6 @@ impl Run {
                 e.to_string(),
             )
         })
-    }
-
-    fn created(&self) -> String {
-        let secs = self.opts.source_date_epoch.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-        });
-        rfc3339(secs)
     }
 
     fn run_stage(
@@ -428,6 +452,7 @@ impl Run {
                 StageState {
                     rootfs,
                     args: Vec::new(),
+                    key: key_of(&[parent.key.as_str(), "stage"]),
                     ..parent.clone()
                 }
             }
@@ -438,6 +463,8 @@ impl Run {
                 let mut image = Map::new();
                 image.insert("config".into(), json!({}));
                 StageState {
+                    time: 0,
+                    key: key_of(&["scratch"]),
                     image,
                     layers: Vec::new(),
                     rootfs,
@@ -466,7 +493,19 @@ impl Run {
                 if let Some(c) = image.get_mut("config").and_then(Value::as_object_mut) {
                     c.remove("OnBuild");
                 }
+                let mut ids: Vec<&str> = vec!["image"];
+                let config_text = img.config.to_string();
+                ids.push(&config_text);
+                ids.extend(img.layers.iter().map(|(b, _)| b.digest.as_str()));
+                let time = img
+                    .config
+                    .get("created")
+                    .and_then(Value::as_str)
+                    .and_then(wharf_common::time::parse_rfc3339)
+                    .unwrap_or(0);
                 let mut s = StageState {
+                    time,
+                    key: key_of(&ids),
                     image,
                     layers: img
                         .layers
@@ -509,8 +548,15 @@ impl Run {
                 total,
                 text: step.original.clone(),
             });
-            self.step(&mut state, step, done, i)
+            let started = std::time::Instant::now();
+            let cached = self
+                .step(&mut state, step, done, i)
                 .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
+            emit(if cached {
+                BuildEvent::Cached
+            } else {
+                BuildEvent::Done(started.elapsed())
+            });
         }
         Ok(state)
     }
@@ -531,7 +577,7 @@ impl Run {
 
     fn history(&self, s: &mut StageState, created_by: String, empty_layer: bool) {
         let mut h = json!({
-            "created": self.created(),
+            "created": rfc3339(self.opts.source_date_epoch.unwrap_or(s.time)),
             "created_by": created_by,
             "comment": "buildkit.dockerfile.v0",
         });
@@ -551,13 +597,47 @@ impl Run {
             .map_err(|e| e.to_string())
     }
 
+    /// Runs one step; returns whether its result came from the cache.
     fn step(
         &self,
         s: &mut StageState,
         step: &Step,
         done: &BTreeMap<usize, StageState>,
         stage: usize,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
+        let cached = self.step_inner(s, step, done, stage)?;
+        // Everything a later step could depend on goes into the chain.
+        let config = s
+            .image
+            .get("config")
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let args = serde_json::to_string(&s.args).unwrap_or_default();
+        let layers: Vec<&str> = s
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Base(b, _) => b.digest.as_str(),
+                Layer::New(w, _) => w.diff_id.as_str(),
+            })
+            .collect();
+        s.key = key_of(&[
+            s.key.as_str(),
+            &step.original,
+            &config,
+            &args,
+            &layers.join(","),
+        ]);
+        Ok(cached)
+    }
+
+    fn step_inner(
+        &self,
+        s: &mut StageState,
+        step: &Step,
+        done: &BTreeMap<usize, StageState>,
+        stage: usize,
+    ) -> Result<bool, String> {
         match &step.instruction {
             Instruction::Arg(args) => {
                 for (name, default) in args {
@@ -830,21 +910,165 @@ impl Run {
                         })
                     }
                 };
-                let entries = copy::copy(self, s, c, add, from_root.as_deref())?;
-                copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
                 let word = if add { "ADD" } else { "COPY" };
                 let args = step
                     .original
                     .split_once(char::is_whitespace)
                     .map_or("", |x| x.1)
-                    .trim();
+                    .trim()
+                    .to_owned();
+                // The key: the chain so far, the instruction, and what its sources hold.
+                let sources = match (&c.from, &from_root) {
+                    (Some(f), Some(_)) => {
+                        let f = self.expand(s, f)?;
+                        match stage_index(&self.df, &f, stage).and_then(|j| done.get(&j)) {
+                            Some(d) => d.key.to_string(),
+                            None => format!("image {f}"),
+                        }
+                    }
+                    _ => self.context_checksum(s, c)?.to_string(),
+                };
+                let env = serde_json::to_string(&s.expansion_env()).unwrap_or_default();
+                let workdir = s.workdir();
+                let key = key_of(&[s.key.as_str(), &step.original, &sources, &env, &workdir]);
+                if let Some((layer, path, created_at)) = self.cached_layer(&key) {
+                    copy::apply_cached(s, (layer, path))?;
+                    s.time = created_at;
+                    self.history(s, format!("{word} {args} # buildkit"), false);
+                    return Ok(true);
+                }
+                let entries = copy::copy(self, s, c, add, from_root.as_deref())?;
+                copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
+                s.time = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+                if let Some(Layer::New(w, p)) = s.layers.last() {
+                    self.new_layers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((key, w.clone(), p.clone(), s.time));
+                }
                 self.history(s, format!("{word} {args} # buildkit"), false);
             }
             Instruction::Run(_) => {
                 return Err("RUN needs wharf's build sandbox, which is not built yet (issue 5); this build has no RUN support".into());
             }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// The cached layer for `key`, unless the cache is off.
+    fn cached_layer(&self, key: &Digest) -> Option<(WrittenLayer, PathBuf, i64)> {
+        if self.opts.no_cache {
+            return None;
+        }
+        let cache = self.opts.cache.as_ref()?;
+        let entry = cache.runtime.block_on(cache.store.cache_get(key)).ok()??;
+        let path = cache.store.blob_path(&entry.layer);
+        let media_type = match entry.media_type.as_str() {
+            wharf_common::media_type::OCI_LAYER_GZIP => wharf_common::media_type::OCI_LAYER_GZIP,
+            wharf_common::media_type::OCI_LAYER_ZSTD => wharf_common::media_type::OCI_LAYER_ZSTD,
+            _ => wharf_common::media_type::OCI_LAYER,
+        };
+        Some((
+            WrittenLayer {
+                diff_id: entry.diff_id,
+                digest: entry.layer,
+                size: entry.size,
+                media_type,
+            },
+            path,
+            entry.created_at,
+        ))
+    }
+
+    /// A digest of exactly what a COPY/ADD from the context selects: paths, types, modes,
+    /// sizes, link targets and contents, never times. File contents are hashed once per
+    /// (device, inode, size, mtime) and remembered in the store.
+    fn context_checksum(
+        &self,
+        s: &mut StageState,
+        c: &instructions::CopySpec,
+    ) -> Result<Digest, String> {
+        use std::os::unix::fs::MetadataExt;
+        let env = s.expansion_env();
+        let ctx = &self.opts.context;
+        let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
+        let mut lines: Vec<String> = Vec::new();
+        let mut remember = Vec::new();
+        let mut stack: Vec<String> = Vec::new();
+        for src in &c.sources {
+            if src.starts_with("<<") {
+                continue;
+            }
+            let src = self
+                .lexer
+                .process_word(src, &env)
+                .map_err(|e| e.to_string())?;
+            let mut matched = ctx.select(&src).map_err(|e| e.to_string())?;
+            matched.reverse();
+            stack.extend(matched);
+            lines.push(format!("source {src}"));
+        }
+        while let Some(rel) = stack.pop() {
+            if !excludes.is_empty() && excludes.excludes(&rel) {
+                continue;
+            }
+            let disk = ctx.resolve(&rel, false).map_err(|e| e.to_string())?;
+            let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
+            let mode = meta.mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&disk).map_err(|e| e.to_string())?;
+                lines.push(format!("link {rel} {mode:o} {}", target.display()));
+            } else if meta.is_dir() {
+                lines.push(format!("dir {rel} {mode:o}"));
+                let mut names: Vec<String> = std::fs::read_dir(&disk)
+                    .map_err(|e| format!("{rel}: {e}"))?
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| {
+                        let child = if rel == "." {
+                            n.clone()
+                        } else {
+                            format!("{rel}/{n}")
+                        };
+                        !ctx.ignore().excludes(&child) || ctx.ignore().has_exclusions()
+                    })
+                    .collect();
+                names.sort();
+                for n in names.into_iter().rev() {
+                    stack.push(if rel == "." { n } else { format!("{rel}/{n}") });
+                }
+            } else {
+                let stamp = wharf_common::store::FileStamp {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    size: meta.len(),
+                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                };
+                let abs = disk.to_string_lossy().into_owned();
+                let known = self.opts.cache.as_ref().and_then(|c| {
+                    c.runtime
+                        .block_on(c.store.context_digest(&abs, stamp))
+                        .ok()
+                        .flatten()
+                });
+                let digest = match known {
+                    Some(d) => d,
+                    None => {
+                        let d = hash_file(&disk).map_err(|e| format!("{rel}: {e}"))?;
+                        remember.push((abs, stamp, d.clone()));
+                        d
+                    }
+                };
+                lines.push(format!("file {rel} {mode:o} {} {digest}", meta.len()));
+            }
+        }
+        if let Some(c) = &self.opts.cache {
+            let _ = c.runtime.block_on(c.store.context_digests_put(&remember));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        Ok(key_of(&refs))
     }
 
     fn cmd_set_in_stage(&self, stage: usize, entrypoint: &Step) -> bool {
@@ -860,6 +1084,33 @@ impl Run {
 
     pub(crate) fn context(&self) -> &Context {
         &self.opts.context
+    }
+}
+
+/// A layer a build wrote: the key of its step, the layer, its file, and when it was made.
+pub type NewLayer = (Digest, WrittenLayer, PathBuf, i64);
+
+/// A cache key: the sha256 of the parts, each length-prefixed.
+fn key_of(parts: &[&str]) -> Digest {
+    let mut h = wharf_common::digest::Algorithm::Sha256.hasher();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finish()
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = wharf_common::digest::Algorithm::Sha256.hasher();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
     }
 }
 
@@ -985,24 +1236,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// RFC 3339 in UTC, seconds precision.
-pub(crate) fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
+pub(crate) use wharf_common::time::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,8 @@ use super::{BuildOptions, Layer, StageState};
 
 /// An image a build produced.
 pub struct Built {
+    /// Layers this build wrote, with the keys of the steps that wrote them.
+    pub new_layers: Vec<super::NewLayer>,
     config: Bytes,
     config_digest: Digest,
     manifest: Fetched,
@@ -48,7 +50,11 @@ fn oci_layer_type(mt: &str) -> String {
     }
 }
 
-pub(crate) fn assemble(mut state: StageState, opts: &BuildOptions) -> std::io::Result<Built> {
+pub(crate) fn assemble(
+    mut state: StageState,
+    opts: &BuildOptions,
+    new_layers: Vec<super::NewLayer>,
+) -> std::io::Result<Built> {
     let base_ids: Vec<Value> = state
         .image
         .get("rootfs")
@@ -89,11 +95,7 @@ pub(crate) fn assemble(mut state: StageState, opts: &BuildOptions) -> std::io::R
         "rootfs".into(),
         json!({"type": "layers", "diff_ids": diff_ids}),
     );
-    let created = super::rfc3339(opts.source_date_epoch.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
-    }));
+    let created = super::rfc3339(opts.source_date_epoch.unwrap_or(state.time));
     state.image.insert("created".into(), json!(created));
     state.image.remove("container");
     state.image.remove("container_config");
@@ -108,6 +110,7 @@ pub(crate) fn assemble(mut state: StageState, opts: &BuildOptions) -> std::io::R
     });
     let manifest = Bytes::from(manifest.to_string());
     Ok(Built {
+        new_layers,
         config,
         config_digest,
         manifest: Fetched {

@@ -1,5 +1,5 @@
-//! Garbage collection of the local store: a blob survives when an image reaches it or a live
-//! lease names it.
+//! Garbage collection of the local store: a blob survives when an image reaches it, a live
+//! lease names it, or the build cache keeps it.
 
 use std::collections::HashSet;
 
@@ -102,9 +102,14 @@ impl LocalStore {
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db("listing leases"))?;
+        let cached: Vec<String> = sqlx::query_scalar("SELECT DISTINCT layer FROM build_cache")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::db("listing the build cache"))?;
         let roots: Vec<Digest> = roots.iter().filter_map(|d| d.parse().ok()).collect();
         let mut keep = self.reachable_from(&roots).await?;
         keep.extend(leased.iter().filter_map(|d| d.parse().ok()));
+        keep.extend(cached.iter().filter_map(|d| d.parse().ok()));
 
         let candidates = match candidates {
             Some(c) => c,

@@ -16,6 +16,7 @@
 //! every blob named by an image or by a live lease, which each copy takes before it relies on a
 //! blob being present.
 
+mod cache;
 mod gc;
 mod ingest;
 mod lease;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{
 use crate::digest::{Algorithm, Digest};
 use crate::image::ImageError;
 
+pub use cache::{CacheEntry, FileStamp};
 pub use gc::GcReport;
 pub use ingest::{Ingest, IngestStart, StagingDir};
 pub use lease::Lease;
