@@ -89,8 +89,15 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory
+    /// The build context: a directory, or - for a tar on stdin (with the Dockerfile in it)
     pub context: PathBuf,
+    /// Also push every -t name to its registry
+    #[arg(long)]
+    pub push: bool,
+    /// Write the image out too: type=oci|docker,dest=FILE (an archive), type=local,dest=DIR
+    /// (its files), or just DIR
+    #[arg(short, long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
     /// Name and optionally a tag (NAME[:TAG]); repeatable
     #[arg(short, long = "tag")]
     pub tags: Vec<String>,

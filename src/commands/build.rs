@@ -134,13 +134,40 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| Reference::parse_exact(t).map(|r| r.tagged()))
         .collect::<Result<_, _>>()?;
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.push && names.is_empty() {
+        anyhow::bail!("--push needs at least one -t name to push to");
+    }
+    // A context on stdin is unpacked (safely) into a private directory first.
+    let stdin_context = if args.context.as_os_str() == "-" {
+        let dir = tempfile::tempdir().context("creating a directory for the context")?;
+        let target = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let d = wharf_common::archive::decompress(std::io::BufReader::new(std::io::stdin()))?;
+            wharf_common::archive::unpack::apply_layer(&target, d.reader, &Default::default())
+                .context("reading the build context from stdin")?;
+            Ok(())
+        })
+        .await??;
+        Some(dir)
+    } else {
+        None
+    };
+    let context_dir = stdin_context
+        .as_ref()
+        .map_or_else(|| args.context.clone(), |d| d.path().to_owned());
+    let dockerfile_path = match &args.file {
+        Some(f) if stdin_context.is_some() && f.is_relative() => context_dir.join(f),
+        Some(f) => f.clone(),
+        None => context_dir.join("Dockerfile"),
+    };
     let dockerfile = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("reading the Dockerfile {}", dockerfile_path.display()))?;
-    let context = Context::open(&args.context, Some(&dockerfile_path))?;
+    let context = Context::open(&context_dir, Some(&dockerfile_path))?;
     let build_args = args
         .build_args
         .iter()
@@ -263,8 +290,103 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             crate::printer::err_line(&format!("naming to {}", n.familiar()));
         }
     }
+    for o in outputs {
+        match o {
+            Output::Archive(dest) => {
+                crate::commands::save::run(
+                    ctx,
+                    crate::cli::SaveArgs {
+                        images: vec![
+                            names
+                                .first()
+                                .map_or_else(|| id.clone(), Reference::to_string),
+                        ],
+                        output: Some(dest),
+                        dir: false,
+                        all_platforms: false,
+                    },
+                )
+                .await?;
+            }
+            Output::Local(dir) => export_files(&store, built.manifest(), &dir).await?,
+        }
+    }
+    if args.push {
+        for n in &names {
+            crate::commands::push::run(
+                ctx,
+                crate::cli::PushArgs {
+                    image: n.to_string(),
+                    quiet,
+                    chunk_size: None,
+                    jobs: 8,
+                },
+            )
+            .await?;
+        }
+    }
     out(&id)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `-o` writes.
+enum Output {
+    /// An archive (docker and OCI in one, as `wharf save` writes).
+    Archive(PathBuf),
+    /// The image's files.
+    Local(PathBuf),
+}
+
+fn parse_output(spec: &str) -> anyhow::Result<Output> {
+    if !spec.contains('=') {
+        return Ok(Output::Local(PathBuf::from(spec)));
+    }
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", t)) => kind = Some(t.to_owned()),
+            Some(("dest", d)) => dest = Some(PathBuf::from(d)),
+            _ => anyhow::bail!("-o {spec}: expected type=oci|docker|local,dest=PATH"),
+        }
+    }
+    let dest = dest.with_context(|| format!("-o {spec}: dest=PATH is missing"))?;
+    match kind.as_deref() {
+        Some("oci" | "docker" | "tar") => Ok(Output::Archive(dest)),
+        Some("local") | None => Ok(Output::Local(dest)),
+        Some(other) => {
+            anyhow::bail!("-o {spec}: unknown output type {other:?} (oci, docker or local)")
+        }
+    }
+}
+
+/// Writes the image's files (its layers applied in order) into `dir`.
+async fn export_files(
+    store: &LocalStore,
+    manifest: &wharf_common::copy::Fetched,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let m: Value = serde_json::from_slice(&manifest.bytes)?;
+    let mut paths = Vec::new();
+    for l in m["layers"].as_array().cloned().unwrap_or_default() {
+        let d: wharf_common::digest::Digest = l["digest"]
+            .as_str()
+            .context("layer without a digest")?
+            .parse()?;
+        paths.push(store.blob_path(&d));
+    }
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for p in paths {
+            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            let d = wharf_common::archive::decompress(std::io::BufReader::new(f))?;
+            wharf_common::archive::unpack::apply_layer(&dir, d.reader, &Default::default())
+                .with_context(|| format!("writing the image's files into {}", dir.display()))?;
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// `wharf builder prune`.

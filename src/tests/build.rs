@@ -357,3 +357,73 @@ fn issue_4_cache_reuses_steps_and_reruns_from_the_changed_file() {
     let (_, steps) = build();
     assert_eq!(copies(&steps), ["ran", "ran", "ran"]);
 }
+
+#[test]
+fn issue_4_outputs_push_and_a_context_on_stdin() {
+    if !have("skopeo") || !have("tar") {
+        return;
+    }
+    let serve = WharfServe::start();
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("etc")).unwrap();
+    std::fs::write(ctx.join("etc/app.conf"), "x=1\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY etc /etc/\nCMD [\"/app\"]\n",
+    )
+    .unwrap();
+    let archive = tmp.path().join("out.tar");
+    let files = tmp.path().join("files");
+    let name = format!("{}/built/app:1", serve.addr);
+    let r = w
+        .run(&[
+            "build",
+            "-t",
+            &name,
+            "--push",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+            "-o",
+            &format!("type=local,dest={}", files.display()),
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    let id = r.stdout.lines().last().unwrap().trim().to_owned();
+    assert_eq!(
+        std::fs::read_to_string(files.join("etc/app.conf")).unwrap(),
+        "x=1\n"
+    );
+    let inspected = skopeo(&[
+        "inspect",
+        "--config",
+        &format!("oci-archive:{}", archive.display()),
+    ])
+    .ok();
+    assert!(
+        inspected.stdout.contains("\"/app\""),
+        "{}",
+        inspected.stdout
+    );
+    let pushed = skopeo(&[
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ])
+    .ok();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(pushed.stdout.trim_end().as_bytes())).len(),
+        id.len()
+    );
+    // The same context as a tar on stdin builds the same image.
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&ctx)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    let again = w.run_stdin(&["build", "-q", "-"], &tar.stdout).ok();
+    assert_eq!(again.stdout.trim(), id);
+}
