@@ -113,6 +113,24 @@ fn issue_4_build_without_run_matches_buildkit() {
     d.docker(&["load", "-i", base.to_str().unwrap()]).ok();
 
     let ctx = fixture("no-run");
+    // The final image, and a FROM scratch stage picked with --target.
+    let ours = compare_with_buildkit(&d, &w, &ctx, &[]);
+    assert!(!ours.contains_key("secret.txt") && ours.contains_key("srv/owned/s.txt"));
+    let minimal = compare_with_buildkit(&d, &w, &ctx, &["--target", "minimal"]);
+    assert!(
+        minimal.contains_key("bin/hello") && minimal.contains_key("a.conf"),
+        "{minimal:?}"
+    );
+}
+
+/// Builds `ctx` with BuildKit and with wharf (same extra flags), compares the configs and the
+/// file trees, and returns wharf's tree.
+fn compare_with_buildkit(
+    d: &Dockerd,
+    w: &Wharf,
+    ctx: &Path,
+    flags: &[&str],
+) -> BTreeMap<String, String> {
     let out = Command::new("/usr/bin/docker")
         .args([
             "-H",
@@ -123,7 +141,8 @@ fn issue_4_build_without_run_matches_buildkit() {
             "--build-arg",
             "VERSION=2.5",
         ])
-        .arg(&ctx)
+        .args(flags)
+        .arg(ctx)
         .env("DOCKER_BUILDKIT", "1")
         .output()
         .unwrap();
@@ -132,16 +151,10 @@ fn issue_4_build_without_run_matches_buildkit() {
         "BuildKit: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let built = w
-        .run(&[
-            "build",
-            "-t",
-            "wh:1",
-            "--build-arg",
-            "VERSION=2.5",
-            ctx.to_str().unwrap(),
-        ])
-        .ok();
+    let mut args = vec!["build", "-t", "wh:1", "--build-arg", "VERSION=2.5"];
+    args.extend_from_slice(flags);
+    args.push(ctx.to_str().unwrap());
+    let built = w.run(&args).ok();
     assert!(
         built.stdout.trim().starts_with("sha256:"),
         "{}",
@@ -162,7 +175,7 @@ fn issue_4_build_without_run_matches_buildkit() {
         };
         assert!(
             theirs == ours || (empty(theirs) && empty(ours)),
-            "Config.{key}: BuildKit {theirs} wharf {ours}"
+            "{flags:?} Config.{key}: BuildKit {theirs} wharf {ours}"
         );
     }
 
@@ -176,14 +189,7 @@ fn issue_4_build_without_run_matches_buildkit() {
     extract_image(&bk_tar, &bk_root);
     extract_image(&wh_tar, &wh_root);
     let (theirs, ours) = (tree(&bk_root), tree(&wh_root));
-    assert!(
-        theirs.len() > 100,
-        "BuildKit's tree has busybox and the copies: {theirs:?}"
-    );
-    assert_eq!(
-        theirs.get("srv/bin/hello").map(String::as_str),
-        ours.get("srv/bin/hello").map(String::as_str)
-    );
+    assert!(!theirs.is_empty(), "BuildKit's tree is empty");
     let mut diffs = Vec::new();
     for (path, t) in &theirs {
         match ours.get(path) {
@@ -197,8 +203,12 @@ fn issue_4_build_without_run_matches_buildkit() {
             diffs.push(format!("{path}: only in wharf's ({o})"));
         }
     }
-    assert!(diffs.is_empty(), "file trees differ:\n{}", diffs.join("\n"));
-    assert!(!ours.contains_key("secret.txt") && ours.contains_key("srv/owned/s.txt"));
+    assert!(
+        diffs.is_empty(),
+        "{flags:?}: file trees differ:\n{}",
+        diffs.join("\n")
+    );
+    ours
 }
 
 #[test]

@@ -159,6 +159,9 @@ fn platform_args(p: &Platform) -> Vec<(String, String)> {
     out
 }
 
+/// The PATH a stage gets when its base sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// ARGs docker lets `--build-arg` set without a declaration.
 const PREDEFINED: [&str; 8] = [
     "HTTP_PROXY",
@@ -460,8 +463,9 @@ impl Run {
                 std::fs::create_dir_all(&rootfs).map_err(|e| {
                     step_error(file, stage.location.line, &stage.original, e.to_string())
                 })?;
+                // BuildKit's empty image: WorkingDir "/" (and a PATH, added below).
                 let mut image = Map::new();
-                image.insert("config".into(), json!({}));
+                image.insert("config".into(), json!({"WorkingDir": "/"}));
                 StageState {
                     time: 0,
                     key: key_of(&["scratch"]),
@@ -535,6 +539,18 @@ impl Run {
             }
         };
         self.set_platform(&mut state);
+        // As BuildKit does: every stage has a PATH, scratch ones included.
+        let has_path = state
+            .config()
+            .get("Env")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|e| e.as_str().is_some_and(|s| s.starts_with("PATH=")))
+            });
+        if !has_path {
+            set_env(state.config(), "PATH", DEFAULT_PATH);
+        }
         // Proxy ARGs need no declaration.
         for (k, v) in &self.opts.build_args {
             if PREDEFINED.contains(&k.as_str()) {
