@@ -437,3 +437,111 @@ fn issue_4_outputs_push_and_a_context_on_stdin() {
     let again = w.run_stdin(&["build", "-q", "-"], &tar.stdout).ok();
     assert_eq!(again.stdout.trim(), id);
 }
+
+#[test]
+fn issue_4_newer_copy_forms_parents_exclude_heredoc_and_add_archives() {
+    if !have("tar") {
+        return;
+    }
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    for (f, body) in [
+        ("a/b/c.txt", "c"),
+        ("x/y.txt", "y"),
+        ("docs/keep.txt", "k"),
+        ("docs/skip.md", "s"),
+        ("t/inner.txt", "inner"),
+    ] {
+        std::fs::create_dir_all(ctx.join(f).parent().unwrap()).unwrap();
+        std::fs::write(ctx.join(f), body).unwrap();
+    }
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(ctx.join("t"))
+        .args(["-czf"])
+        .arg(ctx.join("d.tar.gz"))
+        .arg("inner.txt")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nARG NAME=world\nCOPY --parents a/b/c.txt x/ /out/\nCOPY --exclude=*.md docs/ /docs/\nCOPY <<EOF /here.txt\nhello ${NAME}\nEOF\nCOPY <<'RAW' /raw.txt\nkeep ${NAME}\nRAW\nADD d.tar.gz /unpacked/\nCOPY --link --chmod=u=rwx,go=rx x/y.txt /linked\n",
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let read =
+        |p: &str| std::fs::read_to_string(files.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("out/a/b/c.txt"), "c");
+    assert_eq!(read("out/x/y.txt"), "y");
+    assert_eq!(read("docs/keep.txt"), "k");
+    assert!(!files.join("docs/skip.md").exists(), "--exclude");
+    assert_eq!(read("here.txt"), "hello world\n");
+    assert_eq!(
+        read("raw.txt"),
+        "keep ${NAME}\n",
+        "a quoted delimiter keeps the body as written"
+    );
+    assert_eq!(
+        read("unpacked/inner.txt"),
+        "inner",
+        "ADD unpacks a local tar.gz"
+    );
+    let mode = std::fs::metadata(files.join("linked"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o755);
+}
+
+#[test]
+fn issue_4_dockerignore_applies_inside_copied_directories() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    for f in [
+        "src/main.rs",
+        "src/secret.key",
+        "src/keep.key",
+        "src/target/out.o",
+    ] {
+        std::fs::create_dir_all(ctx.join(f).parent().unwrap()).unwrap();
+        std::fs::write(ctx.join(f), f).unwrap();
+    }
+    std::fs::write(
+        ctx.join(".dockerignore"),
+        "**/*.key\n!src/keep.key\nsrc/target\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY src /src/\n").unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(files.join("src/main.rs").exists() && files.join("src/keep.key").exists());
+    assert!(
+        !files.join("src/secret.key").exists(),
+        "ignored file copied"
+    );
+    assert!(
+        !files.join("src/target").exists(),
+        "ignored directory copied"
+    );
+    // An ignored file's changes do not invalidate the cache.
+    std::fs::write(ctx.join("src/secret.key"), "rotated").unwrap();
+    let r = w.run(&["build", ctx.to_str().unwrap()]).ok();
+    assert!(r.stderr.contains("CACHED"), "{}", r.stderr);
+}

@@ -354,6 +354,20 @@ pub(crate) fn copy(
             }
             (Some(disk), None) => {
                 let meta = std::fs::metadata(&disk).map_err(|e| format!("{}: {e}", item.dest))?;
+                // --parents keeps the source's directories under the destination.
+                let dest = if c.parents {
+                    let sub = if meta.is_dir() {
+                        item.dest.clone()
+                    } else {
+                        parent_of(&item.dest)
+                    };
+                    let d = clean_abs(&format!("{dest}/{sub}"));
+                    entries.extend(mkdir_p(s, &d, owner).map_err(|e| e.to_string())?);
+                    d
+                } else {
+                    dest.clone()
+                };
+                let dest_is_dir = dest_is_dir || c.parents;
                 if meta.is_dir() {
                     // A directory's contents go into the destination, which is made with the
                     // source directory's mode and time if it is not there.
@@ -388,6 +402,11 @@ pub(crate) fn copy(
                             ..LayerEntry::new(&dest, LayerSource::Dir)
                         });
                     }
+                    // --exclude patterns are relative to the source directory; .dockerignore
+                    // rules to the context.
+                    let ignore = from_root
+                        .is_none()
+                        .then(|| (ctx.ignore(), item.dest.as_str()));
                     walk(
                         s,
                         &disk,
@@ -396,7 +415,8 @@ pub(crate) fn copy(
                         chmod.as_deref(),
                         from_root.is_some(),
                         &excludes,
-                        &item.dest,
+                        "",
+                        ignore,
                         &mut links,
                         &mut entries,
                     )?;
@@ -469,6 +489,7 @@ fn extract_archive(
         true,
         &Default::default(),
         "",
+        None,
         &mut links,
         entries,
     )
@@ -484,6 +505,7 @@ fn walk(
     keep_owner: bool,
     excludes: &crate::context::ignore::Patterns,
     rel: &str,
+    ignore: Option<(&crate::context::ignore::Patterns, &str)>,
     links: &mut HashMap<(u64, u64), String>,
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
@@ -503,6 +525,19 @@ fn walk(
         if !excludes.is_empty() && excludes.excludes(&child_rel) {
             continue;
         }
+        let ctx_rel = ignore.map(|(_, base)| {
+            if base.is_empty() || base == "." {
+                n.to_owned()
+            } else {
+                format!("{base}/{n}")
+            }
+        });
+        if let (Some((patterns, _)), Some(path)) = (ignore, &ctx_rel)
+            && patterns.excludes(path)
+            && !patterns.has_exclusions()
+        {
+            continue;
+        }
         let disk = dir.join(n);
         let meta = std::fs::symlink_metadata(&disk).map_err(|e| e.to_string())?;
         let target = format!("{}/{n}", dest.trim_end_matches('/'));
@@ -520,13 +555,19 @@ fn walk(
                 Owner { uid: 0, gid: 0 }
             });
             let on_disk = resolve_in_root(&s.rootfs, &target, false).map_err(|e| e.to_string())?;
-            if !on_disk.is_dir() {
+            let existed = on_disk.is_dir();
+            if !existed {
                 let _ = std::fs::remove_file(&on_disk);
                 std::fs::create_dir_all(&on_disk).map_err(|e| e.to_string())?;
             }
             std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| e.to_string())?;
             chown(&on_disk, o);
+            // An ignored directory is walked only for exceptions (`!pattern`) inside it: it
+            // stays out unless one of them is there.
+            let ignored =
+                matches!((ignore, &ctx_rel), (Some((p, _)), Some(path)) if p.excludes(path));
+            let mark = entries.len();
             entries.push(LayerEntry {
                 mode,
                 uid: u64::from(o.uid),
@@ -534,10 +575,35 @@ fn walk(
                 mtime: meta.mtime(),
                 ..LayerEntry::new(&target, LayerSource::Dir)
             });
+            let child_ignore = match (ignore, &ctx_rel) {
+                (Some((p, _)), Some(path)) => Some((p, path.as_str())),
+                _ => None,
+            };
             walk(
-                s, &disk, &target, owner, chmod, keep_owner, excludes, &child_rel, links, entries,
+                s,
+                &disk,
+                &target,
+                owner,
+                chmod,
+                keep_owner,
+                excludes,
+                &child_rel,
+                child_ignore,
+                links,
+                entries,
             )?;
+            if ignored && entries.len() == mark + 1 {
+                entries.truncate(mark);
+                if !existed {
+                    let _ = std::fs::remove_dir(&on_disk);
+                }
+            }
         } else {
+            if let (Some((patterns, _)), Some(path)) = (ignore, &ctx_rel)
+                && patterns.excludes(path)
+            {
+                continue;
+            }
             put_file(
                 s, &disk, &meta, &target, owner, chmod, keep_owner, links, entries,
             )?;

@@ -1012,7 +1012,9 @@ impl Run {
         let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
         let mut lines: Vec<String> = Vec::new();
         let mut remember = Vec::new();
-        let mut stack: Vec<String> = Vec::new();
+        // (context-relative path, path relative to the source it was found under; empty for a
+        // source itself): --exclude applies to the second, .dockerignore to the first.
+        let mut stack: Vec<(String, String)> = Vec::new();
         for src in &c.sources {
             if src.starts_with("<<") {
                 continue;
@@ -1023,15 +1025,22 @@ impl Run {
                 .map_err(|e| e.to_string())?;
             let mut matched = ctx.select(&src).map_err(|e| e.to_string())?;
             matched.reverse();
-            stack.extend(matched);
+            stack.extend(matched.into_iter().map(|m| (m, String::new())));
             lines.push(format!("source {src}"));
         }
-        while let Some(rel) = stack.pop() {
-            if !excludes.is_empty() && excludes.excludes(&rel) {
+        while let Some((rel, src_rel)) = stack.pop() {
+            let excluded_by_flag = if src_rel.is_empty() { &rel } else { &src_rel };
+            if !excludes.is_empty() && excludes.excludes(excluded_by_flag) {
                 continue;
             }
             let disk = ctx.resolve(&rel, false).map_err(|e| e.to_string())?;
             let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
+            if !src_rel.is_empty()
+                && ctx.ignore().excludes(&rel)
+                && (!meta.is_dir() || !ctx.ignore().has_exclusions())
+            {
+                continue;
+            }
             let mode = meta.mode() & 0o7777;
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&disk).map_err(|e| e.to_string())?;
@@ -1042,18 +1051,20 @@ impl Run {
                     .map_err(|e| format!("{rel}: {e}"))?
                     .flatten()
                     .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                    .filter(|n| {
-                        let child = if rel == "." {
-                            n.clone()
-                        } else {
-                            format!("{rel}/{n}")
-                        };
-                        !ctx.ignore().excludes(&child) || ctx.ignore().has_exclusions()
-                    })
                     .collect();
                 names.sort();
                 for n in names.into_iter().rev() {
-                    stack.push(if rel == "." { n } else { format!("{rel}/{n}") });
+                    let child = if rel == "." {
+                        n.clone()
+                    } else {
+                        format!("{rel}/{n}")
+                    };
+                    let child_src = if src_rel.is_empty() {
+                        n
+                    } else {
+                        format!("{src_rel}/{n}")
+                    };
+                    stack.push((child, child_src));
                 }
             } else {
                 let stamp = wharf_common::store::FileStamp {
