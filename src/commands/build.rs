@@ -207,29 +207,20 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         no_cache: args.no_cache,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let events: wharf_builder::build::Events = Arc::new(move |e| {
         if quiet {
             return;
         }
         let line = match e {
             BuildEvent::Step {
+                id,
                 stage,
                 index,
                 total,
                 text,
-            } => {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                format!("#{n} [{stage} {index}/{total}] {text}")
-            }
-            BuildEvent::Cached => {
-                let n = counter.load(std::sync::atomic::Ordering::Relaxed);
-                format!("#{n} CACHED")
-            }
-            BuildEvent::Done(took) => {
-                let n = counter.load(std::sync::atomic::Ordering::Relaxed);
-                format!("#{n} DONE {:.1}s", took.as_secs_f64())
-            }
+            } => format!("#{id} [{stage} {index}/{total}] {text}"),
+            BuildEvent::Cached(id) => format!("#{id} CACHED"),
+            BuildEvent::Done(id, took) => format!("#{id} DONE {:.1}s", took.as_secs_f64()),
             BuildEvent::Warning(l) => format!("WARN: {}: {} (line {})", l.rule, l.message, l.line),
         };
         crate::printer::err_line(&line);

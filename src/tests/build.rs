@@ -290,24 +290,28 @@ fn issue_4_same_epoch_same_image_and_hostile_context_stays_inside() {
     );
 }
 
-/// Each step's text and whether it was CACHED, from `wharf build`'s plain progress.
+/// Each step's text and whether it was CACHED, from `wharf build`'s plain progress, in step
+/// number order (`#N [stage i/n] TEXT`, then `#N CACHED` or `#N DONE`).
 fn step_statuses(stderr: &str) -> Vec<(String, &'static str)> {
-    let mut out: Vec<(String, &'static str)> = Vec::new();
+    let mut steps: BTreeMap<usize, (String, &'static str)> = BTreeMap::new();
     for line in stderr.lines() {
         let Some(rest) = line.strip_prefix('#') else {
             continue;
         };
-        let Some((_, what)) = rest.split_once(' ') else {
+        let Some((id, what)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(id) = id.parse::<usize>() else {
             continue;
         };
         if let Some(step) = what.strip_prefix('[') {
             let text = step.split_once("] ").map_or("", |x| x.1);
-            out.push((text.to_owned(), "started"));
-        } else if let Some(last) = out.last_mut() {
-            last.1 = if what == "CACHED" { "CACHED" } else { "ran" };
+            steps.insert(id, (text.to_owned(), "started"));
+        } else if let Some(s) = steps.get_mut(&id) {
+            s.1 = if what == "CACHED" { "CACHED" } else { "ran" };
         }
     }
-    out
+    steps.into_values().collect()
 }
 
 #[test]
@@ -544,4 +548,38 @@ fn issue_4_dockerignore_applies_inside_copied_directories() {
     std::fs::write(ctx.join("src/secret.key"), "rotated").unwrap();
     let r = w.run(&["build", ctx.to_str().unwrap()]).ok();
     assert!(r.stderr.contains("CACHED"), "{}", r.stderr);
+}
+
+#[test]
+fn issue_4_stages_not_needed_by_the_target_are_skipped() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path();
+    std::fs::write(ctx.join("a"), "a").unwrap();
+    std::fs::write(ctx.join("b"), "b").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS one\nCOPY a /a\n\nFROM scratch AS unused\nCOPY does-not-exist /x\n\nFROM scratch AS two\nCOPY b /b\n\nFROM scratch\nCOPY --from=one /a /a\nCOPY --from=two /b /b\n",
+    )
+    .unwrap();
+    let r = w
+        .run(&[
+            "build",
+            "-o",
+            ctx.join("out").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(!r.stderr.contains("[unused"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(ctx.join("out/a")).unwrap(), "a");
+    assert_eq!(std::fs::read_to_string(ctx.join("out/b")).unwrap(), "b");
+    // Asking for it runs it, and its error names the line.
+    let r = w
+        .run(&["build", "--target", "unused", ctx.to_str().unwrap()])
+        .fails();
+    assert!(
+        r.stderr.contains(":5: COPY does-not-exist /x"),
+        "{}",
+        r.stderr
+    );
 }

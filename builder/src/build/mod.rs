@@ -123,6 +123,8 @@ pub enum BuildError {
 pub enum BuildEvent {
     /// A step starts: `[stage i/n] INSTRUCTION`.
     Step {
+        /// The step's number in this build (`#N`), unique across stages.
+        id: usize,
         /// Stage name or index.
         stage: String,
         /// 1-based step number within the stage (FROM is 1).
@@ -132,10 +134,10 @@ pub enum BuildEvent {
         /// The instruction as written.
         text: String,
     },
-    /// The step just announced was found in the cache.
-    Cached,
-    /// The step just announced finished.
-    Done(std::time::Duration),
+    /// Step `id` was found in the cache.
+    Cached(usize),
+    /// Step `id` finished after this long.
+    Done(usize, std::time::Duration),
     /// A lint warning.
     Warning(Lint),
 }
@@ -253,6 +255,7 @@ pub async fn build(
         lexer,
         events,
         new_layers: std::sync::Mutex::new(Vec::new()),
+        step_ids: std::sync::atomic::AtomicUsize::new(0),
     };
     tokio::task::spawn_blocking(move || run.run_blocking(&needed, target))
         .await
@@ -288,24 +291,27 @@ fn stage_index(df: &Dockerfile, name: &str, before: usize) -> Option<usize> {
     name.parse::<usize>().ok().filter(|i| *i < before)
 }
 
+/// The earlier stages stage `i` reads (its FROM, its COPY --from).
+fn stage_deps(df: &Dockerfile, i: usize) -> Vec<usize> {
+    let s = &df.stages[i];
+    let mut deps: Vec<usize> = stage_index(df, &s.base, i).into_iter().collect();
+    for step in &s.steps {
+        if let Instruction::Copy(c) = &step.instruction
+            && let Some(j) = c.from.as_deref().and_then(|f| stage_index(df, f, i))
+        {
+            deps.push(j);
+        }
+    }
+    deps
+}
+
 /// The stages `target` depends on (FROM a stage, COPY --from a stage), and itself, in order.
 fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
     let mut needed = HashSet::new();
     let mut todo = vec![target];
     while let Some(i) = todo.pop() {
-        if !needed.insert(i) {
-            continue;
-        }
-        let s = &df.stages[i];
-        if let Some(j) = stage_index(df, &s.base, i) {
-            todo.push(j);
-        }
-        for step in &s.steps {
-            if let Instruction::Copy(c) = &step.instruction
-                && let Some(j) = c.from.as_deref().and_then(|f| stage_index(df, f, i))
-            {
-                todo.push(j);
-            }
+        if needed.insert(i) {
+            todo.extend(stage_deps(df, i));
         }
     }
     let mut v: Vec<usize> = needed.into_iter().collect();
@@ -395,14 +401,58 @@ struct Run {
     events: Events,
     /// Layers this build wrote, with their step keys, for the cache.
     new_layers: std::sync::Mutex<Vec<NewLayer>>,
+    /// Numbers steps across stages running at once.
+    step_ids: std::sync::atomic::AtomicUsize,
 }
 
 impl Run {
     fn run_blocking(self, needed: &[usize], target: usize) -> Result<Built, BuildError> {
         let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
-        for &i in needed {
-            let state = self.run_stage(i, &done)?;
-            done.insert(i, state);
+        let mut pending: Vec<usize> = needed.to_vec();
+        // Stages whose dependencies are all built run at the same time.
+        while !pending.is_empty() {
+            let (ready, wait): (Vec<usize>, Vec<usize>) = pending
+                .iter()
+                .partition(|&&i| stage_deps(&self.df, i).iter().all(|d| done.contains_key(d)));
+            if ready.is_empty() {
+                return Err(step_error(
+                    &self.opts.dockerfile_name,
+                    0,
+                    "scheduling stages",
+                    "stages depend on each other in a cycle".into(),
+                ));
+            }
+            let results: Vec<(usize, Result<StageState, BuildError>)> =
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = ready
+                        .iter()
+                        .map(|&i| {
+                            let done = &done;
+                            let run = &self;
+                            (i, scope.spawn(move || run.run_stage(i, done)))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|(i, h)| {
+                            (
+                                i,
+                                h.join().unwrap_or_else(|_| {
+                                    Err(step_error(
+                                        &self.opts.dockerfile_name,
+                                        0,
+                                        "running a stage",
+                                        "the stage's thread panicked".into(),
+                                    ))
+                                }),
+                            )
+                        })
+                        .collect()
+                });
+            for (i, r) in results {
+                done.insert(i, r?);
+            }
+            pending = wait;
         }
         let state = done
             .remove(&target)
@@ -433,7 +483,13 @@ impl Run {
         let label = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
         let total = stage.steps.len() + 1;
         let emit = |e: BuildEvent| (*self.events)(e);
+        let next_id = || {
+            self.step_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        };
         emit(BuildEvent::Step {
+            id: next_id(),
             stage: label.clone(),
             index: 1,
             total,
@@ -558,7 +614,9 @@ impl Run {
             }
         }
         for (n, step) in stage.steps.iter().enumerate() {
+            let id = next_id();
             emit(BuildEvent::Step {
+                id,
                 stage: label.clone(),
                 index: n + 2,
                 total,
@@ -569,9 +627,9 @@ impl Run {
                 .step(&mut state, step, done, i)
                 .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
             emit(if cached {
-                BuildEvent::Cached
+                BuildEvent::Cached(id)
             } else {
-                BuildEvent::Done(started.elapsed())
+                BuildEvent::Done(id, started.elapsed())
             });
         }
         Ok(state)
