@@ -50,6 +50,8 @@ pub enum ProgressMode {
     Auto,
     Tty,
     Plain,
+    /// JSON lines (`wharf build`; other commands print plain lines)
+    Json,
     Quiet,
 }
 

@@ -80,7 +80,7 @@ impl Progress {
         let tty = std::io::stderr().is_terminal();
         let mode = match (mode, quiet) {
             (_, true) | (ProgressMode::Quiet, _) => Mode::Quiet,
-            (ProgressMode::Plain, _) => Mode::Plain,
+            (ProgressMode::Plain | ProgressMode::Json, _) => Mode::Plain,
             (ProgressMode::Auto, _) if !tty => Mode::Plain,
             (ProgressMode::Tty, _) if !tty => {
                 anyhow::bail!("--progress tty needs stderr to be a terminal")

@@ -207,21 +207,50 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         no_cache: args.no_cache,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
+    let json = ctx.global.progress == crate::cli::ProgressMode::Json;
     let events: wharf_builder::build::Events = Arc::new(move |e| {
         if quiet {
             return;
         }
-        let line = match e {
-            BuildEvent::Step {
-                id,
-                stage,
-                index,
-                total,
-                text,
-            } => format!("#{id} [{stage} {index}/{total}] {text}"),
-            BuildEvent::Cached(id) => format!("#{id} CACHED"),
-            BuildEvent::Done(id, took) => format!("#{id} DONE {:.1}s", took.as_secs_f64()),
-            BuildEvent::Warning(l) => format!("WARN: {}: {} (line {})", l.rule, l.message, l.line),
+        let line = if json {
+            // JSON lines, tagged {"type": …, "data": {…}}.
+            let (kind, data) = match e {
+                BuildEvent::Step {
+                    id,
+                    stage,
+                    index,
+                    total,
+                    text,
+                } => (
+                    "step",
+                    serde_json::json!({"id": id, "stage": stage, "index": index, "total": total, "instruction": text}),
+                ),
+                BuildEvent::Cached(id) => ("cached", serde_json::json!({"id": id})),
+                BuildEvent::Done(id, took) => (
+                    "done",
+                    serde_json::json!({"id": id, "seconds": took.as_secs_f64()}),
+                ),
+                BuildEvent::Warning(l) => (
+                    "warning",
+                    serde_json::json!({"rule": l.rule, "message": l.message, "line": l.line}),
+                ),
+            };
+            serde_json::json!({"type": kind, "data": data}).to_string()
+        } else {
+            match e {
+                BuildEvent::Step {
+                    id,
+                    stage,
+                    index,
+                    total,
+                    text,
+                } => format!("#{id} [{stage} {index}/{total}] {text}"),
+                BuildEvent::Cached(id) => format!("#{id} CACHED"),
+                BuildEvent::Done(id, took) => format!("#{id} DONE {:.1}s", took.as_secs_f64()),
+                BuildEvent::Warning(l) => {
+                    format!("WARN: {}: {} (line {})", l.rule, l.message, l.line)
+                }
+            }
         };
         crate::printer::err_line(&line);
     });
@@ -278,7 +307,12 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     if !quiet {
         for n in &names {
-            crate::printer::err_line(&format!("naming to {}", n.familiar()));
+            let line = if json {
+                serde_json::json!({"type": "named", "data": {"name": n.familiar()}}).to_string()
+            } else {
+                format!("naming to {}", n.familiar())
+            };
+            crate::printer::err_line(&line);
         }
     }
     for o in outputs {

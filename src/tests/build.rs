@@ -583,3 +583,45 @@ fn issue_4_stages_not_needed_by_the_target_are_skipped() {
         r.stderr
     );
 }
+
+#[test]
+fn issue_4_progress_as_json_lines() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("f"), "f").unwrap();
+    std::fs::write(
+        tmp.path().join("Dockerfile"),
+        "FROM scratch\nMAINTAINER me\nCOPY f /f\n",
+    )
+    .unwrap();
+    let out = Command::new(WHARF)
+        .env("WHARF_ROOT", &w.root)
+        .args(["--progress", "json", "build", "-t", "j:1"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        kinds.contains(&"warning") && kinds.contains(&"step") && kinds.contains(&"done"),
+        "{kinds:?}"
+    );
+    let copy = events
+        .iter()
+        .find(|e| e["data"]["instruction"] == "COPY f /f")
+        .unwrap();
+    assert_eq!(copy["data"]["index"], 3);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["rule"] == "MaintainerDeprecated")
+    );
+}
