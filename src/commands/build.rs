@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use wharf_builder::build::{BaseImage, BuildEvent, BuildOptions, CacheAccess, Images, build};
+use wharf_builder::build::{
+    BaseImage, BuildEvent, BuildOptions, CacheAccess, Download, Images, build,
+};
 use wharf_builder::context::Context;
 use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
@@ -104,6 +106,26 @@ impl StoreImages<'_> {
 }
 
 impl Images for StoreImages<'_> {
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+        to: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<Download, String>> {
+        Box::pin(async move {
+            let client = self.ctx.client(None).map_err(|e| format!("{e:#}"))?;
+            let (digest, _, last_modified) = client
+                .download(url, to)
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+            Ok(Download {
+                digest,
+                last_modified: last_modified
+                    .as_deref()
+                    .and_then(wharf_common::time::parse_http_date),
+            })
+        })
+    }
+
     fn base<'a>(
         &'a self,
         reference: &'a str,

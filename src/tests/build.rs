@@ -625,3 +625,55 @@ fn issue_4_progress_as_json_lines() {
             .any(|e| e["data"]["rule"] == "MaintainerDeprecated")
     );
 }
+
+#[test]
+fn issue_4_add_from_a_url_with_checksum() {
+    use axum::http::header::LAST_MODIFIED;
+    use axum::routing::get;
+    let body = "#!/bin/sh\necho tool\n";
+    let server = serve(axum::Router::new().route(
+        "/files/tool.sh",
+        get(move || async move { ([(LAST_MODIFIED, "Wed, 21 Oct 2015 07:28:00 GMT")], body) }),
+    ));
+    let url = format!("http://{}/files/tool.sh", server.addr);
+    let sum = format!("sha256:{}", sha256_hex(body.as_bytes()));
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD --checksum={sum} {url} /bin/\nADD {url} /named\n"),
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    for p in ["bin/tool.sh", "named"] {
+        let m = std::fs::metadata(files.join(p)).unwrap();
+        assert_eq!(std::fs::read_to_string(files.join(p)).unwrap(), body);
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "{p}: files from URLs are 0600"
+        );
+        assert_eq!(m.mtime(), 1_445_412_480, "{p}: the server's Last-Modified");
+    }
+    let wrong = format!("sha256:{}", sha256_hex(b"something else"));
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nADD --checksum={wrong} {url} /bin/\n"),
+    )
+    .unwrap();
+    let r = w.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains(&sum) && r.stderr.contains(&wrong) && r.stderr.contains(":2:"),
+        "{}",
+        r.stderr
+    );
+}

@@ -253,6 +253,8 @@ pub(crate) fn copy(
     };
     let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
     let mut items: Vec<Item> = Vec::new();
+    // Files from URLs: (name, downloaded file, Last-Modified).
+    let mut urls: Vec<(String, PathBuf, i64)> = Vec::new();
     let mut sources = 0usize;
     for src in &c.sources {
         if let Some(name) = src.strip_prefix("<<") {
@@ -275,16 +277,25 @@ pub(crate) fn copy(
             });
             continue;
         }
-        if add
-            && (src.starts_with("http://")
-                || src.starts_with("https://")
-                || src.starts_with("git@"))
-        {
-            return Err(format!(
-                "ADD {src}: remote sources are not supported by this build yet"
-            ));
-        }
         let src = lexer.process_word(src, &env).map_err(|e| e.to_string())?;
+        if add && super::is_url(&src) {
+            let (path, dl) = run
+                .url(&src)
+                .ok_or_else(|| format!("{src} was not fetched"))?;
+            sources += 1;
+            let name = src
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(&src)
+                .trim_end_matches('/');
+            let name = name
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && !n.contains(':'))
+                .unwrap_or("index.html");
+            urls.push((name.to_owned(), path.clone(), dl.last_modified.unwrap_or(0)));
+            continue;
+        }
         let matched = ctx.select(&src).map_err(|e| e.to_string())?;
         for rel in matched {
             if !excludes.is_empty() && excludes.excludes(&rel) {
@@ -325,6 +336,30 @@ pub(crate) fn copy(
         entries.extend(mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?);
     }
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    // A file from a URL: mode 0600 (unless --chmod), the server's Last-Modified, never unpacked.
+    for (name, path, mtime) in urls {
+        let target = if dest_is_dir {
+            format!("{dest}/{name}")
+        } else {
+            dest.clone()
+        };
+        let content = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+        let mode = match &chmod {
+            Some(m) => apply_chmod(m, 0o600, false)?,
+            None => 0o600,
+        };
+        put_bytes(
+            s,
+            &target,
+            &content,
+            mode,
+            owner.unwrap_or(Owner { uid: 0, gid: 0 }),
+            &mut entries,
+        )?;
+        if let Some(last) = entries.last_mut() {
+            last.mtime = mtime;
+        }
+    }
     for item in items {
         let base = item
             .dest

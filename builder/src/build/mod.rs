@@ -37,7 +37,17 @@ pub struct BaseImage {
     pub layers: Vec<(BlobRef, PathBuf)>,
 }
 
-/// Where base images come from (the CLI: the local store, pulling when missing).
+/// A file `ADD` fetched from a URL.
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// Its sha256 digest.
+    pub digest: Digest,
+    /// The server's `Last-Modified` time, seconds since the epoch.
+    pub last_modified: Option<i64>,
+}
+
+/// What a build needs from outside: base images (the CLI: the local store, pulling when
+/// missing) and files from URLs.
 pub trait Images: Send + Sync {
     /// The image `reference` for `platform`.
     fn base<'a>(
@@ -45,6 +55,14 @@ pub trait Images: Send + Sync {
         reference: &'a str,
         platform: &'a Platform,
     ) -> BoxFuture<'a, Result<BaseImage, String>>;
+
+    /// Downloads `url` into the file `to`.
+    fn fetch<'a>(&'a self, url: &'a str, to: &'a Path) -> BoxFuture<'a, Result<Download, String>>;
+}
+
+/// Whether an ADD source is a URL.
+pub(crate) fn is_url(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
 }
 
 /// What to build.
@@ -247,7 +265,55 @@ pub async fn build(
             bases.insert(name, img);
         }
     }
+    // ADD's URLs are fetched up front too (and checked against --checksum).
+    let mut urls: BTreeMap<String, (PathBuf, Download)> = BTreeMap::new();
+    for &i in &needed {
+        for step in &df.stages[i].steps {
+            let Instruction::Add(c) = &step.instruction else {
+                continue;
+            };
+            for src in c.sources.iter().filter(|s| is_url(s)) {
+                let url = lexer
+                    .process_word(src, &meta)
+                    .unwrap_or_else(|_| src.clone());
+                if urls.contains_key(&url) {
+                    continue;
+                }
+                let dir = opts.work_dir.join("urls");
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    step_error(&file, step.location.line, &step.original, e.to_string())
+                })?;
+                let path = dir.join(urls.len().to_string());
+                let got = images.fetch(&url, &path).await.map_err(|m| {
+                    step_error(
+                        &file,
+                        step.location.line,
+                        &step.original,
+                        format!("fetching {url}: {m}"),
+                    )
+                })?;
+                if let Some(want) = &c.checksum {
+                    let want = lexer
+                        .process_word(want, &meta)
+                        .unwrap_or_else(|_| want.clone());
+                    if want != got.digest.as_str() {
+                        return Err(step_error(
+                            &file,
+                            step.location.line,
+                            &step.original,
+                            format!(
+                                "{url}: content has digest {}, --checksum says {want}",
+                                got.digest
+                            ),
+                        ));
+                    }
+                }
+                urls.insert(url, (path, got));
+            }
+        }
+    }
     let run = Run {
+        urls,
         df,
         opts,
         meta,
@@ -393,6 +459,8 @@ impl StageState {
 }
 
 struct Run {
+    /// ADD's URLs, fetched.
+    urls: BTreeMap<String, (PathBuf, Download)>,
     df: Dockerfile,
     opts: BuildOptions,
     meta: Vec<(String, String)>,
@@ -1081,6 +1149,15 @@ impl Run {
                 .lexer
                 .process_word(src, &env)
                 .map_err(|e| e.to_string())?;
+            if is_url(&src) {
+                let digest = self
+                    .urls
+                    .get(&src)
+                    .map(|(_, d)| d.digest.to_string())
+                    .unwrap_or_default();
+                lines.push(format!("url {src} {digest}"));
+                continue;
+            }
             let mut matched = ctx.select(&src).map_err(|e| e.to_string())?;
             matched.reverse();
             stack.extend(matched.into_iter().map(|m| (m, String::new())));
@@ -1165,6 +1242,10 @@ impl Run {
 
     pub(crate) fn lexer(&self) -> &Lexer {
         &self.lexer
+    }
+
+    pub(crate) fn url(&self, url: &str) -> Option<&(PathBuf, Download)> {
+        self.urls.get(url)
     }
 
     pub(crate) fn context(&self) -> &Context {

@@ -119,6 +119,52 @@ impl Client {
         })
     }
 
+    /// Downloads `url` (any HTTP(S) server, not a registry) into `to`, hashing it with sha256.
+    /// Returns the digest, the size and the `Last-Modified` header, if any.
+    pub async fn download(
+        &self,
+        url: &str,
+        to: &std::path::Path,
+    ) -> Result<(Digest, u64, Option<String>), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let http_err = |source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let resp = self.inner.http.get(url).send().await.map_err(http_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                method: "GET",
+                url: url.to_owned(),
+                status: status.as_u16(),
+                errors: Vec::new(),
+                detail: status.canonical_reason().unwrap_or("error").to_owned(),
+            });
+        }
+        let last_modified = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let io = |source: std::io::Error| ClientError::Protocol {
+            url: url.to_owned(),
+            reason: format!("writing {}: {source}", to.display()),
+        };
+        let mut file = tokio::fs::File::create(to).await.map_err(io)?;
+        let mut hasher = crate::digest::Algorithm::Sha256.hasher();
+        let mut size = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(http_err)?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        Ok((hasher.finish(), size, last_modified))
+    }
+
     /// The scheme used for `domain`.
     pub fn scheme(&self, domain: &str) -> &'static str {
         if is_insecure(domain, &self.inner.config.insecure_registries) {
