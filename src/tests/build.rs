@@ -460,18 +460,24 @@ fn issue_4_newer_copy_forms_parents_exclude_heredoc_and_add_archives() {
         std::fs::create_dir_all(ctx.join(f).parent().unwrap()).unwrap();
         std::fs::write(ctx.join(f), body).unwrap();
     }
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(ctx.join("t"))
-        .args(["-czf"])
-        .arg(ctx.join("d.tar.gz"))
-        .arg("inner.txt")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    for (flag, name) in [
+        ("-czf", "d.tar.gz"),
+        ("-cjf", "d.tar.bz2"),
+        ("-cJf", "d.tar.xz"),
+    ] {
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(ctx.join("t"))
+            .arg(flag)
+            .arg(ctx.join(name))
+            .arg("inner.txt")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tar {flag}");
+    }
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM scratch\nARG NAME=world\nCOPY --parents a/b/c.txt x/ /out/\nCOPY --exclude=*.md docs/ /docs/\nCOPY <<EOF /here.txt\nhello ${NAME}\nEOF\nCOPY <<'RAW' /raw.txt\nkeep ${NAME}\nRAW\nADD d.tar.gz /unpacked/\nCOPY --link --chmod=u=rwx,go=rx x/y.txt /linked\n",
+        "FROM scratch\nARG NAME=world\nCOPY --parents a/b/c.txt x/ /out/\nCOPY --exclude=*.md docs/ /docs/\nCOPY <<EOF /here.txt\nhello ${NAME}\nEOF\nCOPY <<'RAW' /raw.txt\nkeep ${NAME}\nRAW\nADD d.tar.gz /unpacked/\nADD d.tar.bz2 /bz2/\nADD d.tar.xz /xz/\nCOPY --link --chmod=u=rwx,go=rx x/y.txt /linked\n",
     )
     .unwrap();
     let files = tmp.path().join("files");

@@ -486,18 +486,38 @@ pub(crate) fn copy(
 
 /// Whether an ADD source is a local tar archive (plain, gzip or zstd) to unpack.
 fn is_archive(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let Ok(d) = wharf_common::archive::decompress(std::io::BufReader::new(f)) else {
+    let Ok(mut r) = open_archive(path) else {
         return false;
     };
     let mut header = [0u8; 512];
-    let mut r = d.reader;
     if std::io::Read::read_exact(&mut r, &mut header).is_err() {
         return false;
     }
     &header[257..262] == b"ustar"
+}
+
+/// An ADD source read through the decompressor its first bytes call for: gzip, zstd, bzip2,
+/// xz, or none.
+fn open_archive(path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    use std::io::{BufRead, Seek};
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let head = f.fill_buf()?.to_vec();
+    if head.starts_with(b"BZh") {
+        return Ok(Box::new(bzip2::read::MultiBzDecoder::new(f)));
+    }
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        // lzma-rs decodes whole streams: into an anonymous temporary file.
+        let mut out = tempfile::tempfile()?;
+        {
+            let mut w = std::io::BufWriter::new(&mut out);
+            lzma_rs::xz_decompress(&mut f, &mut w).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("xz: {e}"))
+            })?;
+        }
+        out.seek(std::io::SeekFrom::Start(0))?;
+        return Ok(Box::new(out));
+    }
+    Ok(wharf_common::archive::decompress(f)?.reader)
 }
 
 /// ADD of a local archive: unpacked (safely) into the destination.
@@ -508,10 +528,8 @@ fn extract_archive(
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let f = std::fs::File::open(archive).map_err(|e| e.to_string())?;
-    let d =
-        wharf_common::archive::decompress(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
-    wharf_common::archive::unpack::apply_layer(tmp.path(), d.reader, &Default::default())
+    let reader = open_archive(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &Default::default())
         .map_err(|e| format!("unpacking {}: {e}", archive.display()))?;
     entries.extend(mkdir_p(s, dest, None).map_err(|e| e.to_string())?);
     let mut links = HashMap::new();
