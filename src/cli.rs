@@ -109,6 +109,9 @@ pub struct BuildArgs {
     /// Set a build-time variable (NAME=VALUE, or NAME to take it from the environment)
     #[arg(long = "build-arg")]
     pub build_args: Vec<String>,
+    /// Read build-time variables from a file: NAME=VALUE lines, # comments (before --build-arg)
+    #[arg(long = "build-arg-file", value_name = "FILE")]
+    pub build_arg_files: Vec<PathBuf>,
     /// Build up to this stage
     #[arg(long)]
     pub target: Option<String>,

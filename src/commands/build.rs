@@ -190,14 +190,34 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let dockerfile = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("reading the Dockerfile {}", dockerfile_path.display()))?;
     let context = Context::open(&context_dir, Some(&dockerfile_path))?;
-    let build_args = args
-        .build_args
-        .iter()
-        .filter_map(|a| match a.split_once('=') {
-            Some((k, v)) => Some((k.to_owned(), v.to_owned())),
-            None => std::env::var(a).ok().map(|v| (a.clone(), v)),
-        })
-        .collect();
+    let mut build_args: Vec<(String, String)> = Vec::new();
+    for f in &args.build_arg_files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading --build-arg-file {}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').with_context(|| {
+                format!(
+                    "{}:{}: expected NAME=VALUE, found {line:?}",
+                    f.display(),
+                    n + 1
+                )
+            })?;
+            build_args.push((k.trim().to_owned(), v.to_owned()));
+        }
+    }
+    // --build-arg wins over the files.
+    build_args.extend(
+        args.build_args
+            .iter()
+            .filter_map(|a| match a.split_once('=') {
+                Some((k, v)) => Some((k.to_owned(), v.to_owned())),
+                None => std::env::var(a).ok().map(|v| (a.clone(), v)),
+            }),
+    );
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Some(
             v.trim()

@@ -683,3 +683,65 @@ fn issue_4_add_from_a_url_with_checksum() {
         r.stderr
     );
 }
+
+#[test]
+fn issue_4_build_args_files_and_onbuild_triggers() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        base.join("Dockerfile"),
+        "FROM scratch\nONBUILD COPY app.txt /from-trigger.txt\nONBUILD ENV TRIGGERED=yes\n",
+    )
+    .unwrap();
+    w.run(&["build", "-t", "with-triggers:1", base.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        w.inspect("with-triggers:1")["Config"]["OnBuild"][0],
+        "COPY app.txt /from-trigger.txt"
+    );
+    std::fs::write(app.join("app.txt"), "app").unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        "FROM with-triggers:1\nARG A\nARG B\nENV A=$A B=$B\n",
+    )
+    .unwrap();
+    let args_file = tmp.path().join("args");
+    std::fs::write(&args_file, "# build settings\nA=from-file\nB=from-file\n").unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "-t",
+        "child:1",
+        "--build-arg-file",
+        args_file.to_str().unwrap(),
+        "--build-arg",
+        "B=from-flag",
+        "-o",
+        files.to_str().unwrap(),
+        app.to_str().unwrap(),
+    ])
+    .ok();
+    let c = w.inspect("child:1");
+    let env: Vec<&str> = c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in ["TRIGGERED=yes", "A=from-file", "B=from-flag"] {
+        assert!(env.contains(&want), "{want} not in {env:?}");
+    }
+    assert!(
+        c["Config"]["OnBuild"].is_null()
+            || c["Config"]["OnBuild"].as_array().is_some_and(Vec::is_empty),
+        "triggers run once"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("from-trigger.txt")).unwrap(),
+        "app"
+    );
+}
