@@ -250,8 +250,23 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let json = ctx.global.progress == crate::cli::ProgressMode::Json;
+    let tty = match ctx.global.progress {
+        crate::cli::ProgressMode::Tty => {
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                anyhow::bail!("--progress tty needs stderr to be a terminal");
+            }
+            true
+        }
+        crate::cli::ProgressMode::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        _ => false,
+    };
+    let live = (tty && !quiet).then(LiveView::new);
     let events: wharf_builder::build::Events = Arc::new(move |e| {
         if quiet {
+            return;
+        }
+        if let Some(view) = &live {
+            view.show(e);
             return;
         }
         let line = if json {
@@ -467,6 +482,72 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
                 crate::commands::util::human_size(bytes)
             ))?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The live terminal view: a spinner per running step, which turns into its CACHED or DONE line.
+struct LiveView {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::HashMap<usize, (indicatif::ProgressBar, String)>>,
+}
+
+impl LiveView {
+    fn new() -> LiveView {
+        LiveView {
+            multi: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::stderr_with_hz(10),
+            ),
+            bars: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn show(&self, e: BuildEvent) {
+        let mut bars = self
+            .bars
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match e {
+            BuildEvent::Step {
+                id,
+                stage,
+                index,
+                total,
+                text,
+            } => {
+                let label = format!("#{id} [{stage} {index}/{total}] {text}");
+                let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar.set_message(label.clone());
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                bars.insert(id, (bar, label));
+            }
+            BuildEvent::Cached(id) => {
+                if let Some((bar, label)) = bars.remove(&id) {
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{msg}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    bar.finish_with_message(format!("{label}  CACHED"));
+                }
+            }
+            BuildEvent::Done(id, took) => {
+                if let Some((bar, label)) = bars.remove(&id) {
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{msg}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    bar.finish_with_message(format!("{label}  DONE {:.1}s", took.as_secs_f64()));
+                }
+            }
+            BuildEvent::Warning(l) => {
+                let _ = self
+                    .multi
+                    .println(format!("WARN: {}: {} (line {})", l.rule, l.message, l.line));
+            }
         }
     }
 }

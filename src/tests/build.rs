@@ -745,3 +745,36 @@ fn issue_4_build_args_files_and_onbuild_triggers() {
         "app"
     );
 }
+
+#[test]
+fn issue_4_live_view_on_a_terminal() {
+    if !have("script") {
+        return;
+    }
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("f"), "f").unwrap();
+    std::fs::write(tmp.path().join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
+    // `script` gives wharf a terminal; the view redraws, then leaves each step's final line.
+    let cmd = format!("{WHARF} build {}", tmp.path().display());
+    let run = || {
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("WHARF_ROOT", &w.root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("[stage-0 2/2] COPY f /f  DONE"), "{first}");
+    let second = run();
+    assert!(
+        second.contains("[stage-0 2/2] COPY f /f  CACHED"),
+        "{second}"
+    );
+}

@@ -556,8 +556,10 @@ impl Run {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 + 1
         };
+        let from_id = next_id();
+        let from_started = std::time::Instant::now();
         emit(BuildEvent::Step {
-            id: next_id(),
+            id: from_id,
             stage: label.clone(),
             index: 1,
             total,
@@ -663,6 +665,7 @@ impl Run {
             }
         };
         self.set_platform(&mut state);
+        emit(BuildEvent::Done(from_id, from_started.elapsed()));
         // As BuildKit does: every stage has a PATH, scratch ones included.
         let has_path = state
             .config()
