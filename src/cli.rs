@@ -115,6 +115,9 @@ pub struct BuildArgs {
     /// Build up to this stage
     #[arg(long)]
     pub target: Option<String>,
+    /// A named context COPY --from=NAME reads (NAME=DIR); repeatable
+    #[arg(long = "build-context", value_name = "NAME=DIR")]
+    pub build_contexts: Vec<String>,
     /// Layer compression
     #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
     pub compression: LayerCompression,

@@ -226,6 +226,16 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(_) => None,
     };
+    let mut named_contexts = std::collections::BTreeMap::new();
+    for spec in &args.build_contexts {
+        let (name, dir) = spec
+            .split_once('=')
+            .with_context(|| format!("--build-context {spec}: expected NAME=DIR"))?;
+        let dir = dir.strip_prefix("local:").unwrap_or(dir);
+        let named = Context::open(std::path::Path::new(dir), None)
+            .with_context(|| format!("--build-context {name}"))?;
+        named_contexts.insert(name.to_owned(), named);
+    }
     let store = ctx.store().await?;
     let staging = store.staging_dir_blocking()?;
     let opts = BuildOptions {
@@ -247,6 +257,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             runtime: tokio::runtime::Handle::current(),
         }),
         no_cache: args.no_cache,
+        named_contexts,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let json = ctx.global.progress == crate::cli::ProgressMode::Json;

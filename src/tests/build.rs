@@ -778,3 +778,131 @@ fn issue_4_live_view_on_a_terminal() {
         "{second}"
     );
 }
+
+#[test]
+fn issue_4_named_contexts_and_platforms() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctx, extra) = (tmp.path().join("ctx"), tmp.path().join("extra"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::create_dir_all(extra.join("conf")).unwrap();
+    std::fs::write(extra.join("conf/app.ini"), "ini").unwrap();
+    std::fs::write(extra.join("conf/skip.tmp"), "tmp").unwrap();
+    std::fs::write(extra.join(".dockerignore"), "**/*.tmp\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM scratch\nCOPY --from=settings conf /etc/app/\n",
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "--build-context",
+        &format!("settings={}", extra.display()),
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(files.join("etc/app/app.ini")).unwrap(),
+        "ini"
+    );
+    assert!(
+        !files.join("etc/app/skip.tmp").exists(),
+        "the named context's .dockerignore applies"
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM --platform=linux/s390x scratch\nENV A=1\n",
+    )
+    .unwrap();
+    let r = w.run(&["build", ctx.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr
+            .contains("--platform=linux/s390x: only the host's platform"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn issue_4_hostile_add_archive_and_two_checkouts() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    // A tar whose members try to leave: ../, an absolute path, a symlink then a file through it.
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in [
+        (
+            "../../escaped.txt",
+            tar::EntryType::Regular,
+            None,
+            &b"x"[..],
+        ),
+        ("/abs.txt", tar::EntryType::Regular, None, b"y"),
+        ("up", tar::EntryType::Symlink, Some("../../.."), b""),
+        ("up/through.txt", tar::EntryType::Regular, None, b"z"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let evil = b.into_inner().unwrap();
+    let ctx_a = tmp.path().join("a/ctx");
+    std::fs::create_dir_all(&ctx_a).unwrap();
+    std::fs::File::create(ctx_a.join("evil.tar"))
+        .unwrap()
+        .write_all(&evil)
+        .unwrap();
+    std::fs::write(ctx_a.join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    let w = Wharf::new();
+    let files = tmp.path().join("files");
+    let r = w
+        .cmd()
+        .args([
+            "build",
+            "-q",
+            "-o",
+            files.to_str().unwrap(),
+            ctx_a.to_str().unwrap(),
+        ])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for outside in ["escaped.txt", "a/escaped.txt", "abs.txt", "through.txt"] {
+        assert!(
+            !tmp.path().join(outside).exists(),
+            "{outside} written outside"
+        );
+    }
+    assert!(!Path::new("/abs.txt").exists() && !Path::new("/through.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(files.join("x/escaped.txt")).unwrap(),
+        "x"
+    );
+    // A second checkout (new inodes and times), another store: the same image.
+    let ctx_b = tmp.path().join("b/ctx");
+    std::fs::create_dir_all(&ctx_b).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::File::create(ctx_b.join("evil.tar"))
+        .unwrap()
+        .write_all(&evil)
+        .unwrap();
+    std::fs::write(ctx_b.join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    let id_a = String::from_utf8_lossy(&r.stdout).trim().to_owned();
+    let r = Wharf::new()
+        .cmd()
+        .args(["build", "-q", ctx_b.to_str().unwrap()])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), id_a);
+}

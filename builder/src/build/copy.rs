@@ -208,14 +208,26 @@ struct Item {
     content: Option<Vec<u8>>,
 }
 
+/// Where `COPY --from` reads.
+pub(crate) enum From<'a> {
+    /// An earlier stage's or an image's root: owners kept, no ignore rules.
+    Root(&'a Path),
+    /// A named context (`--build-context`): read like the build context.
+    Context(&'a Context),
+}
+
 /// Runs a COPY or ADD: returns the layer's entries, the root updated.
 pub(crate) fn copy(
     run: &Run,
     s: &mut StageState,
     c: &CopySpec,
     add: bool,
-    from_root: Option<&Path>,
+    from: Option<From<'_>>,
 ) -> Result<Vec<LayerEntry>, String> {
+    let from_root = match &from {
+        Some(From::Root(p)) => Some(*p),
+        _ => None,
+    };
     let env = s.expansion_env();
     let lexer = run.lexer();
     let dest_raw = lexer
@@ -244,11 +256,12 @@ pub(crate) fn copy(
     }
     // The sources, as (context-relative path, root they are in).
     let plain;
-    let ctx: &Context = match from_root {
-        Some(root) => {
+    let ctx: &Context = match from {
+        Some(From::Root(root)) => {
             plain = Context::without_ignore(root);
             &plain
         }
+        Some(From::Context(named)) => named,
         None => run.context(),
     };
     let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);

@@ -90,6 +90,8 @@ pub struct BuildOptions {
     pub cache: Option<CacheAccess>,
     /// `--no-cache`: run every step (results are still recorded).
     pub no_cache: bool,
+    /// `--build-context NAME=DIR`: directories `COPY --from=NAME` reads.
+    pub named_contexts: BTreeMap<String, Context>,
 }
 
 /// The local store as the build cache, reached from the build's blocking thread.
@@ -250,7 +252,11 @@ pub async fn build(
         }
         for (name, line) in wanted {
             let is_stage = stage_index(&df, &name, i).is_some();
-            if is_stage || name == "scratch" || bases.contains_key(&name) {
+            if is_stage
+                || name == "scratch"
+                || bases.contains_key(&name)
+                || (line != stage.location.line && opts.named_contexts.contains_key(&name))
+            {
                 continue;
             }
             let img = images
@@ -569,6 +575,26 @@ impl Run {
             .lexer
             .process_word(&stage.base, &self.meta)
             .map_err(|e| step_error(file, stage.location.line, &stage.original, e.to_string()))?;
+        if let Some(p) = &stage.platform {
+            let p = self.lexer.process_word(p, &self.meta).map_err(|e| {
+                step_error(file, stage.location.line, &stage.original, e.to_string())
+            })?;
+            let host = &self.opts.platform;
+            let mut parts = p.split('/');
+            if parts.next() != Some(host.os.as_str())
+                || parts.next() != Some(host.architecture.as_str())
+            {
+                return Err(step_error(
+                    file,
+                    stage.location.line,
+                    &stage.original,
+                    format!(
+                        "--platform={p}: only the host's platform ({}/{}) can be built here",
+                        host.os, host.architecture
+                    ),
+                ));
+            }
+        }
         let rootfs = self.opts.work_dir.join(format!("stage-{i}"));
         let mut state = match stage_index(&self.df, &base, i) {
             Some(j) => {
@@ -1032,28 +1058,38 @@ impl Run {
             }
             Instruction::Copy(c) | Instruction::Add(c) => {
                 let add = matches!(step.instruction, Instruction::Add(_));
-                let from_root = match &c.from {
+                let from_name = match &c.from {
+                    Some(f) => Some(self.expand(s, f)?),
                     None => None,
-                    Some(f) => {
-                        let f = self.expand(s, f)?;
-                        Some(match stage_index(&self.df, &f, stage) {
-                            Some(j) => done
-                                .get(&j)
-                                .map(|d| d.rootfs.clone())
-                                .ok_or_else(|| format!("stage {f} did not run"))?,
-                            None => {
-                                let img = self
-                                    .bases
-                                    .get(&f)
-                                    .ok_or_else(|| format!("image {f} was not resolved"))?;
-                                let dir = self.opts.work_dir.join(format!("from-{}", sanitize(&f)));
-                                if !dir.exists() {
-                                    materialize(img, &dir)?;
-                                }
-                                dir
+                };
+                let named = from_name
+                    .as_ref()
+                    .filter(|f| stage_index(&self.df, f, stage).is_none())
+                    .and_then(|f| self.opts.named_contexts.get(f));
+                let from_root = match (&from_name, named) {
+                    (None, _) | (Some(_), Some(_)) => None,
+                    (Some(f), None) => Some(match stage_index(&self.df, f, stage) {
+                        Some(j) => done
+                            .get(&j)
+                            .map(|d| d.rootfs.clone())
+                            .ok_or_else(|| format!("stage {f} did not run"))?,
+                        None => {
+                            let img = self
+                                .bases
+                                .get(f)
+                                .ok_or_else(|| format!("image {f} was not resolved"))?;
+                            let dir = self.opts.work_dir.join(format!("from-{}", sanitize(f)));
+                            if !dir.exists() {
+                                materialize(img, &dir)?;
                             }
-                        })
-                    }
+                            dir
+                        }
+                    }),
+                };
+                let from = match (&from_root, named) {
+                    (Some(root), _) => Some(copy::From::Root(root)),
+                    (None, Some(ctx)) => Some(copy::From::Context(ctx)),
+                    (None, None) => None,
                 };
                 let word = if add { "ADD" } else { "COPY" };
                 let args = step
@@ -1063,15 +1099,17 @@ impl Run {
                     .trim()
                     .to_owned();
                 // The key: the chain so far, the instruction, and what its sources hold.
-                let sources = match (&c.from, &from_root) {
-                    (Some(f), Some(_)) => {
-                        let f = self.expand(s, f)?;
-                        match stage_index(&self.df, &f, stage).and_then(|j| done.get(&j)) {
+                let sources = match (&from_name, &from) {
+                    (Some(f), Some(copy::From::Root(_))) => {
+                        match stage_index(&self.df, f, stage).and_then(|j| done.get(&j)) {
                             Some(d) => d.key.to_string(),
                             None => format!("image {f}"),
                         }
                     }
-                    _ => self.context_checksum(s, c)?.to_string(),
+                    (_, Some(copy::From::Context(ctx))) => {
+                        format!("context {}", self.context_checksum(s, c, ctx)?)
+                    }
+                    _ => self.context_checksum(s, c, &self.opts.context)?.to_string(),
                 };
                 let env = serde_json::to_string(&s.expansion_env()).unwrap_or_default();
                 let workdir = s.workdir();
@@ -1082,7 +1120,7 @@ impl Run {
                     self.history(s, format!("{word} {args} # buildkit"), false);
                     return Ok(true);
                 }
-                let entries = copy::copy(self, s, c, add, from_root.as_deref())?;
+                let entries = copy::copy(self, s, c, add, from)?;
                 copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
                 s.time = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -1134,10 +1172,10 @@ impl Run {
         &self,
         s: &mut StageState,
         c: &instructions::CopySpec,
+        ctx: &Context,
     ) -> Result<Digest, String> {
         use std::os::unix::fs::MetadataExt;
         let env = s.expansion_env();
-        let ctx = &self.opts.context;
         let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
         let mut lines: Vec<String> = Vec::new();
         let mut remember = Vec::new();
