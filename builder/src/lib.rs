@@ -6,6 +6,7 @@
 //! - [`dockerfile`]: the Dockerfile front end (parser, typed instructions).
 //! - [`context`]: the build context (`.dockerignore` rules, confined source resolution).
 //! - [`build`]: running a Dockerfile into an image.
+//! - [`snapshot`]: what a build step changed, as layer entries.
 //!
 //! The instruction layer, build graph, cache and sandbox arrive with issues 4 and 5.
 
@@ -13,3 +14,4 @@ pub mod build;
 pub mod change;
 pub mod context;
 pub mod dockerfile;
+pub mod snapshot;

@@ -27,6 +27,8 @@ pub enum LayerSource {
     Hardlink(String),
     /// A whiteout: the path is deleted from lower layers.
     Whiteout,
+    /// A directory that hides everything lower layers put in it (`.wh..wh..opq` inside).
+    OpaqueDir,
 }
 
 /// One entry of a layer.
@@ -51,7 +53,7 @@ pub struct LayerEntry {
 impl LayerEntry {
     /// An entry with mode 0644 (files) or 0755 (directories), root-owned, at time 0.
     pub fn new(path: &str, source: LayerSource) -> LayerEntry {
-        let mode = if matches!(source, LayerSource::Dir) {
+        let mode = if matches!(source, LayerSource::Dir | LayerSource::OpaqueDir) {
             0o755
         } else {
             0o644
@@ -206,6 +208,17 @@ fn write_tar<W: Write>(
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
                 b.append_data(&mut h, format!("{}/", e.path), io::empty())?;
+            }
+            LayerSource::OpaqueDir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{}/", e.path), io::empty())?;
+                let mut m = tar::Header::new_gnu();
+                m.set_entry_type(tar::EntryType::Regular);
+                m.set_size(0);
+                m.set_mode(0o644);
+                m.set_mtime(h.mtime().unwrap_or(0));
+                b.append_data(&mut m, format!("{}/.wh..wh..opq", e.path), io::empty())?;
             }
             LayerSource::Bytes(data) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -376,5 +389,28 @@ mod tests {
             std::fs::read_link(t.path().join("a/link")).unwrap(),
             PathBuf::from("run.sh")
         );
+    }
+
+    #[test]
+    fn opaque_directories_hide_lower_contents() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("o")).unwrap();
+        std::fs::write(t.path().join("o/old"), "lower").unwrap();
+        let mut out = Vec::new();
+        write_layer(
+            vec![
+                LayerEntry::new("o", LayerSource::OpaqueDir),
+                LayerEntry::new("o/new", LayerSource::Bytes(b"upper".to_vec())),
+            ],
+            &mut out,
+            LayerOptions {
+                compression: Compression::None,
+                source_date_epoch: None,
+            },
+        )
+        .unwrap();
+        apply_layer(t.path(), &out[..], &UnpackOptions::default()).unwrap();
+        assert!(!t.path().join("o/old").exists());
+        assert_eq!(std::fs::read(t.path().join("o/new")).unwrap(), b"upper");
     }
 }
