@@ -906,3 +906,63 @@ fn issue_4_hostile_add_archive_and_two_checkouts() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), id_a);
 }
+
+#[test]
+fn issue_4_symlinked_destinations_resolve_inside_the_image() {
+    use std::os::unix::fs::symlink;
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    // A host directory an absolute symlink in the image names: it must not be touched.
+    let probe = tempfile::Builder::new()
+        .prefix("wharf-probe")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(probe.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("base/real")).unwrap();
+    symlink(probe.path(), ctx.join("base/link")).unwrap();
+    std::fs::create_dir_all(ctx.join("rootfs/link")).unwrap();
+    std::fs::set_permissions(
+        ctx.join("rootfs/link"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("rootfs/link/x"), "x").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY base/ /\nCOPY rootfs/ /\n",
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    let mode = std::fs::metadata(probe.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o755,
+        "the host directory behind the image's symlink was changed"
+    );
+    assert!(
+        !probe.path().join("x").exists(),
+        "a file was written on the host"
+    );
+    // Inside the image the link is followed: the file is under the link's target there.
+    let inside = files
+        .join(probe.path().strip_prefix("/").unwrap())
+        .join("x");
+    assert_eq!(std::fs::read_to_string(&inside).unwrap(), "x");
+    assert!(
+        std::fs::symlink_metadata(files.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

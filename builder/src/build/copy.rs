@@ -133,7 +133,7 @@ pub(crate) fn mkdir_p(
         entries.push(LayerEntry {
             uid: u64::from(o.uid),
             gid: u64::from(o.gid),
-            ..LayerEntry::new(&current, LayerSource::Dir)
+            ..LayerEntry::new(&image_path(&s.rootfs, &disk), LayerSource::Dir)
         });
     }
     Ok(entries)
@@ -192,11 +192,20 @@ pub(crate) fn apply_cached(
     let opts = wharf_common::archive::unpack::UnpackOptions {
         owners: root,
         devices: false,
+        whiteouts: true,
     };
     wharf_common::archive::unpack::apply_layer(&s.rootfs, d.reader, &opts)
         .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
     s.layers.push(Layer::New(layer, path));
     Ok(())
+}
+
+/// The image path of a file in the root directory (its place after symlinks were resolved).
+fn image_path(rootfs: &Path, on_disk: &Path) -> String {
+    on_disk
+        .strip_prefix(rootfs)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// One thing to put in the image.
@@ -421,7 +430,7 @@ pub(crate) fn copy(
                     // source directory's mode and time if it is not there.
                     let on_disk =
                         resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?;
-                    if !on_disk.is_dir() {
+                    if !std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
                         entries.extend(
                             mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?,
                         );
@@ -447,7 +456,7 @@ pub(crate) fn copy(
                             uid: u64::from(o.uid),
                             gid: u64::from(o.gid),
                             mtime: meta.mtime(),
-                            ..LayerEntry::new(&dest, LayerSource::Dir)
+                            ..LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir)
                         });
                     }
                     // --exclude patterns are relative to the source directory; .dockerignore
@@ -542,7 +551,12 @@ fn extract_archive(
 ) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let reader = open_archive(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &Default::default())
+    // As Docker unpacks ADD archives: `.wh.` names are ordinary files here.
+    let opts = wharf_common::archive::unpack::UnpackOptions {
+        whiteouts: false,
+        ..Default::default()
+    };
+    wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &opts)
         .map_err(|e| format!("unpacking {}: {e}", archive.display()))?;
     entries.extend(mkdir_p(s, dest, None).map_err(|e| e.to_string())?);
     let mut links = HashMap::new();
@@ -620,8 +634,10 @@ fn walk(
             } else {
                 Owner { uid: 0, gid: 0 }
             });
-            let on_disk = resolve_in_root(&s.rootfs, &target, false).map_err(|e| e.to_string())?;
-            let existed = on_disk.is_dir();
+            // Symlinked destination directories are followed, inside the root, as BuildKit does;
+            // nothing here follows a link with the host's view of the filesystem.
+            let on_disk = resolve_in_root(&s.rootfs, &target, true).map_err(|e| e.to_string())?;
+            let existed = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
             if !existed {
                 let _ = std::fs::remove_file(&on_disk);
                 std::fs::create_dir_all(&on_disk).map_err(|e| e.to_string())?;
@@ -639,7 +655,7 @@ fn walk(
                 uid: u64::from(o.uid),
                 gid: u64::from(o.gid),
                 mtime: meta.mtime(),
-                ..LayerEntry::new(&target, LayerSource::Dir)
+                ..LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir)
             });
             let child_ignore = match (ignore, &ctx_rel) {
                 (Some((p, _)), Some(path)) => Some((p, path.as_str())),
@@ -705,7 +721,7 @@ fn put_file(
         ));
     }
     let _ = std::fs::remove_file(&on_disk);
-    let base = LayerEntry::new(target, LayerSource::Dir);
+    let base = LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir);
     let ft = std::fs::symlink_metadata(disk)
         .map_err(|e| e.to_string())?
         .file_type();
@@ -773,7 +789,10 @@ fn put_bytes(
         mode,
         uid: u64::from(o.uid),
         gid: u64::from(o.gid),
-        ..LayerEntry::new(target, LayerSource::Bytes(content.to_vec()))
+        ..LayerEntry::new(
+            &image_path(&s.rootfs, &on_disk),
+            LayerSource::Bytes(content.to_vec()),
+        )
     });
     Ok(())
 }

@@ -1415,6 +1415,7 @@ fn materialize(img: &BaseImage, dir: &Path) -> Result<(), String> {
     let opts = UnpackOptions {
         owners: root,
         devices: root,
+        whiteouts: true,
     };
     for (blob, path) in &img.layers {
         let f = std::fs::File::open(path).map_err(|e| format!("layer {}: {e}", blob.digest))?;

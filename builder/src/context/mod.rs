@@ -116,9 +116,12 @@ impl Context {
         let rel = if rel.is_empty() { ".".to_owned() } else { rel };
         if !has_wildcards(&rel) {
             let disk = self.resolve(&rel, true)?;
-            let exists = std::fs::symlink_metadata(&disk).is_ok();
+            let meta = std::fs::symlink_metadata(&disk).ok();
+            let exists = meta.is_some();
+            let is_dir = meta.as_ref().is_some_and(std::fs::Metadata::is_dir);
             let excluded = rel != "." && self.ignore.excludes(&rel);
-            if !exists || (excluded && !self.ignore.has_exclusions()) {
+            // An excluded directory may still hold `!` exceptions; an excluded file is gone.
+            if !exists || (excluded && (!is_dir || !self.ignore.has_exclusions())) {
                 return Err(ContextError::NotFound {
                     source_path: source.to_owned(),
                     excluded: exists && excluded,
@@ -271,7 +274,7 @@ mod tests {
         symlink("/etc/passwd", ctx.join("abs")).unwrap();
         symlink("src/a", ctx.join("alink")).unwrap();
         symlink("loop", ctx.join("loop")).unwrap();
-        std::fs::write(ctx.join(".dockerignore"), "notes.md\ndocs\n").unwrap();
+        std::fs::write(ctx.join(".dockerignore"), "notes.md\ndocs\n!docs/keep\n").unwrap();
         let c = Context::open(&ctx, None).unwrap();
         (t, c)
     }

@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use crate::digest::{Algorithm, Digest, HashingWriter};
@@ -105,6 +106,9 @@ pub fn write_layer(
     out: impl Write,
     opts: LayerOptions,
 ) -> io::Result<WrittenLayer> {
+    // The last entry for a path wins, as a later COPY source overwrites an earlier one: reverse,
+    // then a stable sort keeps it first among equals, and dedup keeps the first.
+    entries.reverse();
     entries.sort_by(|a, b| by_components(&a.path, &b.path));
     entries.dedup_by(|b, a| a.path == b.path);
     link_to_first(&mut entries);
@@ -226,7 +230,11 @@ fn write_tar<W: Write>(
                 b.append_data(&mut h, &e.path, data.as_slice())?;
             }
             LayerSource::File(p) => {
-                let f = std::fs::File::open(p)
+                // Never through a symlink: the path must still be the file it was.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(p)
                     .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", p.display())))?;
                 let len = f.metadata()?.len();
                 h.set_entry_type(tar::EntryType::Regular);

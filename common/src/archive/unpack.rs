@@ -47,12 +47,25 @@ pub enum UnpackError {
 }
 
 /// How to apply a layer.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct UnpackOptions {
     /// Set owners from the tar headers (needs root).
     pub owners: bool,
     /// Create device nodes and fifos (needs root); otherwise they are refused.
     pub devices: bool,
+    /// Treat `.wh.` members as OCI whiteouts (image layers); off, they are ordinary files
+    /// (archives unpacked by ADD).
+    pub whiteouts: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> UnpackOptions {
+        UnpackOptions {
+            owners: false,
+            devices: false,
+            whiteouts: true,
+        }
+    }
 }
 
 /// What applying a layer did.
@@ -81,9 +94,10 @@ fn clean_member(name: &str) -> Vec<String> {
 
 /// Resolves already-existing parents of `parts` within `root` (following symlinks as a chroot
 /// would) and returns where the last component goes.
-fn place(root: &Path, parts: &[String]) -> PathBuf {
+/// `None` when symlinks nest too deep to resolve (the member is then refused).
+fn place(root: &Path, parts: &[String]) -> Option<PathBuf> {
     let Some((last, parents)) = parts.split_last() else {
-        return root.to_path_buf();
+        return Some(root.to_path_buf());
     };
     let mut dir: Vec<String> = Vec::new();
     let mut pending: Vec<String> = parents.iter().rev().cloned().collect();
@@ -98,11 +112,13 @@ fn place(root: &Path, parts: &[String]) -> PathBuf {
             .fold(root.to_path_buf(), |a, c| a.join(c))
             .join(&p);
         match fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && links < 255 => {
+            Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
+                if links > 255 {
+                    return None;
+                }
                 let Ok(target) = fs::read_link(&candidate) else {
-                    dir.push(p);
-                    continue;
+                    return None;
                 };
                 if target.is_absolute() {
                     dir.clear();
@@ -118,9 +134,11 @@ fn place(root: &Path, parts: &[String]) -> PathBuf {
             _ => dir.push(p),
         }
     }
-    dir.iter()
-        .fold(root.to_path_buf(), |a, c| a.join(c))
-        .join(last)
+    Some(
+        dir.iter()
+            .fold(root.to_path_buf(), |a, c| a.join(c))
+            .join(last),
+    )
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
@@ -162,7 +180,12 @@ pub fn apply_layer(
         let Some(base) = parts.last().cloned() else {
             continue; // the root itself ("./")
         };
-        let target = place(root, &parts);
+        let Some(target) = place(root, &parts) else {
+            return Err(UnpackError::Refused {
+                at: name,
+                reason: "symbolic links nest too deep to resolve inside the root".into(),
+            });
+        };
         if !target.starts_with(root) {
             return Err(UnpackError::Refused {
                 at: name,
@@ -170,7 +193,7 @@ pub fn apply_layer(
             });
         }
         let parent = target.parent().unwrap_or(root).to_path_buf();
-        if base == WHITEOUT_OPAQUE {
+        if base == WHITEOUT_OPAQUE && opts.whiteouts {
             if let Ok(children) = fs::read_dir(&parent) {
                 for c in children.flatten() {
                     let p = c.path();
@@ -182,7 +205,18 @@ pub fn apply_layer(
             }
             continue;
         }
-        if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+        if let Some(hidden) = base
+            .strip_prefix(WHITEOUT_PREFIX)
+            .filter(|_| opts.whiteouts)
+        {
+            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+                return Err(UnpackError::Refused {
+                    at: name,
+                    reason: format!(
+                        "whiteout names {hidden:?}, which is not a file in this directory"
+                    ),
+                });
+            }
             let victim = parent.join(hidden);
             remove_any(&victim).map_err(io_err(&victim))?;
             done.whiteouts += 1;
@@ -249,7 +283,10 @@ pub fn apply_layer(
                             reason: "hard link without a target".into(),
                         })?;
                 let link_parts = clean_member(&link.to_string_lossy());
-                let source = place(root, &link_parts);
+                let source = place(root, &link_parts).ok_or_else(|| UnpackError::Refused {
+                    at: name.clone(),
+                    reason: "hard link target nests symbolic links too deep".into(),
+                })?;
                 let meta = fs::symlink_metadata(&source).map_err(|_| UnpackError::Refused {
                     at: name.clone(),
                     reason: format!(
@@ -465,5 +502,42 @@ mod tests {
         assert!(root.join("f").is_dir(), "a directory replaces a file");
         assert_eq!(fs::read(root.join("a/link")).unwrap(), b"1");
         assert_eq!(done.whiteouts, 2);
+    }
+
+    #[test]
+    fn deep_link_chains_and_bad_whiteouts_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut members: Vec<(String, String)> = (0..300)
+            .map(|i| (format!("s{i}"), format!("s{}", i + 1)))
+            .collect();
+        members.push(("s300".into(), "/etc".into()));
+        let syms: Vec<M<'_>> = members.iter().map(|(n, t)| M::Sym(n, t)).collect();
+        apply_layer(&root, &tar_of(&syms)[..], &UnpackOptions::default()).unwrap();
+        let e = apply_layer(
+            &root,
+            &tar_of(&[M::File("s0/passwd", b"x")])[..],
+            &UnpackOptions::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("too deep"), "{e}");
+        for bad in [".wh...", ".wh.", "a/.wh.."] {
+            let e = apply_layer(
+                &root,
+                &tar_of(&[M::File(bad, b"")])[..],
+                &UnpackOptions::default(),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("whiteout"), "{bad}: {e}");
+        }
+        assert!(t.path().exists() && root.exists());
+        // Unpacking an ADD archive: .wh. names are just files.
+        let plain = UnpackOptions {
+            whiteouts: false,
+            ..UnpackOptions::default()
+        };
+        apply_layer(&root, &tar_of(&[M::File(".wh.keep", b"k")])[..], &plain).unwrap();
+        assert_eq!(fs::read(root.join(".wh.keep")).unwrap(), b"k");
     }
 }
