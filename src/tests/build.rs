@@ -966,3 +966,56 @@ fn issue_4_symlinked_destinations_resolve_inside_the_image() {
             .is_symlink()
     );
 }
+
+#[test]
+fn issue_4_documented_semantics_of_args_env_cmd_and_heredoc_keys() {
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "ARG BASE=builder\nFROM scratch AS builder\nARG V=7\nENV abc=hello\nENV abc=bye def=$abc\nCMD [\"x\"]\nENTRYPOINT [\"y\"]\nEXPOSE 8000-8002/udp\n\nFROM ${BASE}\nENV fromarg=$V\nCOPY <<EOF /h.txt\none\nEOF\n",
+    )
+    .unwrap();
+    let r = w.run(&["build", "-t", "sem:1", ctx.to_str().unwrap()]).ok();
+    assert!(r.stdout.starts_with("sha256:"), "{}", r.stderr);
+    let c = w.inspect("sem:1");
+    let env: Vec<&str> = c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"abc=bye") && env.contains(&"def=hello"),
+        "ENV pairs see the env before: {env:?}"
+    );
+    assert!(
+        env.contains(&"fromarg=7"),
+        "ARGs carry over FROM an earlier stage: {env:?}"
+    );
+    assert_eq!(
+        c["Config"]["Cmd"],
+        serde_json::json!(["x"]),
+        "a CMD before ENTRYPOINT stays"
+    );
+    assert_eq!(c["Config"]["Entrypoint"], serde_json::json!(["y"]));
+    for p in ["8000/udp", "8001/udp", "8002/udp"] {
+        assert!(
+            c["Config"]["ExposedPorts"].get(p).is_some(),
+            "{p}: {}",
+            c["Config"]["ExposedPorts"]
+        );
+    }
+    // A changed heredoc body is a changed step.
+    let df = std::fs::read_to_string(ctx.join("Dockerfile"))
+        .unwrap()
+        .replace("one\n", "two\n");
+    std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+    let r = w.run(&["build", ctx.to_str().unwrap()]).ok();
+    let copy = step_statuses(&r.stderr)
+        .into_iter()
+        .find(|(t, _)| t.starts_with("COPY <<EOF"))
+        .unwrap();
+    assert_eq!(copy.1, "ran", "{}", r.stderr);
+}

@@ -226,6 +226,22 @@ pub async fn build(
             meta.push((name.clone(), v));
         }
     }
+    // Stage bases (and --from names) are expanded with the ARGs before the first FROM, so
+    // `FROM ${BASE}` can name a stage.
+    let mut df = df;
+    for stage in &mut df.stages {
+        stage.base = lexer
+            .process_word(&stage.base, &meta)
+            .map_err(|e| step_error(&file, stage.location.line, &stage.original, e.to_string()))?;
+        for step in &mut stage.steps {
+            if let Instruction::Copy(c) = &mut step.instruction
+                && let Some(f) = c.from.as_mut()
+                && let Ok(expanded) = lexer.process_word(f, &meta)
+            {
+                *f = expanded;
+            }
+        }
+    }
     let target = match &opts.target {
         Some(t) => df
             .stages
@@ -328,6 +344,7 @@ pub async fn build(
         events,
         new_layers: std::sync::Mutex::new(Vec::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
+        from_dirs: std::sync::Mutex::new(BTreeMap::new()),
     };
     tokio::task::spawn_blocking(move || run.run_blocking(&needed, target))
         .await
@@ -405,6 +422,8 @@ pub(crate) enum Layer {
 pub(crate) struct StageState {
     /// The cache key of everything so far.
     pub key: Digest,
+    /// A CMD came earlier in this stage (then ENTRYPOINT keeps it).
+    pub cmd_set: bool,
     /// The time the image records for its latest change (seconds): the base's, then that of
     /// each layer step when it first ran, so a fully cached rebuild gives the same image.
     pub time: i64,
@@ -477,6 +496,8 @@ struct Run {
     new_layers: std::sync::Mutex<Vec<NewLayer>>,
     /// Numbers steps across stages running at once.
     step_ids: std::sync::atomic::AtomicUsize,
+    /// Images COPY --from reads, unpacked.
+    from_dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
 }
 
 impl Run {
@@ -606,7 +627,9 @@ impl Run {
                 })?;
                 StageState {
                     rootfs,
-                    args: Vec::new(),
+                    cmd_set: false,
+                    // ARGs of the stage built on carry over.
+                    args: parent.args.clone(),
                     key: key_of(&[parent.key.as_str(), "stage"]),
                     ..parent.clone()
                 }
@@ -619,6 +642,7 @@ impl Run {
                 let mut image = Map::new();
                 image.insert("config".into(), json!({"WorkingDir": "/"}));
                 StageState {
+                    cmd_set: false,
                     time: 0,
                     key: key_of(&["scratch"]),
                     image,
@@ -660,6 +684,7 @@ impl Run {
                     .and_then(wharf_common::time::parse_rfc3339)
                     .unwrap_or(0);
                 let mut s = StageState {
+                    cmd_set: false,
                     time,
                     key: key_of(&ids),
                     image,
@@ -852,12 +877,24 @@ impl Run {
                 );
             }
             Instruction::Env(pairs) => {
+                // Every pair sees the environment from before this ENV, as Docker documents.
+                let env = s.expansion_env();
                 let mut expanded = Vec::new();
+                let mut values = Vec::new();
                 for (k, v) in pairs {
-                    let k = self.expand(s, k)?;
-                    let v = self.expand(s, v)?;
-                    set_env(s.config(), &k, &v);
+                    let k = self
+                        .lexer
+                        .process_word(k, &env)
+                        .map_err(|e| e.to_string())?;
+                    let v = self
+                        .lexer
+                        .process_word(v, &env)
+                        .map_err(|e| e.to_string())?;
                     expanded.push(format!("{k}={v}"));
+                    values.push((k, v));
+                }
+                for (k, v) in values {
+                    set_env(s.config(), &k, &v);
                 }
                 self.history(s, format!("ENV {}", expanded.join(" ")), true);
             }
@@ -890,14 +927,31 @@ impl Run {
                             format!("{word}/tcp")
                         };
                         let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
-                        if num.split('-').any(|n| n.parse::<u16>().is_err())
-                            || !matches!(proto, "tcp" | "udp" | "sctp")
-                        {
-                            return Err(format!(
-                                "invalid port {word:?}: expected <port>[/tcp|udp|sctp]"
-                            ));
+                        let bad = || {
+                            format!(
+                                "invalid port {word:?}: expected <port>[-<port>][/tcp|udp|sctp]"
+                            )
+                        };
+                        if !matches!(proto, "tcp" | "udp" | "sctp") {
+                            return Err(bad());
                         }
-                        list.push(port);
+                        // A range is every port in it, as docker records it.
+                        let (lo, hi) = match num.split_once('-') {
+                            Some((a, b)) => (
+                                a.parse::<u16>().map_err(|_| bad())?,
+                                b.parse::<u16>().map_err(|_| bad())?,
+                            ),
+                            None => {
+                                let p = num.parse::<u16>().map_err(|_| bad())?;
+                                (p, p)
+                            }
+                        };
+                        if lo > hi {
+                            return Err(bad());
+                        }
+                        for p in lo..=hi {
+                            list.push(format!("{p}/{proto}"));
+                        }
                     }
                 }
                 let exposed = s
@@ -910,6 +964,9 @@ impl Run {
                 for p in &list {
                     exposed[p] = json!({});
                 }
+                // Go prints a map with its keys sorted.
+                list.sort();
+                list.dedup();
                 let shown: Vec<String> = list.iter().map(|p| format!("{p}:{{}}")).collect();
                 self.history(s, format!("EXPOSE map[{}]", shown.join(" ")), true);
             }
@@ -925,19 +982,15 @@ impl Run {
                 };
                 let key = if is_cmd { "Cmd" } else { "Entrypoint" };
                 s.config().insert(key.into(), json!(argv));
-                if !is_cmd && !self.cmd_set_in_stage(stage, step) {
+                if is_cmd {
+                    s.cmd_set = true;
+                } else if !s.cmd_set {
                     // ENTRYPOINT resets a CMD inherited from the base.
                     s.config().insert("Cmd".into(), Value::Null);
                 }
                 let word = if is_cmd { "CMD" } else { "ENTRYPOINT" };
-                self.history(
-                    s,
-                    format!(
-                        "{word} {}",
-                        serde_json::to_string(&argv).unwrap_or_default()
-                    ),
-                    true,
-                );
+                // BuildKit records Go's %q of the list: ["a" "b"].
+                self.history(s, format!("{word} {}", go_list(&argv)), true);
             }
             Instruction::Shell(v) => {
                 s.config().insert("Shell".into(), json!(v));
@@ -1078,11 +1131,21 @@ impl Run {
                                 .bases
                                 .get(f)
                                 .ok_or_else(|| format!("image {f} was not resolved"))?;
-                            let dir = self.opts.work_dir.join(format!("from-{}", sanitize(f)));
-                            if !dir.exists() {
-                                materialize(img, &dir)?;
+                            // Unpacked once per image, under a lock: stages run in parallel.
+                            let mut dirs = self
+                                .from_dirs
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            match dirs.get(f) {
+                                Some(d) => d.clone(),
+                                None => {
+                                    let dir =
+                                        self.opts.work_dir.join(format!("from-{}", dirs.len()));
+                                    materialize(img, &dir)?;
+                                    dirs.insert(f.clone(), dir.clone());
+                                    dir
+                                }
                             }
-                            dir
                         }
                     }),
                 };
@@ -1103,7 +1166,15 @@ impl Run {
                     (Some(f), Some(copy::From::Root(_))) => {
                         match stage_index(&self.df, f, stage).and_then(|j| done.get(&j)) {
                             Some(d) => d.key.to_string(),
-                            None => format!("image {f}"),
+                            None => match self.bases.get(f) {
+                                Some(img) => {
+                                    let config = img.config.to_string();
+                                    let mut parts = vec!["image", config.as_str()];
+                                    parts.extend(img.layers.iter().map(|(b, _)| b.digest.as_str()));
+                                    key_of(&parts).to_string()
+                                }
+                                None => format!("image {f}"),
+                            },
                         }
                     }
                     (_, Some(copy::From::Context(ctx))) => {
@@ -1113,7 +1184,19 @@ impl Run {
                 };
                 let env = serde_json::to_string(&s.expansion_env()).unwrap_or_default();
                 let workdir = s.workdir();
-                let key = key_of(&[s.key.as_str(), &step.original, &sources, &env, &workdir]);
+                // What the layer's bytes depend on besides the files.
+                let layer_opts = format!(
+                    "{:?} {:?}",
+                    self.opts.source_date_epoch, self.opts.compression
+                );
+                let key = key_of(&[
+                    s.key.as_str(),
+                    &step.original,
+                    &sources,
+                    &env,
+                    &workdir,
+                    &layer_opts,
+                ]);
                 if let Some((layer, path, created_at)) = self.cached_layer(&key) {
                     copy::apply_cached(s, (layer, path))?;
                     s.time = created_at;
@@ -1182,6 +1265,9 @@ impl Run {
         // (context-relative path, path relative to the source it was found under; empty for a
         // source itself): --exclude applies to the second, .dockerignore to the first.
         let mut stack: Vec<(String, String)> = Vec::new();
+        for h in &c.heredocs {
+            lines.push(format!("heredoc {} {} {}", h.name, h.expand, h.content));
+        }
         for src in &c.sources {
             if src.starts_with("<<") {
                 continue;
@@ -1209,7 +1295,10 @@ impl Run {
             if !excludes.is_empty() && excludes.excludes(excluded_by_flag) {
                 continue;
             }
-            let disk = ctx.resolve(&rel, false).map_err(|e| e.to_string())?;
+            // A source itself is followed if it is a link (COPY copies what it points at).
+            let disk = ctx
+                .resolve(&rel, src_rel.is_empty())
+                .map_err(|e| e.to_string())?;
             let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
             if !src_rel.is_empty()
                 && ctx.ignore().excludes(&rel)
@@ -1274,13 +1363,6 @@ impl Run {
         Ok(key_of(&refs))
     }
 
-    fn cmd_set_in_stage(&self, stage: usize, entrypoint: &Step) -> bool {
-        self.df.stages[stage].steps.iter().any(|st| {
-            matches!(st.instruction, Instruction::Cmd(_))
-                && st.location.line > entrypoint.location.line
-        })
-    }
-
     pub(crate) fn lexer(&self) -> &Lexer {
         &self.lexer
     }
@@ -1321,12 +1403,6 @@ fn hash_file(path: &Path) -> std::io::Result<Digest> {
     }
 }
 
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 fn set_env(config: &mut Map<String, Value>, key: &str, value: &str) {
     let list = config.entry("Env").or_insert_with(|| json!([]));
     if !list.is_array() {
@@ -1361,6 +1437,15 @@ fn check_signal(sig: &str) -> Result<(), String> {
     } else {
         Err(format!("invalid signal: {sig}"))
     }
+}
+
+/// Go's `%q` of a string list: `["a" "b"]`.
+fn go_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| crate::dockerfile::parser::go_quote(i))
+        .collect();
+    format!("[{}]", quoted.join(" "))
 }
 
 /// Go durations (`1h30m`, `5s`, `250ms`) in nanoseconds.

@@ -276,7 +276,8 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
                         terminated = true;
                         break;
                     }
-                    heredoc.content.push_str(body);
+                    // `<<-` strips leading tabs from the body too.
+                    heredoc.content.push_str(candidate);
                     heredoc.content.push('\n');
                 }
                 if !terminated {
@@ -900,7 +901,10 @@ mod tests {
         assert_eq!(copy.heredocs.len(), 2);
         assert_eq!(copy.heredocs[0].name, "A");
         assert!(copy.heredocs[0].chomp && !copy.heredocs[0].expand);
-        assert_eq!(copy.heredocs[0].content, "\tone $x\n");
+        assert_eq!(
+            copy.heredocs[0].content, "one $x\n",
+            "<<- strips leading tabs"
+        );
         assert_eq!(copy.heredocs[1].content, "two\n");
         assert_eq!(p.children[3].heredocs[0].file_descriptor, 3);
         let e = parse("FROM a\nRUN <<EOF\nno end\n").unwrap_err();
