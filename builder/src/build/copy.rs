@@ -20,7 +20,7 @@ pub(crate) struct Owner {
 }
 
 /// Resolves `user[:group]` against the stage's /etc/passwd and /etc/group.
-fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> {
+pub(crate) fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -303,7 +303,11 @@ pub(crate) fn copy(
         if add && super::is_url(&src) {
             let (path, dl) = run
                 .url(&src)
-                .ok_or_else(|| format!("{src} was not fetched"))?;
+                .ok_or_else(|| {
+                    format!(
+                        "{src}: URLs are fetched before the build starts, so they may use only ARGs declared before the first FROM"
+                    )
+                })?;
             sources += 1;
             let name = src
                 .split(['?', '#'])

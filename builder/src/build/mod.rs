@@ -1045,7 +1045,15 @@ impl Run {
                     clean_abs(&format!("{current}/{w}"))
                 };
                 s.config().insert("WorkingDir".into(), json!(path));
-                let created = copy::mkdir_p(s, &path, None).map_err(|e| e.to_string())?;
+                // Created as the image's USER, as BuildKit does.
+                let user = s
+                    .config()
+                    .get("User")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned);
+                let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
+                let created = copy::mkdir_p(s, &path, owner).map_err(|e| e.to_string())?;
                 let layer = !created.is_empty();
                 if layer {
                     copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
