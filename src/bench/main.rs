@@ -134,6 +134,31 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
+/// The wharf binary on the store at `root`, without progress output.
+fn wharf_cmd(root: &Path) -> Command {
+    let mut c = Command::new(support::WHARF);
+    c.env("WHARF_ROOT", root).args(["--progress", "quiet"]);
+    c
+}
+
+/// Loads the OCI layout `dir` into the store at `root` (not timed); returns the image id.
+fn load_image(root: &Path, dir: &Path) -> String {
+    let loaded = wharf_cmd(root)
+        .args(["load", "-i"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    String::from_utf8_lossy(&loaded.stdout)
+        .trim()
+        .trim_start_matches("Loaded image ID: ")
+        .to_owned()
+}
+
 fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir.join("blobs/sha256"))
         .unwrap()
@@ -165,11 +190,6 @@ fn transfer(args: &Args) {
     .unwrap();
     let w = work.path();
     let s = server_side.path();
-    let wharf = |root: &Path| {
-        let mut c = Command::new(support::WHARF);
-        c.env("WHARF_ROOT", root).arg("--progress").arg("quiet");
-        c
-    };
     println!(
         "transfer: wharf and skopeo against one docker-registry 2.8 at {a}; fresh random gzip layers each \
          round (nothing to mount or skip); registry storage in memory; median of {} rounds",
@@ -203,23 +223,10 @@ fn transfer(args: &Args) {
             bytes = dir_size(&dir);
             // wharf pushes from its local store, loaded beforehand (not timed).
             let store = s.join(format!("store-{name}-{round}"));
-            let loaded = wharf(&store)
-                .args(["load", "-i"])
-                .arg(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                loaded.status.success(),
-                "{}",
-                String::from_utf8_lossy(&loaded.stderr)
-            );
-            let id = String::from_utf8_lossy(&loaded.stdout)
-                .trim()
-                .trim_start_matches("Loaded image ID: ")
-                .to_owned();
+            let id = load_image(&store, &dir);
             let wref = format!("{a}/wharf-{name}-{round}/img:1");
             let sref = format!("{a}/skopeo-{name}-{round}/img:1");
-            run(wharf(&store).args(["tag", &id, &wref]));
+            run(wharf_cmd(&store).args(["tag", &id, &wref]));
 
             // Each tool goes first in every other round, so neither always meets the disk's
             // leftover writeback from the other.
@@ -236,7 +243,7 @@ fn transfer(args: &Args) {
             };
             let wharf_push = || {
                 settle();
-                run(wharf(&store).args(["push", "-q", &wref]))
+                run(wharf_cmd(&store).args(["push", "-q", &wref]))
             };
             if skopeo_first {
                 sp.push(skopeo_push());
@@ -260,7 +267,7 @@ fn transfer(args: &Args) {
             };
             let wharf_pull = || {
                 settle();
-                run(wharf(&pull_root).args(["pull", "-q", &wref]))
+                run(wharf_cmd(&pull_root).args(["pull", "-q", &wref]))
             };
             if skopeo_first {
                 sl.push(skopeo_pull());

@@ -231,35 +231,17 @@ pub fn bench(args: &Args) {
         }
         // wharf's client, which overlaps its requests, so the servers are what is measured.
         let store = data.path().join(format!("store-{round}"));
-        let wharf = |root: &Path| {
-            let mut c = Command::new(support::WHARF);
-            c.env("WHARF_ROOT", root).args(["--progress", "quiet"]);
-            c
-        };
-        let loaded = wharf(&store)
-            .args(["load", "-i"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            loaded.status.success(),
-            "{}",
-            String::from_utf8_lossy(&loaded.stderr)
-        );
-        let id = String::from_utf8_lossy(&loaded.stdout)
-            .trim()
-            .trim_start_matches("Loaded image ID: ")
-            .to_owned();
+        let id = super::load_image(&store, &dir);
         for i in order {
             let name = format!("{}/wsmall/r{round}:1", servers[i].addr);
-            run(wharf(&store).args(["tag", &id, &name]));
+            run(super::wharf_cmd(&store).args(["tag", &id, &name]));
             settle();
-            wpush[i].push(run(wharf(&store).args(["push", "-q", &name])));
+            wpush[i].push(run(super::wharf_cmd(&store).args(["push", "-q", &name])));
         }
         for i in order {
             let root = data.path().join(format!("pull-{round}-{i}"));
             settle();
-            wpull[i].push(run(wharf(&root).args([
+            wpull[i].push(run(super::wharf_cmd(&root).args([
                 "pull",
                 "-q",
                 &format!("{}/wsmall/r{round}:1", servers[i].addr),

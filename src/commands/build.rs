@@ -170,7 +170,12 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         let target = dir.path().to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let d = wharf_common::archive::decompress(std::io::BufReader::new(std::io::stdin()))?;
-            wharf_common::archive::unpack::apply_layer(&target, d.reader, &Default::default())
+            // A context is files, not a layer: `.wh.` names are ordinary files in it.
+            let opts = wharf_common::archive::unpack::UnpackOptions {
+                whiteouts: false,
+                ..Default::default()
+            };
+            wharf_common::archive::unpack::apply_layer(&target, d.reader, &opts)
                 .context("reading the build context from stdin")?;
             Ok(())
         })
@@ -312,7 +317,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                     index,
                     total,
                     text,
-                } => format!("#{id} [{stage} {index}/{total}] {text}"),
+                } => step_line(id, &stage, index, total, &text),
                 BuildEvent::Cached(id) => format!("#{id} CACHED"),
                 BuildEvent::Done(id, took) => format!("#{id} DONE {:.1}s", took.as_secs_f64()),
                 BuildEvent::Warning(l) => {
@@ -330,7 +335,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let dest = LocalDest::new(store.clone(), false).await?;
     let silent = wharf_common::progress::Silent;
     match copy_image(
-        &built,
+        built.image(),
         &dest,
         None,
         &names,
@@ -472,9 +477,7 @@ async fn export_files(
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for p in paths {
-            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-            let d = wharf_common::archive::decompress(std::io::BufReader::new(f))?;
-            wharf_common::archive::unpack::apply_layer(&dir, d.reader, &Default::default())
+            wharf_common::archive::unpack::apply_layer_file(&dir, &p, &Default::default())
                 .with_context(|| format!("writing the image's files into {}", dir.display()))?;
         }
         Ok(())
@@ -495,6 +498,11 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// BuildKit's plain line for a step: `#3 [build 2/7] COPY app/ ./`.
+fn step_line(id: usize, stage: &str, index: usize, total: usize, text: &str) -> String {
+    format!("#{id} [{stage} {index}/{total}] {text}")
 }
 
 /// The live terminal view: a spinner per running step, which turns into its CACHED or DONE line.
@@ -526,7 +534,7 @@ impl LiveView {
                 total,
                 text,
             } => {
-                let label = format!("#{id} [{stage} {index}/{total}] {text}");
+                let label = step_line(id, &stage, index, total, &text);
                 let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
                 bar.set_style(
                     indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")

@@ -68,7 +68,7 @@ pub async fn run(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<Reference> = name.into_iter().map(|n| n.tagged()).collect();
     let progress = ctx.progress(true, crate::progress::LOAD)?;
     match copy_image(
-        &source,
+        source.image(),
         &dest,
         None,
         &names,

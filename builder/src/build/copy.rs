@@ -19,6 +19,31 @@ pub(crate) struct Owner {
     gid: u32,
 }
 
+impl Owner {
+    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+}
+
+/// The owner a copied entry gets: `--chown`'s, else its own when copied from a stage or image
+/// (`keep`), else root.
+fn owner_of(chown: Option<Owner>, keep: bool, meta: &std::fs::Metadata) -> Owner {
+    chown.unwrap_or(if keep {
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    } else {
+        Owner::ROOT
+    })
+}
+
+/// The mode a copied entry gets: its own, or `--chmod` applied to it.
+fn mode_of(chmod: Option<&str>, meta: &std::fs::Metadata, is_dir: bool) -> Result<u32, String> {
+    match chmod {
+        Some(m) => apply_chmod(m, meta.mode(), is_dir),
+        None => Ok(meta.mode() & 0o7777),
+    }
+}
+
 /// Resolves `user[:group]` against the stage's /etc/passwd and /etc/group.
 pub(crate) fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> {
     let (user, group) = match spec.split_once(':') {
@@ -128,7 +153,7 @@ pub(crate) fn mkdir_p(
         }
         std::fs::create_dir(&disk)?;
         std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755))?;
-        let o = owner.unwrap_or(Owner { uid: 0, gid: 0 });
+        let o = owner.unwrap_or(Owner::ROOT);
         chown(&disk, o);
         entries.push(LayerEntry {
             uid: u64::from(o.uid),
@@ -183,18 +208,8 @@ pub(crate) fn apply_cached(
     s: &mut StageState,
     (layer, path): (wharf_common::archive::layer::WrittenLayer, PathBuf),
 ) -> Result<(), String> {
-    let f =
-        std::fs::File::open(&path).map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
-    let d = wharf_common::archive::decompress(std::io::BufReader::new(f))
-        .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let opts = wharf_common::archive::unpack::UnpackOptions {
-        owners: root,
-        devices: false,
-        whiteouts: true,
-    };
-    wharf_common::archive::unpack::apply_layer(&s.rootfs, d.reader, &opts)
+    use wharf_common::archive::unpack::{UnpackOptions, apply_layer_file};
+    apply_layer_file(&s.rootfs, &path, &UnpackOptions::image_layers())
         .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
     s.layers.push(Layer::New(layer, path));
     Ok(())
@@ -379,7 +394,7 @@ pub(crate) fn copy(
             &target,
             &content,
             mode,
-            owner.unwrap_or(Owner { uid: 0, gid: 0 }),
+            owner.unwrap_or(Owner::ROOT),
             &mut entries,
         )?;
         if let Some(last) = entries.last_mut() {
@@ -409,7 +424,7 @@ pub(crate) fn copy(
                     &target,
                     &content,
                     mode,
-                    owner.unwrap_or(Owner { uid: 0, gid: 0 }),
+                    owner.unwrap_or(Owner::ROOT),
                     &mut entries,
                 )?;
             }
@@ -440,20 +455,10 @@ pub(crate) fn copy(
                         );
                         let _ = std::fs::remove_file(&on_disk);
                         std::fs::create_dir(&on_disk).map_err(|e| format!("{dest}: {e}"))?;
-                        let mode = match chmod.as_deref() {
-                            Some(m) => apply_chmod(m, meta.mode(), true)?,
-                            None => meta.mode() & 0o7777,
-                        };
+                        let mode = mode_of(chmod.as_deref(), &meta, true)?;
                         std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
                             .map_err(|e| e.to_string())?;
-                        let o = owner.unwrap_or(if from_root.is_some() {
-                            Owner {
-                                uid: meta.uid(),
-                                gid: meta.gid(),
-                            }
-                        } else {
-                            Owner { uid: 0, gid: 0 }
-                        });
+                        let o = owner_of(owner, from_root.is_some(), &meta);
                         chown(&on_disk, o);
                         entries.push(LayerEntry {
                             mode,
@@ -487,8 +492,8 @@ pub(crate) fn copy(
                     } else {
                         dest.clone()
                     };
-                    if add && is_archive(&disk) {
-                        extract_archive(s, &disk, &dest, &mut entries)?;
+                    if add && let Some(tar) = open_tar(&disk) {
+                        extract_archive(s, tar, &disk, &dest, &mut entries)?;
                         continue;
                     }
                     put_file(
@@ -511,15 +516,19 @@ pub(crate) fn copy(
 }
 
 /// Whether an ADD source is a local tar archive (plain, gzip or zstd) to unpack.
-fn is_archive(path: &Path) -> bool {
-    let Ok(mut r) = open_archive(path) else {
-        return false;
-    };
-    let mut header = [0u8; 512];
-    if std::io::Read::read_exact(&mut r, &mut header).is_err() {
-        return false;
+/// A local ADD source as a tar stream, when it is a tar archive (plain or compressed); the
+/// source is opened and decompressed once, its first block read back in front of the rest.
+fn open_tar(path: &Path) -> Option<Box<dyn std::io::Read + Send>> {
+    let mut r = open_archive(path).ok()?;
+    let mut header = vec![0u8; 512];
+    std::io::Read::read_exact(&mut r, &mut header).ok()?;
+    if &header[257..262] != b"ustar" {
+        return None;
     }
-    &header[257..262] == b"ustar"
+    Some(Box::new(std::io::Read::chain(
+        std::io::Cursor::new(header),
+        r,
+    )))
 }
 
 /// An ADD source read through the decompressor its first bytes call for: gzip, zstd, bzip2,
@@ -549,12 +558,12 @@ fn open_archive(path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
 /// ADD of a local archive: unpacked (safely) into the destination.
 fn extract_archive(
     s: &mut StageState,
+    reader: Box<dyn std::io::Read + Send>,
     archive: &Path,
     dest: &str,
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let reader = open_archive(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     // As Docker unpacks ADD archives: `.wh.` names are ordinary files here.
     let opts = wharf_common::archive::unpack::UnpackOptions {
         whiteouts: false,
@@ -626,18 +635,8 @@ fn walk(
         let meta = std::fs::symlink_metadata(&disk).map_err(|e| e.to_string())?;
         let target = format!("{}/{n}", dest.trim_end_matches('/'));
         if meta.is_dir() {
-            let mode = match chmod {
-                Some(m) => apply_chmod(m, meta.mode(), true)?,
-                None => meta.mode() & 0o7777,
-            };
-            let o = owner.unwrap_or(if keep_owner {
-                Owner {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                }
-            } else {
-                Owner { uid: 0, gid: 0 }
-            });
+            let mode = mode_of(chmod, &meta, true)?;
+            let o = owner_of(owner, keep_owner, &meta);
             // Symlinked destination directories are followed, inside the root, as BuildKit does;
             // nothing here follows a link with the host's view of the filesystem.
             let on_disk = resolve_in_root(&s.rootfs, &target, true).map_err(|e| e.to_string())?;
@@ -710,14 +709,7 @@ fn put_file(
     links: &mut HashMap<(u64, u64), String>,
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
-    let o = owner.unwrap_or(if keep_owner {
-        Owner {
-            uid: meta.uid(),
-            gid: meta.gid(),
-        }
-    } else {
-        Owner { uid: 0, gid: 0 }
-    });
+    let o = owner_of(owner, keep_owner, meta);
     let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
     if std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
         return Err(format!(
@@ -743,10 +735,7 @@ fn put_file(
         });
         return Ok(());
     }
-    let mode = match chmod {
-        Some(m) => apply_chmod(m, meta.mode(), false)?,
-        None => meta.mode() & 0o7777,
-    };
+    let mode = mode_of(chmod, meta, false)?;
     let key = (meta.dev(), meta.ino());
     if meta.nlink() > 1
         && let Some(first) = links.get(&key)

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use wharf_common::archive::layer::WrittenLayer;
-use wharf_common::archive::unpack::{UnpackOptions, apply_layer};
+use wharf_common::archive::unpack::{UnpackOptions, apply_layer_file};
 use wharf_common::digest::Digest;
 use wharf_common::image::{BlobRef, Platform};
 use wharf_common::media_type::Compression;
@@ -1503,18 +1503,9 @@ pub(crate) fn clean_abs(p: &str) -> String {
 /// Extracts an image's layers into `dir`.
 fn materialize(img: &BaseImage, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let opts = UnpackOptions {
-        owners: root,
-        devices: root,
-        whiteouts: true,
-    };
+    let opts = UnpackOptions::image_layers();
     for (blob, path) in &img.layers {
-        let f = std::fs::File::open(path).map_err(|e| format!("layer {}: {e}", blob.digest))?;
-        let d = wharf_common::archive::decompress(std::io::BufReader::new(f))
-            .map_err(|e| format!("layer {}: {e}", blob.digest))?;
-        apply_layer(dir, d.reader, &opts).map_err(|e| format!("layer {}: {e}", blob.digest))?;
+        apply_layer_file(dir, path, &opts).map_err(|e| format!("layer {}: {e}", blob.digest))?;
     }
     Ok(())
 }

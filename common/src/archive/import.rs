@@ -1,17 +1,14 @@
 //! `import`: a root filesystem tarball becomes a one-layer image, as a copy source.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::copy::{BlobStream, CopyError, Fetched, Source, bytes_stream, file_stream};
+use crate::copy::AssembledImage;
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::image::{BlobRef, Platform};
 use crate::media_type;
-use crate::reference::Reference;
 use crate::store::StagingDir;
 
 use super::ArchiveError;
@@ -32,11 +29,7 @@ pub struct ImportOptions {
 /// A one-layer image built from a rootfs tar, staged beside the store.
 pub struct ImportSource {
     _staging: StagingDir,
-    layer_path: PathBuf,
-    layer: BlobRef,
-    config: Bytes,
-    config_digest: Digest,
-    manifest: Fetched,
+    image: AssembledImage,
 }
 
 struct HashingReader<R> {
@@ -136,37 +129,25 @@ impl ImportSource {
             "created_by": "wharf import",
             "comment": opts.comment,
         }]);
-        let config = Bytes::from(config.to_string());
-        let config_digest = Digest::sha256(&config);
         let layer = BlobRef {
             digest,
             size,
             media_type: media_type::OCI_LAYER_GZIP.to_owned(),
         };
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": media_type::OCI_MANIFEST,
-            "config": {"mediaType": media_type::OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
-            "layers": [{"mediaType": layer.media_type, "digest": layer.digest.as_str(), "size": layer.size}],
-        });
-        let manifest = Bytes::from(manifest.to_string());
         Ok(ImportSource {
             _staging: staging,
-            layer_path,
-            layer,
-            config,
-            config_digest,
-            manifest: Fetched {
-                digest: Digest::sha256(&manifest),
-                bytes: manifest,
-                media_type: media_type::OCI_MANIFEST.to_owned(),
-            },
+            image: AssembledImage::new(Bytes::from(config.to_string()), vec![(layer, layer_path)]),
         })
+    }
+
+    /// The imported image, as a copy source (valid while this lives).
+    pub fn image(&self) -> &AssembledImage {
+        &self.image
     }
 
     /// The config digest (the image id).
     pub fn config_digest(&self) -> &Digest {
-        &self.config_digest
+        self.image.config_digest()
     }
 }
 
@@ -180,41 +161,5 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
         let n = self.inner.read(buf)?;
         self.out.write_all(&buf[..n])?;
         Ok(n)
-    }
-}
-
-impl Source for ImportSource {
-    fn resolve<'a>(
-        &'a self,
-        _reference: Option<&'a Reference>,
-    ) -> BoxFuture<'a, Result<Fetched, CopyError>> {
-        Box::pin(async move { Ok(self.manifest.clone()) })
-    }
-
-    fn manifest<'a>(&'a self, blob: &'a BlobRef) -> BoxFuture<'a, Result<Bytes, CopyError>> {
-        Box::pin(async move { Err(CopyError::NotFound(blob.digest.to_string())) })
-    }
-
-    fn blob<'a>(
-        &'a self,
-        blob: &'a BlobRef,
-        offset: u64,
-    ) -> BoxFuture<'a, Result<BlobStream, CopyError>> {
-        Box::pin(async move {
-            if blob.digest == self.config_digest {
-                return Ok(bytes_stream(&self.config, offset));
-            }
-            if blob.digest != self.layer.digest {
-                return Err(CopyError::NotFound(blob.digest.to_string()));
-            }
-            Ok(file_stream(&self.layer_path, offset)
-                .await
-                .map_err(ArchiveError::io("reading", &self.layer_path))?)
-        })
-    }
-
-    fn verified_path(&self, blob: &BlobRef) -> Option<PathBuf> {
-        (blob.digest == self.layer.digest && blob.size == self.layer.size)
-            .then(|| self.layer_path.clone())
     }
 }

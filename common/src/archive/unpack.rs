@@ -34,6 +34,14 @@ pub enum UnpackError {
         /// Why.
         reason: String,
     },
+    /// The layer file could not be opened or its compression read.
+    #[error("layer {path}: {source}")]
+    Open {
+        /// The layer file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// Writing the root failed.
     #[error("layer member {at}: writing {path}: {source}")]
     Io {
@@ -56,6 +64,20 @@ pub struct UnpackOptions {
     /// Treat `.wh.` members as OCI whiteouts (image layers); off, they are ordinary files
     /// (archives unpacked by ADD).
     pub whiteouts: bool,
+}
+
+impl UnpackOptions {
+    /// For image layers unpacked by this process: owners and device nodes as the tar says when
+    /// running as root, otherwise neither.
+    pub fn image_layers() -> UnpackOptions {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        UnpackOptions {
+            owners: root,
+            devices: root,
+            whiteouts: true,
+        }
+    }
 }
 
 impl Default for UnpackOptions {
@@ -148,6 +170,21 @@ fn remove_any(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Applies the layer file at `path` (plain, gzip or zstd) onto `root`.
+pub fn apply_layer_file(
+    root: &Path,
+    path: &Path,
+    opts: &UnpackOptions,
+) -> Result<Unpacked, UnpackError> {
+    let open = |source| UnpackError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(open)?;
+    let d = super::decompress(io::BufReader::with_capacity(1 << 20, f)).map_err(open)?;
+    apply_layer(root, d.reader, opts)
 }
 
 /// Applies the tar stream `layer` onto `root`.

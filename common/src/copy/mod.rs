@@ -7,6 +7,7 @@
 //! names. Every byte is verified against its digest before it is committed: the local store
 //! verifies as it ingests, and other destinations wrap their input in [`verified`].
 
+mod assembled;
 mod local;
 mod registry;
 
@@ -29,6 +30,7 @@ use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
 use crate::reference::{Reference, RepoName};
 use crate::store::StoreError;
 
+pub use assembled::AssembledImage;
 pub use local::{LocalDest, LocalSource};
 pub use registry::{RegistryDest, RegistrySource};
 
