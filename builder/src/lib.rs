@@ -14,4 +14,5 @@ pub mod build;
 pub mod change;
 pub mod context;
 pub mod dockerfile;
+pub mod sandbox;
 pub mod snapshot;

@@ -1,0 +1,725 @@
+//! wharf's own sandbox: runs one command in a root directory (or an overlay it mounts) inside
+//! new mount, PID, UTS and IPC namespaces (and a network namespace with [`Network::None`]),
+//! entered by `pivot_root`, with a fresh /proc, a minimal /dev, docker's masked and read-only
+//! /proc paths, docker's default capability set, `no_new_privs`, and a PID 1 that reaps
+//! children and forwards signals. No daemon and no runtime binary: the parent prepares every
+//! string and file descriptor, then `clone(2)`s a child that only makes system calls (it must
+//! not allocate: the parent is multi-threaded), see [`child`].
+//!
+//! The container's PID 1 is a copy of this process that never `exec`s. It makes itself
+//! non-dumpable, so nothing inside can open `/proc/1/exe`, `/proc/1/root` or its descriptors
+//! (the runc `/proc/self/exe` escape), and it closes every descriptor except the command's
+//! standard streams before starting it.
+
+mod child;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The network a sandbox gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (docker build's default for RUN).
+    #[default]
+    Host,
+    /// A new network namespace with only loopback.
+    None,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Network, String> {
+        match s {
+            "host" | "default" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            other => Err(format!(
+                "network {other:?} is not supported: use \"host\" or \"none\""
+            )),
+        }
+    }
+}
+
+/// A mount inside the sandbox.
+#[derive(Clone, Debug)]
+pub enum Mount {
+    /// A host file or directory at `target`.
+    Bind {
+        /// The host path.
+        source: PathBuf,
+        /// The absolute path inside.
+        target: String,
+        /// Mounted read-only.
+        readonly: bool,
+    },
+    /// An empty tmpfs at `target`.
+    Tmpfs {
+        /// The absolute path inside.
+        target: String,
+        /// Its size limit in bytes.
+        size: Option<u64>,
+    },
+}
+
+impl Mount {
+    /// The absolute path inside the sandbox.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// What becomes the sandbox's `/`.
+#[derive(Clone, Debug)]
+pub enum Root {
+    /// A directory, used as it is (writes land in it).
+    Dir(PathBuf),
+    /// An overlay the sandbox mounts on `target`: `lowers` (top first) under `upper`.
+    Overlay {
+        /// Read-only layers, the topmost first.
+        lowers: Vec<PathBuf>,
+        /// Where writes go.
+        upper: PathBuf,
+        /// overlayfs's work directory (same filesystem as `upper`, empty).
+        work: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+    },
+}
+
+/// Who the command runs as.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// One command to run.
+#[derive(Debug)]
+pub struct Spec {
+    /// The root.
+    pub root: Root,
+    /// The command; `argv[0]` is looked up in the PATH of `env` when it has no `/`.
+    pub argv: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// The working directory inside.
+    pub cwd: String,
+    /// The user.
+    pub user: Identity,
+    /// The UTS hostname.
+    pub hostname: String,
+    /// The network.
+    pub network: Network,
+    /// Extra mounts, in order (/etc/hosts, caches, secrets, volumes…).
+    pub mounts: Vec<Mount>,
+    /// Standard input (None: /dev/null).
+    pub stdin: Option<OwnedFd>,
+    /// Standard output.
+    pub stdout: OwnedFd,
+    /// Standard error.
+    pub stderr: OwnedFd,
+    /// Make standard input the controlling terminal (it must be a terminal): for `run -t`.
+    pub tty: bool,
+}
+
+/// Why a sandbox could not run its command.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A string holds a NUL byte.
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    /// Preparing on the host side failed.
+    #[error("{what}: {source}")]
+    Prepare {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A step inside failed before the command started.
+    #[error("sandbox: {step}: {source}")]
+    Setup {
+        /// The step.
+        step: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The command was not found or could not be executed.
+    #[error("{command}: {source}")]
+    Exec {
+        /// argv\[0\].
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started sandbox.
+#[derive(Debug)]
+pub struct Running {
+    /// PID 1 of the sandbox, as the host sees it.
+    pid: libc::pid_t,
+    /// Closed when the command starts; carries an error before that.
+    status: OwnedFd,
+    /// The failed step names, indexed by the child's code.
+    command: String,
+    waited: bool,
+}
+
+/// docker's (and containerd's) default capabilities.
+const DEFAULT_CAPS: [u32; 14] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// /proc and /sys paths docker hides (a file gets /dev/null, a directory an empty tmpfs).
+const MASKED: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// /proc paths docker makes read-only.
+const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The overlayfs mount options for `lowers` (top first) under `upper`, naming each lower
+/// by an open descriptor (`/proc/self/fd/N`) so that a hundred layers fit in one page.
+pub fn overlay_options(
+    lowers: &[RawFd],
+    upper: Option<(&Path, &Path)>,
+) -> Result<CString, SandboxError> {
+    let mut opts = String::from("lowerdir=");
+    let names: Vec<String> = lowers
+        .iter()
+        .map(|fd| format!("/proc/self/fd/{fd}"))
+        .collect();
+    opts.push_str(&names.join(":"));
+    if let Some((upper, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
+    }
+    // Hard links in the upper directory stay links; no inode index is needed.
+    opts.push_str(",index=off,redirect_dir=off,metacopy=off");
+    if opts.len() >= 4096 {
+        return Err(SandboxError::Prepare {
+            what: format!("an overlay of {} layers", lowers.len()),
+            source: std::io::Error::other("the mount options exceed one page"),
+        });
+    }
+    CString::new(opts.clone()).map_err(|_| SandboxError::Nul(opts))
+}
+
+/// Opens directories with `O_PATH` for [`overlay_options`].
+pub fn open_dirs(dirs: &[PathBuf]) -> Result<Vec<OwnedFd>, SandboxError> {
+    dirs.iter()
+        .map(|d| open_path(d, libc::O_DIRECTORY))
+        .collect()
+}
+
+fn open_path(p: &Path, extra: i32) -> Result<OwnedFd, SandboxError> {
+    let c = cstr(p.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated string; the result is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
+    if fd < 0 {
+        return Err(SandboxError::Prepare {
+            what: format!("opening {}", p.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A detached copy of the mount tree at `source` (`open_tree(2)`), which the sandbox attaches
+/// inside its own mount namespace with `move_mount(2)`; read-only when asked.
+fn detached_tree(source: &Path, readonly: bool) -> Result<OwnedFd, SandboxError> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    #[repr(C)]
+    struct MountAttr {
+        set: u64,
+        clear: u64,
+        propagation: u64,
+        userns: u64,
+    }
+    let err = |what: &str| SandboxError::Prepare {
+        what: format!("{what} {}", source.display()),
+        source: std::io::Error::last_os_error(),
+    };
+    let c = cstr(source.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(err("cloning the mount of"));
+    }
+    // SAFETY: fd was just returned to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if readonly {
+        let attr = MountAttr {
+            set: MOUNT_ATTR_RDONLY,
+            clear: 0,
+            propagation: 0,
+            userns: 0,
+        };
+        // SAFETY: attr is a valid mount_attr of the size given.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr,
+                size_of::<MountAttr>(),
+            )
+        };
+        if r != 0 {
+            return Err(err("making read-only the mount of"));
+        }
+    }
+    Ok(fd)
+}
+
+fn cstr(b: &[u8]) -> Result<CString, SandboxError> {
+    CString::new(b).map_err(|_| SandboxError::Nul(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// The parent directories of an absolute path, outermost first, and the path itself.
+fn ancestors(target: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for part in target.split('/').filter(|p| !p.is_empty()) {
+        cur.push('/');
+        cur.push_str(part);
+        out.push(cur.clone());
+    }
+    out
+}
+
+/// The last capability this kernel knows.
+fn cap_last() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Starts `spec`'s command. The caller waits with [`Running::wait`]; dropping a `Running`
+/// that was not waited for kills the sandbox.
+pub fn start(spec: Spec) -> Result<Running, SandboxError> {
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    // The root.
+    let (root_dir, overlay) = match &spec.root {
+        Root::Dir(d) => (d.clone(), None),
+        Root::Overlay {
+            lowers,
+            upper,
+            work,
+            target,
+        } => {
+            let fds = open_dirs(lowers)?;
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            let opts = overlay_options(&raw, Some((upper, work)))?;
+            keep.extend(fds);
+            (target.clone(), Some(opts))
+        }
+    };
+    // Mounts: host sources opened here, reached inside through /proc/self/fd.
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        let target = m.target();
+        if !target.starts_with('/') {
+            return Err(SandboxError::Prepare {
+                what: format!("mount target {target:?}"),
+                source: std::io::Error::other("must be an absolute path"),
+            });
+        }
+        let parents: Vec<CString> = ancestors(target)
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        match m {
+            Mount::Bind {
+                source, readonly, ..
+            } => {
+                let meta = std::fs::metadata(source).map_err(|e| SandboxError::Prepare {
+                    what: format!("mount source {}", source.display()),
+                    source: e,
+                })?;
+                let fd = detached_tree(source, *readonly)?;
+                mounts.push(child::MountPlan {
+                    tree: fd.as_raw_fd(),
+                    source: cstr(b"")?,
+                    fstype: None,
+                    data: None,
+                    parents,
+                    is_dir: meta.is_dir(),
+                    flags: 0,
+                    readonly: false,
+                });
+                keep.push(fd);
+            }
+            Mount::Tmpfs { size, .. } => {
+                let data = match size {
+                    Some(s) => format!("mode=1777,size={s}"),
+                    None => "mode=1777".to_owned(),
+                };
+                mounts.push(child::MountPlan {
+                    tree: -1,
+                    source: cstr(b"tmpfs")?,
+                    fstype: Some(cstr(b"tmpfs")?),
+                    data: Some(cstr(data.as_bytes())?),
+                    parents,
+                    is_dir: true,
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    readonly: false,
+                });
+            }
+        }
+    }
+    // The command, looked up in the sandbox's PATH.
+    let argv0 = spec
+        .argv
+        .first()
+        .cloned()
+        .ok_or_else(|| SandboxError::Exec {
+            command: String::new(),
+            source: std::io::Error::other("no command given"),
+        })?;
+    let path_var = spec
+        .env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let candidates: Vec<CString> = if argv0.contains('/') {
+        vec![cstr(argv0.as_bytes())?]
+    } else {
+        path_var
+            .split(':')
+            .map(|d| if d.is_empty() { "." } else { d })
+            .map(|d| cstr(format!("{}/{argv0}", d.trim_end_matches('/')).as_bytes()))
+            .collect::<Result<_, _>>()?
+    };
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let masked: Vec<CString> = MASKED
+        .iter()
+        .map(|p| cstr(p.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let read_only: Vec<CString> = READ_ONLY
+        .iter()
+        .map(|p| cstr(p.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| SandboxError::Prepare {
+        what: "opening /dev/null".into(),
+        source: e,
+    })?;
+    let stdin: OwnedFd = match spec.stdin {
+        Some(fd) => fd,
+        None => null.into(),
+    };
+    // The status pipe: the child writes (step, errno) on failure; close-on-exec otherwise.
+    let mut p = [0; 2];
+    // SAFETY: p has room for two descriptors.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::Prepare {
+            what: "creating a pipe".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: both were just created.
+    let (status_r, status_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let cap_last = cap_last();
+    let mut drop_caps = Vec::new();
+    for c in 0..=cap_last {
+        if !DEFAULT_CAPS.contains(&c) {
+            drop_caps.push(c);
+        }
+    }
+    let mut keep_mask: u64 = 0;
+    for c in DEFAULT_CAPS {
+        keep_mask |= 1 << c;
+    }
+    let mut keep_fds: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
+    keep_fds.extend([
+        stdin.as_raw_fd(),
+        spec.stdout.as_raw_fd(),
+        spec.stderr.as_raw_fd(),
+        status_w.as_raw_fd(),
+    ]);
+    keep_fds.sort_unstable();
+    keep_fds.dedup();
+    let plan = child::Plan {
+        keep_fds,
+        root: cstr(root_dir.as_os_str().as_bytes())?,
+        overlay,
+        mounts,
+        masked,
+        read_only,
+        hostname: cstr(spec.hostname.as_bytes())?,
+        network_none: spec.network == Network::None,
+        cwd: cstr(spec.cwd.as_bytes())?,
+        cwd_parents: ancestors(&spec.cwd)
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<_, _>>()?,
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.groups.clone(),
+        candidates,
+        argv,
+        env,
+        stdin: stdin.as_raw_fd(),
+        stdout: spec.stdout.as_raw_fd(),
+        stderr: spec.stderr.as_raw_fd(),
+        status: status_w.as_raw_fd(),
+        tty: spec.tty,
+        drop_caps,
+        keep_mask,
+    };
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let pid = child::spawn(&plan, flags).map_err(|e| SandboxError::Prepare {
+        what: "creating the sandbox's namespaces (clone)".into(),
+        source: e,
+    })?;
+    drop(status_w);
+    drop(keep);
+    drop(stdin);
+    drop(spec.stdout);
+    drop(spec.stderr);
+    Ok(Running {
+        pid,
+        status: status_r,
+        command: argv0,
+        waited: false,
+    })
+}
+
+impl Running {
+    /// PID 1 of the sandbox, as the host sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the sandbox's PID 1, which passes INT, TERM, HUP, QUIT, USR1 and USR2
+    /// on to the command (KILL ends the sandbox).
+    pub fn signal(&self, signal: i32) {
+        if !self.waited {
+            // SAFETY: kill has no memory preconditions; pid is our child until waited for.
+            unsafe { libc::kill(self.pid, signal) };
+        }
+    }
+
+    /// Waits for the command: its exit code, or 128 + the signal that ended it.
+    pub fn wait(mut self) -> Result<i32, SandboxError> {
+        // First: did the command start? The pipe closes at exec, or carries an error.
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < buf.len() {
+            // SAFETY: buf has room for the rest.
+            let n = unsafe {
+                libc::read(
+                    self.status.as_raw_fd(),
+                    buf[got..].as_mut_ptr().cast(),
+                    buf.len() - got,
+                )
+            };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        let code = self.reap();
+        if got == buf.len() {
+            let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let source = std::io::Error::from_raw_os_error(errno);
+            return Err(if step == child::STEP_EXEC {
+                SandboxError::Exec {
+                    command: std::mem::take(&mut self.command),
+                    source,
+                }
+            } else {
+                SandboxError::Setup {
+                    step: child::step_name(step).to_owned(),
+                    source,
+                }
+            });
+        }
+        Ok(code)
+    }
+
+    fn reap(&mut self) -> i32 {
+        let mut st = 0;
+        loop {
+            // SAFETY: st is a valid out-pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+            if r == self.pid {
+                break;
+            }
+            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return 255;
+            }
+        }
+        self.waited = true;
+        if libc::WIFEXITED(st) {
+            libc::WEXITSTATUS(st)
+        } else if libc::WIFSIGNALED(st) {
+            128 + libc::WTERMSIG(st)
+        } else {
+            255
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.signal(libc::SIGKILL);
+            self.reap();
+        }
+    }
+}
+
+/// Runs `spec` to the end: the exit code.
+pub fn run(spec: Spec) -> Result<i32, SandboxError> {
+    start(spec)?.wait()
+}
+
+/// A pipe: (read end, write end), close-on-exec.
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0; 2];
+    // SAFETY: p has room for two descriptors.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+/// Resolves a docker `USER` (`name`, `uid`, `name:group`, `uid:gid`) against the root's
+/// /etc/passwd and /etc/group, with the user's supplementary groups, as docker does.
+pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, String> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "root" } else { user };
+    let entries = |db: &str| -> Vec<Vec<String>> {
+        db.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| l.split(':').map(str::to_owned).collect())
+            .collect()
+    };
+    let users = entries(passwd);
+    let groups = entries(group);
+    let found = users.iter().find(|f| {
+        f.first().map(String::as_str) == Some(user)
+            || (user.parse::<u32>().is_ok() && f.get(2).map(String::as_str) == Some(user))
+    });
+    let (uid, mut gid, name) = match (user.parse::<u32>(), found) {
+        (_, Some(f)) => (
+            f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+            f.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+            f.first().cloned(),
+        ),
+        (Ok(n), None) => (n, 0, None),
+        (Err(_), None) => {
+            return Err(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            ));
+        }
+    };
+    if let Some(g) = grp {
+        gid = match groups
+            .iter()
+            .find(|f| f.first().map(String::as_str) == Some(g))
+        {
+            Some(f) => f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+            None => g.parse().map_err(|_| {
+                format!("unable to find group {g}: no matching entries in group file")
+            })?,
+        };
+    }
+    let mut extra = vec![gid];
+    if grp.is_none()
+        && let Some(name) = name
+    {
+        for f in &groups {
+            let members = f.get(3).map(String::as_str).unwrap_or("");
+            if members.split(',').any(|m| m == name)
+                && let Some(id) = f.get(2).and_then(|s| s.parse::<u32>().ok())
+                && !extra.contains(&id)
+            {
+                extra.push(id);
+            }
+        }
+    }
+    Ok(Identity {
+        uid,
+        gid,
+        groups: extra,
+    })
+}
+
+#[cfg(test)]
+mod tests;
