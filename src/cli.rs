@@ -133,6 +133,12 @@ pub struct BuildArgs {
     /// Run every step; do not use the build cache
     #[arg(long)]
     pub no_cache: bool,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+    /// RUN's network unless a RUN says otherwise: default (the host's), host or none
+    #[arg(long, default_value = "default")]
+    pub network: String,
 }
 
 #[derive(Debug, Args)]

@@ -241,8 +241,22 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--build-context {name}"))?;
         named_contexts.insert(name.to_owned(), named);
     }
+    let mut secrets = std::collections::BTreeMap::new();
+    for spec in &args.secrets {
+        let (id, value) = read_secret(spec)?;
+        secrets.insert(id, value);
+    }
+    let network: wharf_builder::sandbox::Network = args
+        .network
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--network: {e}"))?;
     let store = ctx.store().await?;
     let staging = store.staging_dir_blocking()?;
+    let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
+        .map_err(anyhow::Error::msg)?;
+    let cache_mounts = store.root().join("cache-mounts");
+    std::fs::create_dir_all(&cache_mounts)
+        .with_context(|| format!("creating {}", cache_mounts.display()))?;
     let opts = BuildOptions {
         dockerfile,
         dockerfile_name: dockerfile_path.display().to_string(),
@@ -263,6 +277,10 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         }),
         no_cache: args.no_cache,
         named_contexts,
+        snapshots,
+        cache_mounts,
+        secrets,
+        network,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let json = ctx.global.progress == crate::cli::ProgressMode::Json;
@@ -307,6 +325,9 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                     "warning",
                     serde_json::json!({"rule": l.rule, "message": l.message, "line": l.line}),
                 ),
+                BuildEvent::Output(id, line) => {
+                    ("output", serde_json::json!({"id": id, "line": line}))
+                }
             };
             serde_json::json!({"type": kind, "data": data}).to_string()
         } else {
@@ -323,6 +344,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 BuildEvent::Warning(l) => {
                     format!("WARN: {}: {} (line {})", l.rule, l.message, l.line)
                 }
+                BuildEvent::Output(id, line) => format!("#{id} {line}"),
             }
         };
         crate::printer::err_line(&line);
@@ -331,7 +353,26 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         ctx,
         store: store.clone(),
     };
-    let built = build(opts, &images, events).await?;
+    // Ctrl-C or SIGTERM stops the build: running RUN steps are killed, their mounts and
+    // scratch directories go with the build.
+    let fut = build(opts, &images, events);
+    tokio::pin!(fut);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let built = tokio::select! {
+        r = &mut fut => r,
+        _ = tokio::signal::ctrl_c() => {
+            wharf_builder::build::Cancel::cancel_all();
+            let _ = fut.await;
+            drop(staging);
+            anyhow::bail!("build cancelled");
+        }
+        _ = term.recv() => {
+            wharf_builder::build::Cancel::cancel_all();
+            let _ = fut.await;
+            drop(staging);
+            anyhow::bail!("build cancelled");
+        }
+    }?;
     let dest = LocalDest::new(store.clone(), false).await?;
     let silent = wharf_common::progress::Silent;
     match copy_image(
@@ -485,12 +526,58 @@ async fn export_files(
     .await?
 }
 
+/// `--secret id=ID,src=FILE` (or `source=`, `type=file`) and `id=ID,env=VAR`: the id and the
+/// secret's bytes.
+fn read_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let (mut id, mut src, mut env) = (None, None, None);
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(v.to_owned()),
+            Some(("env", v)) => env = Some(v.to_owned()),
+            Some(("type", "file" | "env")) => {}
+            _ => anyhow::bail!("--secret {spec}: expected id=ID,src=FILE or id=ID,env=VAR"),
+        }
+    }
+    let id = id
+        .or_else(|| env.clone())
+        .with_context(|| format!("--secret {spec}: an id is required"))?;
+    let value = match (src, env) {
+        (Some(f), _) => std::fs::read(&f).with_context(|| format!("--secret {id}: reading {f}"))?,
+        (None, Some(v)) => std::env::var(&v)
+            .with_context(|| format!("--secret {id}: environment variable {v} is not set"))?
+            .into_bytes(),
+        // As docker: with neither, an environment variable named like the id.
+        (None, None) => std::env::var(&id)
+            .with_context(|| format!("--secret {id}: give src=FILE or env=VAR"))?
+            .into_bytes(),
+    };
+    Ok((id, value))
+}
+
 /// `wharf builder prune`.
 pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BuilderCommand::Prune(_) => {
             let store = ctx.store().await?;
-            let (entries, bytes) = store.cache_prune().await?;
+            let (mut entries, bytes) = store.cache_prune().await?;
+            // Snapshots and RUN cache mounts are build cache too.
+            let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
+                .map_err(anyhow::Error::msg)?;
+            entries += snapshots.prune().map_err(anyhow::Error::msg)? as u64;
+            let mounts = store.root().join("cache-mounts");
+            if let Ok(list) = std::fs::read_dir(&mounts) {
+                for e in list.flatten() {
+                    let p = e.path();
+                    let gone = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    gone.with_context(|| format!("removing {}", p.display()))?;
+                    entries += 1;
+                }
+            }
             out(format!(
                 "Deleted build cache objects: {entries}\nTotal reclaimed space: {}",
                 crate::commands::util::human_size(bytes)
@@ -566,6 +653,9 @@ impl LiveView {
                 let _ = self
                     .multi
                     .println(format!("WARN: {}: {} (line {})", l.rule, l.message, l.line));
+            }
+            BuildEvent::Output(id, line) => {
+                let _ = self.multi.println(format!("#{id} {line}"));
             }
         }
     }

@@ -203,18 +203,6 @@ fn rand_suffix() -> usize {
     1_000_000 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Puts a cached layer on the stage: unpacked onto the root, added to the image.
-pub(crate) fn apply_cached(
-    s: &mut StageState,
-    (layer, path): (wharf_common::archive::layer::WrittenLayer, PathBuf),
-) -> Result<(), String> {
-    use wharf_common::archive::unpack::{UnpackOptions, apply_layer_file};
-    apply_layer_file(&s.rootfs, &path, &UnpackOptions::image_layers())
-        .map_err(|e| format!("cached layer {}: {e}", layer.digest))?;
-    s.layers.push(Layer::New(layer, path));
-    Ok(())
-}
-
 /// The image path of a file in the root directory (its place after symlinks were resolved).
 fn image_path(rootfs: &Path, on_disk: &Path) -> String {
     on_disk

@@ -8,6 +8,7 @@
 
 mod copy;
 mod output;
+mod run;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,6 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use wharf_common::archive::layer::WrittenLayer;
-use wharf_common::archive::unpack::{UnpackOptions, apply_layer_file};
 use wharf_common::digest::Digest;
 use wharf_common::image::{BlobRef, Platform};
 use wharf_common::media_type::Compression;
@@ -25,6 +25,8 @@ use crate::dockerfile::instructions::{
     self, CommandLine, Dockerfile, DockerfileError, Healthcheck, Instruction, Lint, Step,
 };
 use crate::dockerfile::shell::Lexer;
+use crate::sandbox::Network;
+use crate::snapshot::{Snapshots, View};
 
 pub use output::Built;
 
@@ -92,6 +94,14 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--build-context NAME=DIR`: directories `COPY --from=NAME` reads.
     pub named_contexts: BTreeMap<String, Context>,
+    /// Where layer snapshots are kept (the store's), shared by builds.
+    pub snapshots: Snapshots,
+    /// Where `RUN --mount=type=cache` directories are kept between builds.
+    pub cache_mounts: PathBuf,
+    /// `--secret id=…`: what `RUN --mount=type=secret` gives, by id.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--network`: RUN's network unless a RUN says otherwise.
+    pub network: Network,
 }
 
 /// The local store as the build cache, reached from the build's blocking thread.
@@ -160,6 +170,58 @@ pub enum BuildEvent {
     Done(usize, std::time::Duration),
     /// A lint warning.
     Warning(Lint),
+    /// A line step `id` printed (RUN's output).
+    Output(usize, String),
+}
+
+/// Stopping a build (Ctrl-C): every running RUN is killed, and the build fails.
+pub struct Cancel;
+
+static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes a running sandbox from [`Cancel`]'s list when dropped.
+pub(crate) struct Registered(i32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|p| *p != self.0);
+    }
+}
+
+impl Cancel {
+    /// Stops every build in this process: RUN steps are killed and fail as cancelled.
+    pub fn cancel_all() {
+        CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
+        for pid in RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            // SAFETY: kill has no memory preconditions; the pid is a sandbox not yet waited for.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Whether [`Cancel::cancel_all`] was called.
+    pub fn cancelled() -> bool {
+        CANCELLED.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn register(pid: i32) -> Registered {
+        let mut list = RUNNING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.push(pid);
+        if Cancel::cancelled() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        Registered(pid)
+    }
 }
 
 /// The platform arguments every build defines.
@@ -344,16 +406,34 @@ pub async fn build(
         events,
         new_layers: std::sync::Mutex::new(Vec::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
-        from_dirs: std::sync::Mutex::new(BTreeMap::new()),
+        from_views: std::sync::Mutex::new(BTreeMap::new()),
     };
-    tokio::task::spawn_blocking(move || run.run_blocking(&needed, target))
-        .await
-        .map_err(|e| BuildError::Step {
-            file,
-            line: 0,
-            instruction: String::new(),
-            message: e.to_string(),
-        })?
+    // The build's own thread, in a mount namespace of its own: the overlays it mounts are
+    // seen by nobody else and go away with it, whatever happens.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("wharf-build".into())
+        .spawn(move || {
+            let result = match crate::snapshot::private_mounts() {
+                Ok(()) => run.run_blocking(&needed, target),
+                Err(message) => Err(BuildError::Step {
+                    file: run.opts.dockerfile_name.clone(),
+                    line: 0,
+                    instruction: "preparing the build".into(),
+                    message,
+                }),
+            };
+            let _ = tx.send(result);
+        });
+    let failed = |message: String| BuildError::Step {
+        file: file.clone(),
+        line: 0,
+        instruction: String::new(),
+        message,
+    };
+    spawned.map_err(|e| failed(e.to_string()))?;
+    rx.await
+        .map_err(|_| failed("the build's thread ended without a result".into()))?
 }
 
 /// Where build events go.
@@ -411,8 +491,8 @@ fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
 /// A layer of the image being built.
 #[derive(Clone, Debug)]
 pub(crate) enum Layer {
-    /// From the base image, as stored.
-    Base(BlobRef, PathBuf),
+    /// From the base image, as stored, with its diff id.
+    Base(BlobRef, PathBuf, Digest),
     /// Written by this build.
     New(WrittenLayer, PathBuf),
 }
@@ -429,9 +509,75 @@ pub(crate) struct StageState {
     pub time: i64,
     pub image: Map<String, Value>,
     pub layers: Vec<Layer>,
+    /// Where the stage's root is mounted, while [`Run::mount_root`]'s view is.
     pub rootfs: PathBuf,
+    pub view: ViewSlot,
     /// ARGs declared in the stage, with their values.
     pub args: Vec<(String, String)>,
+    /// The number (`#N`) of the step running, for its output.
+    pub step_id: usize,
+}
+
+/// A stage's mounted root and the number of layers it shows; never cloned (a stage built on
+/// another mounts its own).
+#[derive(Debug, Default)]
+pub(crate) struct ViewSlot(Option<(View, usize)>);
+
+impl Clone for ViewSlot {
+    fn clone(&self) -> ViewSlot {
+        ViewSlot(None)
+    }
+}
+
+impl Layer {
+    fn diff_id(&self) -> &Digest {
+        match self {
+            Layer::Base(_, _, d) => d,
+            Layer::New(w, _) => &w.diff_id,
+        }
+    }
+
+    fn file(&self) -> &Path {
+        match self {
+            Layer::Base(_, p, _) | Layer::New(_, p) => p,
+        }
+    }
+}
+
+/// The layers of a stack as (chain id, layer file), bottom first.
+fn chain_of(layers: &[Layer]) -> Vec<(Digest, PathBuf)> {
+    let ids: Vec<Digest> = layers.iter().map(|l| l.diff_id().clone()).collect();
+    crate::snapshot::chain_ids(&ids)
+        .into_iter()
+        .zip(layers.iter().map(|l| l.file().to_owned()))
+        .collect()
+}
+
+/// A base image's layers, with the diff ids its config lists.
+fn base_layers(img: &BaseImage) -> Vec<Layer> {
+    let ids: Vec<Option<Digest>> = img
+        .config
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    img.layers
+        .iter()
+        .enumerate()
+        .map(|(i, (b, p))| {
+            let diff_id = ids
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| b.digest.clone());
+            Layer::Base(b.clone(), p.clone(), diff_id)
+        })
+        .collect()
 }
 
 impl StageState {
@@ -496,8 +642,8 @@ struct Run {
     new_layers: std::sync::Mutex<Vec<NewLayer>>,
     /// Numbers steps across stages running at once.
     step_ids: std::sync::atomic::AtomicUsize,
-    /// Images COPY --from reads, unpacked.
-    from_dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
+    /// Read-only roots of stages and images that COPY --from and RUN --mount read.
+    from_views: std::sync::Mutex<BTreeMap<String, View>>,
 }
 
 impl Run {
@@ -616,15 +762,12 @@ impl Run {
                 ));
             }
         }
-        let rootfs = self.opts.work_dir.join(format!("stage-{i}"));
+        let rootfs = PathBuf::new();
         let mut state = match stage_index(&self.df, &base, i) {
             Some(j) => {
                 let parent = done
                     .get(&j)
                     .unwrap_or_else(|| unreachable!("stages run in order"));
-                copy_tree(&parent.rootfs, &rootfs).map_err(|e| {
-                    step_error(file, stage.location.line, &stage.original, e.to_string())
-                })?;
                 StageState {
                     rootfs,
                     cmd_set: false,
@@ -635,9 +778,6 @@ impl Run {
                 }
             }
             None if base == "scratch" => {
-                std::fs::create_dir_all(&rootfs).map_err(|e| {
-                    step_error(file, stage.location.line, &stage.original, e.to_string())
-                })?;
                 // BuildKit's empty image: WorkingDir "/" (and a PATH, added below).
                 let mut image = Map::new();
                 image.insert("config".into(), json!({"WorkingDir": "/"}));
@@ -648,7 +788,9 @@ impl Run {
                     image,
                     layers: Vec::new(),
                     rootfs,
+                    view: ViewSlot::default(),
                     args: Vec::new(),
+                    step_id: from_id,
                 }
             }
             None => {
@@ -656,8 +798,6 @@ impl Run {
                     .bases
                     .get(&base)
                     .unwrap_or_else(|| unreachable!("bases resolved first"));
-                materialize(img, &rootfs)
-                    .map_err(|e| step_error(file, stage.location.line, &stage.original, e))?;
                 let mut image = img.config.as_object().cloned().unwrap_or_default();
                 // ONBUILD triggers of the base run first.
                 let triggers: Vec<String> = image
@@ -688,13 +828,11 @@ impl Run {
                     time,
                     key: key_of(&ids),
                     image,
-                    layers: img
-                        .layers
-                        .iter()
-                        .map(|(b, p)| Layer::Base(b.clone(), p.clone()))
-                        .collect(),
+                    layers: base_layers(img),
                     rootfs,
+                    view: ViewSlot::default(),
                     args: Vec::new(),
+                    step_id: from_id,
                 };
                 for t in triggers {
                     let parsed = instructions::parse(&format!("FROM scratch\n{t}\n"), "ONBUILD")
@@ -745,6 +883,15 @@ impl Run {
                 text: step.original.clone(),
             });
             let started = std::time::Instant::now();
+            state.step_id = id;
+            if Cancel::cancelled() {
+                return Err(step_error(
+                    file,
+                    step.location.line,
+                    &step.original,
+                    "cancelled".into(),
+                ));
+            }
             let cached = self
                 .step(&mut state, step, done, i)
                 .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
@@ -813,7 +960,7 @@ impl Run {
             .layers
             .iter()
             .map(|l| match l {
-                Layer::Base(b, _) => b.digest.as_str(),
+                Layer::Base(b, _, _) => b.digest.as_str(),
                 Layer::New(w, _) => w.diff_id.as_str(),
             })
             .collect();
@@ -984,6 +1131,8 @@ impl Run {
                 s.config().insert(key.into(), json!(argv));
                 if is_cmd {
                     s.cmd_set = true;
+                    // BuildKit marks every CMD so (a field docker's image spec keeps).
+                    s.config().insert("ArgsEscaped".into(), json!(true));
                 } else if !s.cmd_set {
                     // ENTRYPOINT resets a CMD inherited from the base.
                     s.config().insert("Cmd".into(), Value::Null);
@@ -1052,13 +1201,13 @@ impl Run {
                     .and_then(Value::as_str)
                     .filter(|u| !u.is_empty())
                     .map(str::to_owned);
+                self.mount_root(s)?;
                 let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
                 let created = copy::mkdir_p(s, &path, owner).map_err(|e| e.to_string())?;
-                let layer = !created.is_empty();
-                if layer {
-                    copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
-                }
-                self.history(s, format!("WORKDIR {path}"), !layer);
+                // A layer even when the directory was there (an empty one), as BuildKit makes.
+                copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
+                self.commit_root(s)?;
+                self.history(s, format!("WORKDIR {path}"), false);
             }
             Instruction::Healthcheck(h) => {
                 let value = match h {
@@ -1129,33 +1278,7 @@ impl Run {
                     .and_then(|f| self.opts.named_contexts.get(f));
                 let from_root = match (&from_name, named) {
                     (None, _) | (Some(_), Some(_)) => None,
-                    (Some(f), None) => Some(match stage_index(&self.df, f, stage) {
-                        Some(j) => done
-                            .get(&j)
-                            .map(|d| d.rootfs.clone())
-                            .ok_or_else(|| format!("stage {f} did not run"))?,
-                        None => {
-                            let img = self
-                                .bases
-                                .get(f)
-                                .ok_or_else(|| format!("image {f} was not resolved"))?;
-                            // Unpacked once per image, under a lock: stages run in parallel.
-                            let mut dirs = self
-                                .from_dirs
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            match dirs.get(f) {
-                                Some(d) => d.clone(),
-                                None => {
-                                    let dir =
-                                        self.opts.work_dir.join(format!("from-{}", dirs.len()));
-                                    materialize(img, &dir)?;
-                                    dirs.insert(f.clone(), dir.clone());
-                                    dir
-                                }
-                            }
-                        }
-                    }),
+                    (Some(f), None) => Some(self.other_root(f, stage, done)?),
                 };
                 let from = match (&from_root, named) {
                     (Some(root), _) => Some(copy::From::Root(root)),
@@ -1163,12 +1286,16 @@ impl Run {
                     (None, None) => None,
                 };
                 let word = if add { "ADD" } else { "COPY" };
-                let args = step
-                    .original
-                    .split_once(char::is_whitespace)
-                    .map_or("", |x| x.1)
-                    .trim()
-                    .to_owned();
+                // BuildKit's history: the sources and the destination, expanded, no flags.
+                let mut shown = Vec::new();
+                for w in c.sources.iter().chain(std::iter::once(&c.dest)) {
+                    shown.push(if w.starts_with("<<") {
+                        w.clone()
+                    } else {
+                        self.expand(s, w)?
+                    });
+                }
+                let args = shown.join(" ");
                 // The key: the chain so far, the instruction, and what its sources hold.
                 let sources = match (&from_name, &from) {
                     (Some(f), Some(copy::From::Root(_))) => {
@@ -1206,13 +1333,15 @@ impl Run {
                     &layer_opts,
                 ]);
                 if let Some((layer, path, created_at)) = self.cached_layer(&key) {
-                    copy::apply_cached(s, (layer, path))?;
+                    s.layers.push(Layer::New(layer, path));
                     s.time = created_at;
                     self.history(s, format!("{word} {args} # buildkit"), false);
                     return Ok(true);
                 }
+                self.mount_root(s)?;
                 let entries = copy::copy(self, s, c, add, from)?;
                 copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
+                self.commit_root(s)?;
                 s.time = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
@@ -1224,11 +1353,88 @@ impl Run {
                 }
                 self.history(s, format!("{word} {args} # buildkit"), false);
             }
-            Instruction::Run(_) => {
-                return Err("RUN needs wharf's build sandbox, which is not built yet (issue 5); this build has no RUN support".into());
-            }
+            Instruction::Run(r) => return run::run(self, s, r, done, stage),
         }
         Ok(false)
+    }
+
+    /// Remembers a layer this build made, for the cache (with no layer: the empty one).
+    pub(crate) fn record(
+        &self,
+        key: &Digest,
+        layer: Option<(WrittenLayer, PathBuf)>,
+        s: &StageState,
+    ) {
+        if let Some((w, p)) = layer {
+            self.new_layers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((key.clone(), w, p, s.time));
+        }
+    }
+
+    /// Mounts the stage's root (its layers' snapshots under a fresh upper directory) at
+    /// `s.rootfs`, unless it is mounted already.
+    pub(crate) fn mount_root(&self, s: &mut StageState) -> Result<(), String> {
+        if s.view.0.as_ref().is_some_and(|(_, n)| *n == s.layers.len()) {
+            return Ok(());
+        }
+        s.view.0 = None;
+        let lowers = self.opts.snapshots.ensure(&chain_of(&s.layers))?;
+        let view = View::mount(&self.opts.snapshots, &lowers, true)?;
+        s.rootfs = view.root().to_owned();
+        s.view.0 = Some((view, s.layers.len()));
+        Ok(())
+    }
+
+    /// After a step added a layer: what the step changed (the view's upper directory)
+    /// becomes that layer's snapshot.
+    pub(crate) fn commit_root(&self, s: &mut StageState) -> Result<(), String> {
+        if let Some((view, _)) = s.view.0.take()
+            && let Some((chain, _)) = chain_of(&s.layers).pop()
+        {
+            view.commit(&self.opts.snapshots, &chain)?;
+        }
+        s.rootfs = PathBuf::new();
+        Ok(())
+    }
+
+    /// The root of an earlier stage or of an image (`--from`), mounted read-only once.
+    pub(crate) fn other_root(
+        &self,
+        name: &str,
+        stage: usize,
+        done: &BTreeMap<usize, StageState>,
+    ) -> Result<PathBuf, String> {
+        let (key, layers) = match stage_index(&self.df, name, stage) {
+            Some(j) => (
+                format!("stage {j}"),
+                done.get(&j)
+                    .map(|d| d.layers.clone())
+                    .ok_or_else(|| format!("stage {name} did not run"))?,
+            ),
+            None => (
+                format!("image {name}"),
+                base_layers(
+                    self.bases
+                        .get(name)
+                        .ok_or_else(|| format!("image {name} was not resolved"))?,
+                ),
+            ),
+        };
+        // Under a lock: stages run in parallel and may ask for the same one.
+        let mut views = self
+            .from_views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = views.get(&key) {
+            return Ok(v.root().to_owned());
+        }
+        let lowers = self.opts.snapshots.ensure(&chain_of(&layers))?;
+        let view = View::mount(&self.opts.snapshots, &lowers, false)?;
+        let root = view.root().to_owned();
+        views.insert(key, view);
+        Ok(root)
     }
 
     /// The cached layer for `key`, unless the cache is off.
@@ -1498,34 +1704,6 @@ fn parse_duration_ns(text: &str) -> Result<i64, String> {
 pub(crate) fn clean_abs(p: &str) -> String {
     let c = crate::context::ignore::clean(&format!("/{}", p.trim_start_matches('/')));
     if c.is_empty() { "/".to_owned() } else { c }
-}
-
-/// Extracts an image's layers into `dir`.
-fn materialize(img: &BaseImage, dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let opts = UnpackOptions::image_layers();
-    for (blob, path) in &img.layers {
-        apply_layer_file(dir, path, &opts).map_err(|e| format!("layer {}: {e}", blob.digest))?;
-    }
-    Ok(())
-}
-
-/// Copies a directory tree (for a stage built on an earlier one).
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "cp -a {} {} failed",
-            from.display(),
-            to.display()
-        )))
-    }
 }
 
 pub(crate) use wharf_common::time::rfc3339;

@@ -69,7 +69,7 @@ pub(crate) fn assemble(
     let mut layers = Vec::new();
     for l in &state.layers {
         match l {
-            Layer::Base(b, p) => layers.push((
+            Layer::Base(b, p, _) => layers.push((
                 BlobRef {
                     media_type: oci_layer_type(&b.media_type),
                     ..b.clone()

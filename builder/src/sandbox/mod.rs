@@ -96,7 +96,7 @@ pub struct Identity {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary groups.
+    /// Supplementary groups (those listing the user as a member).
     pub groups: Vec<u32>,
 }
 
@@ -683,6 +683,8 @@ pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, S
             f.first().cloned(),
         ),
         (Ok(n), None) => (n, 0, None),
+        // An image without /etc/passwd still runs as root.
+        (Err(_), None) if user == "root" => (0, 0, None),
         (Err(_), None) => {
             return Err(format!(
                 "unable to find user {user}: no matching entries in passwd file"
@@ -700,7 +702,8 @@ pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, S
             })?,
         };
     }
-    let mut extra = vec![gid];
+    // Supplementary groups: those that list the user as a member, as runc sets them.
+    let mut extra = Vec::new();
     if grp.is_none()
         && let Some(name) = name
     {

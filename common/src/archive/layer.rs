@@ -220,7 +220,8 @@ fn write_tar<W: Write>(
                 let mut m = tar::Header::new_gnu();
                 m.set_entry_type(tar::EntryType::Regular);
                 m.set_size(0);
-                m.set_mode(0o644);
+                // As containerd writes it: the directory's mode.
+                m.set_mode(h.mode().unwrap_or(0o755));
                 m.set_mtime(h.mtime().unwrap_or(0));
                 b.append_data(&mut m, format!("{}/.wh..wh..opq", e.path), io::empty())?;
             }
@@ -268,7 +269,8 @@ fn write_tar<W: Write>(
                 };
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(0);
-                h.set_mode(0o644);
+                // As containerd writes it.
+                h.set_mode(0o600);
                 b.append_data(&mut h, path, io::empty())?;
             }
         }

@@ -64,6 +64,10 @@ pub struct UnpackOptions {
     /// Treat `.wh.` members as OCI whiteouts (image layers); off, they are ordinary files
     /// (archives unpacked by ADD).
     pub whiteouts: bool,
+    /// Write whiteouts in overlayfs's own form instead of applying them: a 0/0 character
+    /// device for a deleted path, `trusted.overlay.opaque` on an opaque directory. For a layer
+    /// extracted alone, as an overlay lower directory (a snapshot).
+    pub overlay: bool,
 }
 
 impl UnpackOptions {
@@ -76,6 +80,7 @@ impl UnpackOptions {
             owners: root,
             devices: root,
             whiteouts: true,
+            overlay: false,
         }
     }
 }
@@ -86,6 +91,7 @@ impl Default for UnpackOptions {
             owners: false,
             devices: false,
             whiteouts: true,
+            overlay: false,
         }
     }
 }
@@ -230,6 +236,12 @@ pub fn apply_layer(
             });
         }
         let parent = target.parent().unwrap_or(root).to_path_buf();
+        if base == WHITEOUT_OPAQUE && opts.whiteouts && opts.overlay {
+            fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            xattr::set(&parent, "trusted.overlay.opaque", b"y").map_err(io_err(&parent))?;
+            done.whiteouts += 1;
+            continue;
+        }
         if base == WHITEOUT_OPAQUE && opts.whiteouts {
             if let Ok(children) = fs::read_dir(&parent) {
                 for c in children.flatten() {
@@ -256,6 +268,19 @@ pub fn apply_layer(
             }
             let victim = parent.join(hidden);
             remove_any(&victim).map_err(io_err(&victim))?;
+            if opts.overlay {
+                fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+                let c = std::ffi::CString::new(victim.as_os_str().as_encoded_bytes()).map_err(
+                    |_| UnpackError::Refused {
+                        at: name.clone(),
+                        reason: "NUL in path".into(),
+                    },
+                )?;
+                // SAFETY: `c` is a valid NUL-terminated path; mknod only reads it.
+                if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
+                    return Err(io_err(&victim)(io::Error::last_os_error()));
+                }
+            }
             done.whiteouts += 1;
             continue;
         }
@@ -382,6 +407,18 @@ pub fn apply_layer(
                     at: name,
                     reason: format!("unsupported member type {other:?}"),
                 });
+            }
+        }
+        if opts.owners
+            && let Ok(Some(exts)) = entry.pax_extensions()
+        {
+            // Extended attributes (security.capability and the like), as root only.
+            for ext in exts.flatten() {
+                if let (Ok(key), value) = (ext.key(), ext.value_bytes())
+                    && let Some(attr) = key.strip_prefix("SCHILY.xattr.")
+                {
+                    xattr::set(&target, attr, value).map_err(io_err(&target))?;
+                }
             }
         }
         if opts.owners {

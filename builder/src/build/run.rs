@@ -1,0 +1,784 @@
+//! RUN: the command in the sandbox on the stage's root (an overlay of its snapshots under a
+//! fresh upper directory); the upper directory becomes the layer and the new snapshot.
+//!
+//! `--mount` types: `cache` (a directory kept between builds under the store, never in a
+//! layer), `bind` (from the context or another stage, read-only unless `rw`, and then the
+//! writes are discarded), `tmpfs`, `secret` (from `wharf build --secret`; in no layer, no
+//! cache key and no history). /etc/hosts, /etc/hostname and /etc/resolv.conf are provided and
+//! left out of the layer, as are the mount points the sandbox had to create.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{BuildEvent, Layer, Run, StageState, clean_abs, copy, key_of};
+use crate::dockerfile::instructions::{CommandLine, RunSpec};
+use crate::sandbox::{self, Mount, Network, Root, Spec};
+
+/// The hostname RUN sees.
+const HOSTNAME: &str = "buildkitsandbox";
+
+/// One `--mount`, parsed.
+#[derive(Debug, Default)]
+struct MountSpec {
+    kind: String,
+    target: Option<String>,
+    source: Option<String>,
+    from: Option<String>,
+    id: Option<String>,
+    sharing: Option<String>,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    readonly: bool,
+    required: bool,
+    size: Option<u64>,
+    env: Option<String>,
+}
+
+fn parse_mount(text: &str) -> Result<MountSpec, String> {
+    let mut m = MountSpec {
+        kind: "bind".into(),
+        ..MountSpec::default()
+    };
+    let bad = |why: String| format!("--mount={text}: {why}");
+    for field in text.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_lowercase(), Some(v.trim().to_owned())),
+            None => (field.trim().to_lowercase(), None),
+        };
+        let val = || v.clone().ok_or_else(|| bad(format!("{k} needs a value")));
+        let flag = || -> Result<bool, String> {
+            match v.as_deref() {
+                None | Some("true") | Some("1") => Ok(true),
+                Some("false") | Some("0") => Ok(false),
+                Some(o) => Err(bad(format!("{k}={o}: expected true or false"))),
+            }
+        };
+        let num = |radix: u32| -> Result<u32, String> {
+            let s = val()?;
+            u32::from_str_radix(&s, radix).map_err(|_| bad(format!("{k}={s} is not a number")))
+        };
+        match k.as_str() {
+            "type" => m.kind = val()?,
+            "target" | "dst" | "destination" => m.target = Some(val()?),
+            "source" | "src" => m.source = Some(val()?),
+            "from" => m.from = Some(val()?),
+            "id" => m.id = Some(val()?),
+            "sharing" => {
+                let s = val()?;
+                if !matches!(s.as_str(), "shared" | "private" | "locked") {
+                    return Err(bad(format!(
+                        "sharing={s}: expected shared, private or locked"
+                    )));
+                }
+                m.sharing = Some(s);
+            }
+            "mode" => m.mode = Some(num(8)?),
+            "uid" => m.uid = Some(num(10)?),
+            "gid" => m.gid = Some(num(10)?),
+            "ro" | "readonly" => m.readonly = flag()?,
+            "rw" | "readwrite" => m.readonly = !flag()?,
+            "required" => m.required = flag()?,
+            "env" => m.env = Some(val()?),
+            "size" => {
+                let s = val()?;
+                m.size = Some(parse_size(&s).ok_or_else(|| bad(format!("size={s}")))?);
+            }
+            other => return Err(bad(format!("unknown option {other:?}"))),
+        }
+    }
+    match m.kind.as_str() {
+        "bind" => {
+            // Bind mounts are read-only unless rw is given.
+            if !text.split(',').any(|f| {
+                let k = f.split('=').next().unwrap_or("").trim().to_lowercase();
+                k == "rw" || k == "readwrite" || k == "ro" || k == "readonly"
+            }) {
+                m.readonly = true;
+            }
+        }
+        "cache" | "tmpfs" | "secret" => {}
+        "ssh" => {
+            return Err(bad(
+                "type=ssh is not supported: wharf build has no --ssh agent forwarding".into(),
+            ));
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown type {other:?}: expected bind, cache, tmpfs or secret"
+            )));
+        }
+    }
+    if m.target.is_none() && m.kind != "secret" {
+        return Err(bad("a target is required".into()));
+    }
+    Ok(m)
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_lowercase();
+    let (num, mult) = match lower.trim_end_matches('b').chars().last()? {
+        'k' => (&lower[..lower.find('k')?], 1u64 << 10),
+        'm' => (&lower[..lower.find('m')?], 1 << 20),
+        'g' => (&lower[..lower.find('g')?], 1 << 30),
+        _ => (lower.trim_end_matches('b'), 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mult)
+}
+
+/// A heredoc RUN runs as a file under /dev/pipes: (name, content).
+type PipeFile = (String, Vec<u8>);
+
+/// The command line, and the files heredocs become.
+fn command_line(
+    s: &mut StageState,
+    r: &RunSpec,
+) -> Result<(Vec<String>, Vec<PipeFile>), String> {
+    match &r.command {
+        CommandLine::Exec(argv) => {
+            if !r.heredocs.is_empty() {
+                return Err("heredocs need the shell form of RUN".into());
+            }
+            if argv.is_empty() {
+                return Err("RUN needs a command".into());
+            }
+            Ok((argv.clone(), Vec::new()))
+        }
+        CommandLine::Shell(cmd) => {
+            let mut shell = s.shell();
+            let single = r.heredocs.len() == 1
+                && cmd
+                    .trim()
+                    .trim_start_matches("<<")
+                    .trim_start_matches('-')
+                    .trim_matches(['"', '\''])
+                    == r.heredocs[0].name;
+            if single {
+                // As BuildKit: the body is a file under /dev/pipes, run through the shell
+                // (so a #! line picks the interpreter).
+                let h = &r.heredocs[0];
+                let body = if h.chomp {
+                    h.content
+                        .lines()
+                        .map(|l| format!("{}\n", l.trim_start_matches('\t')))
+                        .collect()
+                } else {
+                    h.content.clone()
+                };
+                shell.push(format!("/dev/pipes/{}", h.name));
+                return Ok((shell, vec![(h.name.clone(), body.into_bytes())]));
+            }
+            let mut script = cmd.clone();
+            for h in &r.heredocs {
+                script.push('\n');
+                script.push_str(&h.content);
+                script.push_str(&h.name);
+            }
+            shell.push(script);
+            Ok((shell, Vec::new()))
+        }
+    }
+}
+
+/// The environment RUN gets: the image's, with the ARGs in scope that ENV does not set.
+fn run_env(s: &mut StageState) -> Vec<String> {
+    let mut env: Vec<String> = s
+        .config()
+        .get("Env")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let set: Vec<String> = env
+        .iter()
+        .filter_map(|e| e.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect();
+    let mut seen = Vec::new();
+    for (k, v) in s.args.iter().rev() {
+        if !set.contains(k) && !seen.contains(k) {
+            seen.push(k.clone());
+            env.push(format!("{k}={v}"));
+        }
+    }
+    env
+}
+
+/// BuildKit's history line for RUN: `|N A=1 B=2 argv…`.
+fn history_text(s: &mut StageState, argv: &[String]) -> String {
+    let env = s.expansion_env();
+    let mut args: Vec<(String, String)> = Vec::new();
+    for (k, v) in &s.args {
+        let v = env
+            .iter()
+            .rev()
+            .find(|(ek, _)| ek == k)
+            .map_or_else(|| v.clone(), |(_, ev)| ev.clone());
+        match args.iter_mut().find(|(ak, _)| ak == k) {
+            Some(slot) => slot.1 = v,
+            None => args.push((k.clone(), v)),
+        }
+    }
+    let mut parts = Vec::new();
+    if !args.is_empty() {
+        parts.push(format!("|{}", args.len()));
+        parts.extend(args.iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    parts.extend(argv.iter().cloned());
+    parts.join(" ")
+}
+
+/// Runs a RUN step; returns whether it came from the cache.
+pub(super) fn run(
+    run: &Run,
+    s: &mut StageState,
+    r: &RunSpec,
+    done: &BTreeMap<usize, StageState>,
+    stage: usize,
+) -> Result<bool, String> {
+    if r.security.as_deref() == Some("insecure") {
+        return Err("--security=insecure needs an entitlement wharf does not grant".into());
+    }
+    let env_words = s.expansion_env();
+    let expand = |w: &str| {
+        run.lexer()
+            .process_word(w, &env_words)
+            .map_err(|e| e.to_string())
+    };
+    let network = match &r.network {
+        Some(n) => n.parse::<Network>()?,
+        None => run.opts.network,
+    };
+    let mut mounts = Vec::new();
+    for m in &r.mounts {
+        mounts.push(parse_mount(&expand(m)?)?);
+    }
+    let (argv, pipes) = command_line(s, r)?;
+    let env = run_env(s);
+    let workdir = s.workdir();
+    let user = s
+        .config()
+        .get("User")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    // The key: the chain, the command, and everything it runs with, secrets excepted.
+    let mut mount_keys = Vec::new();
+    for m in &mounts {
+        let mut k = format!(
+            "{} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            m.kind, m.target, m.source, m.id, m.sharing, m.mode, m.uid, m.gid, m.readonly
+        );
+        if m.kind == "bind" {
+            k.push_str(&bind_key(run, s, m, stage, done)?);
+        }
+        mount_keys.push(k);
+    }
+    let pipe_text: Vec<String> = pipes
+        .iter()
+        .map(|(n, c)| format!("{n}\n{}", String::from_utf8_lossy(c)))
+        .collect();
+    let layer_opts = format!(
+        "{:?} {:?}",
+        run.opts.source_date_epoch, run.opts.compression
+    );
+    let key = key_of(&[
+        s.key.as_str(),
+        "run",
+        &serde_json::to_string(&argv).unwrap_or_default(),
+        &serde_json::to_string(&env).unwrap_or_default(),
+        &workdir,
+        &user,
+        &format!("{network:?}"),
+        &mount_keys.join("\n"),
+        &pipe_text.join("\n"),
+        &layer_opts,
+    ]);
+    let created_by = format!("RUN {} # buildkit", history_text(s, &argv));
+    if let Some((layer, path, created_at)) = run.cached_layer(&key) {
+        s.layers.push(Layer::New(layer, path));
+        s.time = created_at;
+        run.history(s, created_by, false);
+        return Ok(true);
+    }
+    run.mount_root(s)?;
+    let root = s.rootfs.clone();
+    let identity = {
+        let read = |p: &str| {
+            crate::context::resolve_in_root(&root, p, true)
+                .ok()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .unwrap_or_default()
+        };
+        sandbox::resolve_user(&read("etc/passwd"), &read("etc/group"), &user)?
+    };
+    // Files the sandbox mounts: under the build's scratch directory.
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&run.opts.work_dir)
+        .map_err(|e| format!("a directory for the step: {e}"))?;
+    let write = |name: &str, content: &[u8], mode: u32| -> Result<PathBuf, String> {
+        let p = scratch.path().join(name);
+        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let mut sandbox_mounts = vec![
+        Mount::Bind {
+            source: write(
+                "hosts",
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{HOSTNAME}\n").as_bytes(),
+                0o644,
+            )?,
+            target: "/etc/hosts".into(),
+            readonly: false,
+        },
+        Mount::Bind {
+            source: write("hostname", format!("{HOSTNAME}\n").as_bytes(), 0o644)?,
+            target: "/etc/hostname".into(),
+            readonly: false,
+        },
+        Mount::Bind {
+            source: write(
+                "resolv.conf",
+                &std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+                0o644,
+            )?,
+            target: "/etc/resolv.conf".into(),
+            readonly: false,
+        },
+    ];
+    for (name, content) in &pipes {
+        sandbox_mounts.push(Mount::Bind {
+            source: write(&format!("pipe-{}", sandbox_mounts.len()), content, 0o755)?,
+            target: format!("/dev/pipes/{name}"),
+            readonly: true,
+        });
+    }
+    let mut env = env;
+    let mut locks = Vec::new();
+    let mut private_dirs = Vec::new();
+    for (n, m) in mounts.iter().enumerate() {
+        let target = m.target.as_deref().map(|t| {
+            if t.starts_with('/') {
+                clean_abs(t)
+            } else {
+                clean_abs(&format!("{workdir}/{t}"))
+            }
+        });
+        match m.kind.as_str() {
+            "cache" => {
+                let target = target.unwrap_or_default();
+                let id = m.id.clone().unwrap_or_else(|| target.clone());
+                let name = key_of(&[&id]).hex().to_owned();
+                let mut dir = run.opts.cache_mounts.join(&name);
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(run.opts.cache_mounts.join(format!("{name}.lock")))
+                    .map_err(|e| format!("cache mount {id}: {e}"))?;
+                match m.sharing.as_deref().unwrap_or("shared") {
+                    "locked" => {
+                        // SAFETY: flock on a descriptor we own.
+                        unsafe {
+                            libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX)
+                        };
+                        locks.push(lock);
+                    }
+                    "private" => {
+                        // SAFETY: flock on a descriptor we own.
+                        let free = unsafe {
+                            libc::flock(
+                                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                                libc::LOCK_EX | libc::LOCK_NB,
+                            )
+                        } == 0;
+                        if free {
+                            locks.push(lock);
+                        } else {
+                            // In use: this step gets a fresh one of its own.
+                            let t = tempfile::Builder::new()
+                                .prefix("private-")
+                                .tempdir_in(&run.opts.cache_mounts)
+                                .map_err(|e| format!("cache mount {id}: {e}"))?;
+                            dir = t.path().join("d");
+                            private_dirs.push(t);
+                        }
+                    }
+                    _ => {}
+                }
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("cache mount {id}: {e}"))?;
+                    std::fs::set_permissions(
+                        &dir,
+                        std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
+                    )
+                    .map_err(|e| format!("cache mount {id}: {e}"))?;
+                    let _ = std::os::unix::fs::chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                }
+                sandbox_mounts.push(Mount::Bind {
+                    source: dir,
+                    target,
+                    readonly: m.readonly,
+                });
+            }
+            "tmpfs" => sandbox_mounts.push(Mount::Tmpfs {
+                target: target.unwrap_or_default(),
+                size: m.size,
+            }),
+            "secret" => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            m.target
+                                .as_deref()
+                                .and_then(|t| t.rsplit('/').next().map(str::to_owned))
+                        })
+                        .ok_or_else(|| "a secret mount needs an id or a target".to_owned())?;
+                let Some(value) = run.opts.secrets.get(&id) else {
+                    if m.required {
+                        return Err(format!(
+                            "secret {id} is required but was not given (wharf build --secret id={id},src=…)"
+                        ));
+                    }
+                    continue;
+                };
+                if let Some(var) = &m.env {
+                    env.push(format!("{var}={}", String::from_utf8_lossy(value)));
+                    if m.target.is_none() {
+                        continue;
+                    }
+                }
+                let file = write(&format!("secret-{n}"), value, m.mode.unwrap_or(0o400))?;
+                let _ = std::os::unix::fs::chown(&file, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                sandbox_mounts.push(Mount::Bind {
+                    source: file,
+                    target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                    readonly: true,
+                });
+            }
+            _ => {
+                let source = bind_source(run, s, m, stage, done)?;
+                let source = if m.readonly {
+                    source
+                } else {
+                    // rw: writes are thrown away, as BuildKit does.
+                    let copy_to = scratch.path().join(format!("rw-{n}"));
+                    let ok = std::process::Command::new("cp")
+                        .arg("-a")
+                        .arg(&source)
+                        .arg(&copy_to)
+                        .status()
+                        .map_err(|e| e.to_string())?
+                        .success();
+                    if !ok {
+                        return Err(format!("copying {} for a rw mount", source.display()));
+                    }
+                    copy_to
+                };
+                sandbox_mounts.push(Mount::Bind {
+                    source,
+                    target: target.unwrap_or_default(),
+                    readonly: m.readonly,
+                });
+            }
+        }
+    }
+    // Mount points the image lacks are made now and taken out of the layer after.
+    let mut points: Vec<(String, bool)> = ["/proc", "/dev", "/sys"]
+        .iter()
+        .map(|p| ((*p).to_owned(), true))
+        .collect();
+    for m in &sandbox_mounts {
+        let is_dir = match m {
+            Mount::Bind { source, .. } => source.is_dir(),
+            Mount::Tmpfs { .. } => true,
+        };
+        if !m.target().starts_with("/dev/") {
+            points.push((m.target().to_owned(), is_dir));
+        }
+    }
+    let created = make_mount_points(&root, &points)?;
+    // Output streams to progress, line by line.
+    let (out_r, out_w) = sandbox::pipe().map_err(|e| e.to_string())?;
+    let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
+    let id = s.step_id;
+    let events = run.events.clone();
+    let reader = std::thread::spawn(move || {
+        let mut tail: Vec<String> = Vec::new();
+        for line in BufReader::new(std::fs::File::from(out_r)).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line).into_owned();
+            (*events)(BuildEvent::Output(id, text.clone()));
+            tail.push(text);
+            if tail.len() > 10 {
+                tail.remove(0);
+            }
+        }
+        tail
+    });
+    let started = sandbox::start(Spec {
+        root: Root::Dir(root.clone()),
+        argv: argv.clone(),
+        env,
+        cwd: workdir,
+        user: identity,
+        hostname: HOSTNAME.into(),
+        network,
+        mounts: sandbox_mounts,
+        stdin: None,
+        stdout: out_w,
+        stderr: err_w,
+        tty: false,
+    });
+    let code = match started {
+        Ok(running) => {
+            let guard = super::Cancel::register(running.pid());
+            let code = running.wait();
+            drop(guard);
+            code
+        }
+        Err(e) => Err(e),
+    };
+    let tail = reader.join().unwrap_or_default();
+    drop(locks);
+    drop(private_dirs);
+    let shown = serde_json::to_string(&argv).unwrap_or_default();
+    let code = code.map_err(|e| format!("process {shown} could not start: {e}"))?;
+    if super::Cancel::cancelled() {
+        return Err("cancelled".into());
+    }
+    if code != 0 {
+        let mut msg = format!("process {shown} did not complete successfully: exit code: {code}");
+        if !tail.is_empty() {
+            msg.push_str("\n  last output:");
+            for l in &tail {
+                msg.push_str("\n    ");
+                msg.push_str(l);
+            }
+        }
+        return Err(msg);
+    }
+    // The layer: what the upper directory holds, less the mount points made above.
+    let Some((mut view, n)) = s.view.0.take() else {
+        return Err("the step's root is not mounted".into());
+    };
+    view.unmount()?;
+    let upper = view.upper();
+    remove_mount_points(&upper, &created);
+    let lowers: Vec<PathBuf> = super::chain_of(&s.layers)
+        .iter()
+        .rev()
+        .map(|(c, _)| run.opts.snapshots.dir(c))
+        .collect();
+    prune_copied_up(&upper, Path::new(""), &lowers);
+    let entries = crate::snapshot::diff::upper_entries(&upper)
+        .map_err(|e| format!("reading what the step changed: {e}"))?;
+    // A layer even when nothing changed (an empty one), as BuildKit makes.
+    copy::commit_layer(s, entries, &run.opts).map_err(|e| e.to_string())?;
+    s.time = now();
+    if let Some(Layer::New(w, p)) = s.layers.last() {
+        let (w, p) = (w.clone(), p.clone());
+        run.record(&key, Some((w, p)), s);
+    }
+    s.view.0 = Some((view, n));
+    run.commit_root(s)?;
+    run.history(s, created_by, false);
+    Ok(false)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// The content key of a bind mount's source.
+fn bind_key(
+    run: &Run,
+    s: &mut StageState,
+    m: &MountSpec,
+    stage: usize,
+    done: &BTreeMap<usize, StageState>,
+) -> Result<String, String> {
+    match &m.from {
+        Some(f) => match super::stage_index(&run.df, f, stage).and_then(|j| done.get(&j)) {
+            Some(d) => Ok(format!(" stage {}", d.key)),
+            None => Ok(format!(" image {f}")),
+        },
+        None => {
+            let spec = crate::dockerfile::instructions::CopySpec {
+                sources: vec![m.source.clone().unwrap_or_else(|| ".".into())],
+                ..Default::default()
+            };
+            Ok(format!(
+                " context {}",
+                run.context_checksum(s, &spec, run.context())?
+            ))
+        }
+    }
+}
+
+/// Where a bind mount's source is on the host.
+fn bind_source(
+    run: &Run,
+    _s: &mut StageState,
+    m: &MountSpec,
+    stage: usize,
+    done: &BTreeMap<usize, StageState>,
+) -> Result<PathBuf, String> {
+    let rel = m.source.clone().unwrap_or_else(|| ".".into());
+    match &m.from {
+        Some(f) => {
+            let root = run.other_root(f, stage, done)?;
+            crate::context::resolve_in_root(&root, &rel, true).map_err(|e| e.to_string())
+        }
+        None => run.context().resolve(&rel, true).map_err(|e| e.to_string()),
+    }
+}
+
+/// Creates the mount points (absolute paths, directory or file) missing in `root`, with their
+/// missing parents; returns the image paths created, parents first.
+fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<String>, String> {
+    let mut created = Vec::new();
+    for (target, is_dir) in points {
+        let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+        let mut cur = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push('/');
+            cur.push_str(part);
+            let disk =
+                crate::context::resolve_in_root(root, &cur, true).map_err(|e| e.to_string())?;
+            if std::fs::symlink_metadata(&disk).is_ok() {
+                continue;
+            }
+            let last = i + 1 == parts.len();
+            let made = if last && !is_dir {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&disk)
+                    .map(|_| ())
+            } else {
+                std::fs::create_dir(&disk)
+            };
+            made.map_err(|e| format!("mount point {cur}: {e}"))?;
+            let rel = disk
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            created.push(rel);
+        }
+    }
+    Ok(created)
+}
+
+/// Takes the mount points made for the step out of its upper directory, if they are still
+/// empty (the step may have put files under a parent it needed).
+fn remove_mount_points(upper: &Path, created: &[String]) {
+    for rel in created.iter().rev() {
+        let p = upper.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(m) if m.is_file() && m.size() == 0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes the directories of `upper` that overlay only copied up (to hold a mount point
+/// removed since, or because something inside was touched and put back): empty, not opaque,
+/// and with the mode and owner of the same directory below. Returns whether `rel` is empty now.
+fn prune_copied_up(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> bool {
+    let dir = upper.join(rel);
+    let Ok(list) = std::fs::read_dir(&dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for e in list.flatten() {
+        let child = rel.join(e.file_name());
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !(is_dir && prune_copied_up(upper, &child, lowers)) {
+            empty = false;
+            continue;
+        }
+        let Ok(mine) = std::fs::symlink_metadata(upper.join(&child)) else {
+            continue;
+        };
+        let opaque = xattr::get(upper.join(&child), "trusted.overlay.opaque")
+            .ok()
+            .flatten()
+            .is_some();
+        let below = lowers
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(&child)).ok());
+        let same = below.is_some_and(|b| {
+            b.is_dir() && b.mode() == mine.mode() && b.uid() == mine.uid() && b.gid() == mine.gid()
+        });
+        if !opaque && same && std::fs::remove_dir(upper.join(&child)).is_ok() {
+            continue;
+        }
+        empty = false;
+    }
+    empty
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn mount_options() {
+        let m = parse_mount("type=cache,target=/root/.cache,id=pip,sharing=locked,mode=0700,uid=1")
+            .unwrap();
+        assert_eq!(
+            (
+                m.kind.as_str(),
+                m.target.as_deref(),
+                m.id.as_deref(),
+                m.mode,
+                m.uid
+            ),
+            (
+                "cache",
+                Some("/root/.cache"),
+                Some("pip"),
+                Some(0o700),
+                Some(1)
+            )
+        );
+        assert!(
+            parse_mount("target=/src").unwrap().readonly,
+            "bind is read-only by default"
+        );
+        assert!(!parse_mount("type=bind,target=/src,rw").unwrap().readonly);
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size,
+            Some(64 << 20)
+        );
+        for bad in [
+            "type=cache",
+            "type=volume,target=/x",
+            "type=cache,target=/x,sharing=sometimes",
+            "type=ssh",
+            "type=cache,target=/x,bogus=1",
+        ] {
+            let e = parse_mount(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--mount={bad}: ")), "{e}");
+        }
+    }
+}
