@@ -36,8 +36,9 @@ pub struct GlobalArgs {
     )]
     pub insecure_registries: Vec<String>,
 
-    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More logging on stderr (--verbose debug, twice trace); RUST_LOG overrides. No short
+    /// form: -v is `run`'s volume flag, as in docker
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// How progress is shown: auto picks tty on a terminal, plain otherwise
@@ -81,12 +82,54 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
-    /// Build an image from a Dockerfile (no RUN yet)
+    /// Build an image from a Dockerfile
     Build(BuildArgs),
+    /// Run a command in a new container from an image (pulled when missing)
+    Run(RunArgs),
     /// Manage the build cache
     Builder(BuilderArgs),
     /// Run the registry server (OCI Distribution v1.1) [default: 0.0.0.0:5000, data in --root]
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits (wharf always does; accepted for docker
+    /// compatibility)
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep standard input open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable: KEY=VALUE, or KEY to pass this one's value
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The working directory inside
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The user: name|uid[:group|gid]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// The network: host (the default) or none
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// Bind mount a host path: HOST:CONTAINER[:ro]
+    #[arg(short, long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volumes: Vec<String>,
+    /// Override the image's ENTRYPOINT ("" clears it)
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// The container's hostname (default: its id)
+    #[arg(short = 'H', long)]
+    pub hostname: Option<String>,
+    /// The image
+    pub image: String,
+    /// The command and its arguments (default: the image's CMD)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

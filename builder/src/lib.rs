@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod change;
+pub mod container;
 pub mod context;
 pub mod dockerfile;
 pub mod sandbox;

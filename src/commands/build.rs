@@ -22,13 +22,17 @@ use crate::context::{Ctx, find_image};
 use crate::printer::out;
 
 /// Base images from the local store, pulled when missing.
-struct StoreImages<'a> {
-    ctx: &'a Ctx,
-    store: LocalStore,
+pub(crate) struct StoreImages<'a> {
+    pub(crate) ctx: &'a Ctx,
+    pub(crate) store: LocalStore,
 }
 
 impl StoreImages<'_> {
-    async fn load(&self, reference: &str, platform: &Platform) -> anyhow::Result<BaseImage> {
+    pub(crate) async fn load(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> anyhow::Result<BaseImage> {
         let rec = match find_image(&self.store, reference).await {
             Ok(r) => r,
             Err(_) => {

@@ -1,6 +1,6 @@
 //! One module per command: arguments → options → one library call → render.
 
-mod build;
+pub(crate) mod build;
 mod history;
 mod images;
 mod import;
@@ -10,6 +10,7 @@ mod login;
 mod pull;
 pub(crate) mod push;
 mod rmi;
+mod run;
 pub(crate) mod save;
 mod serve;
 mod tag;
@@ -38,5 +39,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(&ctx, a).await,
         Command::Build(a) => build::run(&ctx, a).await,
         Command::Builder(a) => build::builder(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
     }
 }

@@ -244,7 +244,8 @@ fn platform_args(p: &Platform) -> Vec<(String, String)> {
 }
 
 /// The PATH a stage gets when its base sets none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// ARGs docker lets `--build-arg` set without a declaration.
 const PREDEFINED: [&str; 8] = [

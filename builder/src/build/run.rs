@@ -134,10 +134,7 @@ fn parse_size(s: &str) -> Option<u64> {
 type PipeFile = (String, Vec<u8>);
 
 /// The command line, and the files heredocs become.
-fn command_line(
-    s: &mut StageState,
-    r: &RunSpec,
-) -> Result<(Vec<String>, Vec<PipeFile>), String> {
+fn command_line(s: &mut StageState, r: &RunSpec) -> Result<(Vec<String>, Vec<PipeFile>), String> {
     match &r.command {
         CommandLine::Exec(argv) => {
             if !r.heredocs.is_empty() {

@@ -28,6 +28,9 @@ pub(super) struct Plan {
     pub keep_fds: Vec<c_int>,
     pub root: CString,
     pub overlay: Option<CString>,
+    /// The overlay's lower directories, and the descriptor number each must be opened on.
+    pub lower_paths: Vec<CString>,
+    pub lower_fds: Vec<c_int>,
     pub mounts: Vec<MountPlan>,
     pub masked: Vec<CString>,
     pub read_only: Vec<CString>,
@@ -46,6 +49,8 @@ pub(super) struct Plan {
     pub stderr: c_int,
     pub status: c_int,
     pub tty: bool,
+    /// With `tty`: a socket to send the terminal's master side back on.
+    pub console: c_int,
     pub drop_caps: Vec<u32>,
     pub keep_mask: u64,
 }
@@ -188,6 +193,16 @@ unsafe fn pid1(
             fail(st, STEP_PRIVATE);
         }
         let root = plan.root.as_ptr();
+        for (path, &want) in plan.lower_paths.iter().zip(&plan.lower_fds) {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if fd < 0 || libc::dup3(fd, want, libc::O_CLOEXEC) < 0 {
+                fail(st, STEP_ROOT);
+            }
+            libc::close(fd);
+        }
         let mounted = match &plan.overlay {
             Some(opts) => libc::mount(
                 c(b"overlay\0"),
@@ -227,6 +242,26 @@ unsafe fn pid1(
             fail(st, STEP_PROC);
         }
         make_dev(st);
+        // A terminal from the sandbox's own devpts (so ttyname works inside): the slave
+        // becomes the standard streams, the master goes back to the parent.
+        let mut stdio = (plan.stdin, plan.stdout, plan.stderr);
+        if plan.tty {
+            let ptmx = libc::open(
+                c(b"/dev/ptmx\0"),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            let unlock: c_int = 0;
+            if ptmx < 0 || libc::ioctl(ptmx, libc::TIOCSPTLCK, &unlock) != 0 {
+                fail(st, STEP_TTY);
+            }
+            let slave = libc::ioctl(ptmx, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+            if slave < 0 || !send_fd(plan.console, ptmx) {
+                fail(st, STEP_TTY);
+            }
+            libc::close(ptmx);
+            libc::fchown(slave, plan.uid, u32::MAX);
+            stdio = (slave, slave, slave);
+        }
         libc::mkdir(c(b"/sys\0"), 0o555);
         // Read-only sysfs as docker gives; not essential, so a failure is ignored.
         libc::mount(
@@ -351,9 +386,9 @@ unsafe fn pid1(
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // The standard streams, and no other descriptor but the status pipe.
         let (i, o, e) = (
-            libc::fcntl(plan.stdin, libc::F_DUPFD_CLOEXEC, 10),
-            libc::fcntl(plan.stdout, libc::F_DUPFD_CLOEXEC, 10),
-            libc::fcntl(plan.stderr, libc::F_DUPFD_CLOEXEC, 10),
+            libc::fcntl(stdio.0, libc::F_DUPFD_CLOEXEC, 10),
+            libc::fcntl(stdio.1, libc::F_DUPFD_CLOEXEC, 10),
+            libc::fcntl(stdio.2, libc::F_DUPFD_CLOEXEC, 10),
         );
         if i < 0
             || o < 0
@@ -473,6 +508,35 @@ unsafe fn make_dev(st: c_int) {
         libc::symlink(c(b"/proc/self/fd/0\0"), c(b"/dev/stdin\0"));
         libc::symlink(c(b"/proc/self/fd/1\0"), c(b"/dev/stdout\0"));
         libc::symlink(c(b"/proc/self/fd/2\0"), c(b"/dev/stderr\0"));
+    }
+}
+
+/// Sends descriptor `fd` over the unix socket `sock` (SCM_RIGHTS), without allocating.
+unsafe fn send_fd(sock: c_int, fd: c_int) -> bool {
+    // SAFETY: msghdr points at stack buffers that live through the call; the control buffer
+    // is aligned (u64) and large enough for one descriptor.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        let space = libc::CMSG_SPACE(size_of::<c_int>() as u32) as usize;
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return false;
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        libc::sendmsg(sock, &msg, 0) == 1
     }
 }
 

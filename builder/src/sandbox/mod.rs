@@ -125,7 +125,9 @@ pub struct Spec {
     pub stdout: OwnedFd,
     /// Standard error.
     pub stderr: OwnedFd,
-    /// Make standard input the controlling terminal (it must be a terminal): for `run -t`.
+    /// Give the command a terminal of the sandbox's own devpts as its standard streams (and
+    /// controlling terminal); its master side is [`Running::terminal`]. The three streams
+    /// above are then unused.
     pub tty: bool,
 }
 
@@ -168,8 +170,10 @@ pub struct Running {
     pid: libc::pid_t,
     /// Closed when the command starts; carries an error before that.
     status: OwnedFd,
-    /// The failed step names, indexed by the child's code.
+    /// argv\[0\], for errors.
     command: String,
+    /// The terminal's master side, with `tty`.
+    terminal: Option<OwnedFd>,
     waited: bool,
 }
 
@@ -352,6 +356,8 @@ fn cap_last() -> u32 {
 pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     let mut keep: Vec<OwnedFd> = Vec::new();
     // The root.
+    let mut lower_paths = Vec::new();
+    let mut lower_fds = Vec::new();
     let (root_dir, overlay) = match &spec.root {
         Root::Dir(d) => (d.clone(), None),
         Root::Overlay {
@@ -360,9 +366,16 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
             work,
             target,
         } => {
+            // The descriptors' numbers go into the options; the child reopens each lower
+            // onto the same number, because overlayfs needs them in its own mount namespace.
             let fds = open_dirs(lowers)?;
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             let opts = overlay_options(&raw, Some((upper, work)))?;
+            lower_fds = raw;
+            lower_paths = lowers
+                .iter()
+                .map(|l| cstr(l.as_os_str().as_bytes()))
+                .collect::<Result<_, _>>()?;
             keep.extend(fds);
             (target.clone(), Some(opts))
         }
@@ -492,7 +505,33 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     for c in DEFAULT_CAPS {
         keep_mask |= 1 << c;
     }
+    // With a terminal: a socket the child sends its master side back on.
+    let console = if spec.tty {
+        let mut sv = [0; 2];
+        // SAFETY: sv has room for two descriptors.
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                sv.as_mut_ptr(),
+            )
+        } != 0
+        {
+            return Err(SandboxError::Prepare {
+                what: "creating a socket for the terminal".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: both were just created.
+        Some(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    } else {
+        None
+    };
     let mut keep_fds: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
+    if let Some((_, theirs)) = &console {
+        keep_fds.push(theirs.as_raw_fd());
+    }
     keep_fds.extend([
         stdin.as_raw_fd(),
         spec.stdout.as_raw_fd(),
@@ -505,6 +544,8 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         keep_fds,
         root: cstr(root_dir.as_os_str().as_bytes())?,
         overlay,
+        lower_paths,
+        lower_fds,
         mounts,
         masked,
         read_only,
@@ -526,6 +567,9 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         stderr: spec.stderr.as_raw_fd(),
         status: status_w.as_raw_fd(),
         tty: spec.tty,
+        console: console
+            .as_ref()
+            .map_or(-1, |(_, theirs)| theirs.as_raw_fd()),
         drop_caps,
         keep_mask,
     };
@@ -543,15 +587,57 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     drop(stdin);
     drop(spec.stdout);
     drop(spec.stderr);
+    let terminal = match console {
+        Some((ours, theirs)) => {
+            drop(theirs);
+            // None when the child failed first; wait() reports why.
+            recv_fd(&ours)
+        }
+        None => None,
+    };
     Ok(Running {
         pid,
         status: status_r,
         command: argv0,
+        terminal,
         waited: false,
     })
 }
 
+/// Receives one descriptor sent with SCM_RIGHTS.
+fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr points at buffers that outlive the call; CMSG_* read within them.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+            return None;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Some(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 impl Running {
+    /// The terminal's master side (with [`Spec::tty`]): what the command writes is read here,
+    /// what is written here is its input.
+    pub fn take_terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
+    }
+
     /// PID 1 of the sandbox, as the host sees it.
     pub fn pid(&self) -> i32 {
         self.pid

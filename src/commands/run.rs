@@ -1,0 +1,331 @@
+//! `wharf run`: an image's command in wharf's sandbox, on an overlay of its layer snapshots
+//! (shared with builds) under a throwaway upper directory, the way `docker run --rm` does.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use wharf_builder::container;
+use wharf_builder::sandbox::{self, Mount, Network, Root, SandboxError, Spec};
+use wharf_builder::snapshot::{Snapshots, chain_ids};
+use wharf_common::digest::Digest;
+use wharf_common::image::Platform;
+
+use crate::cli::RunArgs;
+use crate::commands::build::StoreImages;
+use crate::context::Ctx;
+
+/// Removes the container's directory however `run` ends.
+struct ContainerDir(PathBuf);
+
+impl Drop for ContainerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts the terminal back as it was.
+struct RawMode(libc::termios);
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restoring attributes read from the same descriptor.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
+    }
+}
+
+fn dup(fd: i32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor of this process; the result is checked.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("duplicating a standard stream");
+    }
+    // SAFETY: n was just created and is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn copy_winsize(from: i32, to: i32) {
+    // SAFETY: ioctl with a winsize out-pointer and in-pointer of the right type.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let network: Network = args
+        .network
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--network: {e}"))?;
+    let store = ctx.store().await?;
+    let images = StoreImages {
+        ctx,
+        store: store.clone(),
+    };
+    let img = images
+        .load(&args.image, &Platform::host())
+        .await
+        .with_context(|| format!("image {}", args.image))?;
+    let config = &img.config;
+    // The layers' snapshots, extracted once and shared with builds.
+    let listed: Vec<Option<Digest>> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let diff_ids: Vec<Digest> = img
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, (b, _))| {
+            listed
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| b.digest.clone())
+        })
+        .collect();
+    let chain: Vec<(Digest, PathBuf)> = chain_ids(&diff_ids)
+        .into_iter()
+        .zip(img.layers.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let snapshots = Snapshots::new(store.root().join("snapshots")).map_err(anyhow::Error::msg)?;
+    let snaps = snapshots.clone();
+    let lowers = tokio::task::spawn_blocking(move || snaps.ensure(&chain))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let top_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+
+    let c = &config["config"];
+    let user = args
+        .user
+        .clone()
+        .or_else(|| c["User"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let passwd = container::read_file(&top_first, "/etc/passwd").unwrap_or_default();
+    let group = container::read_file(&top_first, "/etc/group").unwrap_or_default();
+    let mut identity = sandbox::resolve_user(&passwd, &group, &user).map_err(anyhow::Error::msg)?;
+    // docker run lists the primary group among the supplementary ones (BuildKit's RUN does
+    // not).
+    if !identity.groups.contains(&identity.gid) {
+        identity.groups.insert(0, identity.gid);
+    }
+    let id = hex::encode(rand::random::<[u8; 32]>());
+    let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
+    let env = container::environment(
+        config,
+        &args.env,
+        |k| std::env::var(k).ok(),
+        &hostname,
+        &container::home_of(&passwd, identity.uid),
+        args.tty,
+    );
+    let argv = container::command(config, args.entrypoint.as_deref(), &args.command)
+        .map_err(anyhow::Error::msg)?;
+    let cwd = args
+        .workdir
+        .clone()
+        .or_else(|| c["WorkingDir"].as_str().map(str::to_owned))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        anyhow::bail!("the working directory {cwd:?} is invalid: it needs to be an absolute path");
+    }
+
+    // The container: an upper directory next to the snapshots (so overlay can use it), and
+    // the files it gets at /etc.
+    let dir = ContainerDir(store.root().join("containers").join(&id));
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(dir.0.join(d))
+            .with_context(|| format!("creating {}", dir.0.join(d).display()))?;
+    }
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p)
+    };
+    let mut mounts = vec![
+        Mount::Bind {
+            source: write(
+                "hosts",
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
+                ),
+            )?,
+            target: "/etc/hosts".into(),
+            readonly: false,
+        },
+        Mount::Bind {
+            source: write("hostname", format!("{hostname}\n"))?,
+            target: "/etc/hostname".into(),
+            readonly: false,
+        },
+        Mount::Bind {
+            source: write(
+                "resolv.conf",
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )?,
+            target: "/etc/resolv.conf".into(),
+            readonly: false,
+        },
+    ];
+    for v in &args.volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (host, target, readonly) = match parts.as_slice() {
+            [h, t] => (*h, *t, false),
+            [h, t, "ro"] => (*h, *t, true),
+            [h, t, "rw"] => (*h, *t, false),
+            _ => anyhow::bail!("-v {v}: expected HOST:CONTAINER[:ro]"),
+        };
+        if !host.starts_with('/') {
+            anyhow::bail!(
+                "-v {v}: {host:?} is not an absolute host path (named volumes are not supported)"
+            );
+        }
+        if !target.starts_with('/') {
+            anyhow::bail!("-v {v}: the container path {target:?} must be absolute");
+        }
+        if !std::path::Path::new(host).exists() {
+            // As docker: a missing host directory is created.
+            std::fs::create_dir_all(host).with_context(|| format!("-v {v}: creating {host}"))?;
+        }
+        mounts.push(Mount::Bind {
+            source: PathBuf::from(host),
+            target: target.to_owned(),
+            readonly,
+        });
+    }
+
+    // Standard streams: ours (with -t the sandbox makes a terminal and they go unused).
+    let stdin = if args.interactive && !args.tty {
+        Some(dup(0)?)
+    } else {
+        None
+    };
+    let (stdout, stderr) = (dup(1)?, dup(2)?);
+    let spec = Spec {
+        root: Root::Overlay {
+            lowers: top_first,
+            upper: dir.0.join("upper"),
+            work: dir.0.join("work"),
+            target: dir.0.join("merged"),
+        },
+        argv: argv.clone(),
+        env,
+        cwd,
+        user: identity,
+        hostname,
+        network,
+        mounts,
+        stdin,
+        stdout,
+        stderr,
+        tty: args.tty,
+    };
+    let mut running = match sandbox::start(spec) {
+        Ok(r) => r,
+        Err(e) => return Ok(start_failed(&e)),
+    };
+    let pid = running.pid();
+    let pty_master = running.take_terminal();
+    if let Some(m) = &pty_master {
+        copy_winsize(1, m.as_raw_fd());
+    }
+    // The terminal, raw, relayed both ways.
+    let _raw = match &pty_master {
+        Some(m) => {
+            let raw = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                // SAFETY: termios is plain data filled by tcgetattr.
+                unsafe {
+                    let mut t: libc::termios = std::mem::zeroed();
+                    if libc::tcgetattr(0, &mut t) == 0 {
+                        let saved = t;
+                        libc::cfmakeraw(&mut t);
+                        libc::tcsetattr(0, libc::TCSANOW, &t);
+                        Some(RawMode(saved))
+                    } else {
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let (to_in, from_out) = (m.try_clone()?, m.try_clone()?);
+            if args.interactive {
+                std::thread::spawn(move || {
+                    let mut w = std::fs::File::from(to_in);
+                    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+                });
+            }
+            std::thread::spawn(move || {
+                let mut r = std::fs::File::from(from_out);
+                let _ = std::io::copy(&mut r, &mut std::io::stdout().lock());
+            });
+            raw
+        }
+        None => None,
+    };
+    // Signals go to the container (its PID 1 passes them to the command).
+    let master_fd = pty_master.as_ref().map(AsRawFd::as_raw_fd);
+    let forward = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::hangup(), libc::SIGHUP),
+            (SignalKind::quit(), libc::SIGQUIT),
+            (SignalKind::user_defined1(), libc::SIGUSR1),
+            (SignalKind::user_defined2(), libc::SIGUSR2),
+            (SignalKind::window_change(), libc::SIGWINCH),
+        ];
+        let mut streams = Vec::new();
+        for (k, n) in kinds {
+            if let Ok(s) = signal(k) {
+                streams.push((s, n));
+            }
+        }
+        loop {
+            let futs = streams.iter_mut().map(|(s, n)| {
+                let n = *n;
+                Box::pin(async move {
+                    s.recv().await;
+                    n
+                })
+            });
+            let (sig, _, _) = futures_util::future::select_all(futs).await;
+            if sig == libc::SIGWINCH
+                && let Some(m) = master_fd
+            {
+                copy_winsize(1, m);
+            }
+            // SAFETY: kill has no memory preconditions; pid is our child until it is reaped.
+            unsafe { libc::kill(pid, sig) };
+        }
+    });
+    let result = tokio::task::spawn_blocking(move || running.wait()).await?;
+    forward.abort();
+    drop(_raw);
+    match result {
+        Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(255))),
+        Err(e) => Ok(start_failed(&e)),
+    }
+}
+
+/// docker's exit codes when the command cannot start: 127 not found, 126 not executable, 125
+/// anything else.
+fn start_failed(e: &SandboxError) -> ExitCode {
+    crate::printer::err_line(&format!("wharf: {e}"));
+    match e {
+        SandboxError::Exec { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => ExitCode::from(127),
+            _ => ExitCode::from(126),
+        },
+        _ => ExitCode::from(125),
+    }
+}
