@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Give the container a terminal
     #[arg(short, long)]
     pub tty: bool,
+    /// Run an init as PID 1 that reaps orphans and forwards signals
+    #[arg(long)]
+    pub init: bool,
     /// Set an environment variable: KEY=VALUE, or KEY to pass this one's value
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -227,6 +227,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         stdout,
         stderr,
         tty: args.tty,
+        init: args.init,
     };
     let mut running = match sandbox::start(spec) {
         Ok(r) => r,

@@ -8,15 +8,16 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/build")
         .join(name)
 }
 
 /// Extracts a `docker save`-style archive's image (the first in manifest.json) into `root`,
-/// layer by layer, with GNU tar (owners and modes kept).
-fn extract_image(archive: &Path, root: &Path) {
+/// layer by layer, with GNU tar (owners and modes kept), applying each layer's whiteouts and
+/// opaque directories first. Returns the config's history as (created_by, empty_layer).
+fn extract_image(archive: &Path, root: &Path) -> History {
     let tmp = tempfile::tempdir().unwrap();
     let ok = Command::new("tar")
         .arg("-xf")
@@ -31,12 +32,37 @@ fn extract_image(archive: &Path, root: &Path) {
     std::fs::create_dir_all(root).unwrap();
     for layer in manifest[0]["Layers"].as_array().unwrap() {
         let path = tmp.path().join(layer.as_str().unwrap());
+        let list = Command::new("tar").arg("-tf").arg(&path).output().unwrap();
+        for name in String::from_utf8_lossy(&list.stdout).lines() {
+            let name = name.trim_start_matches("./");
+            let (dir, base) = name.rsplit_once('/').unwrap_or(("", name));
+            if base == ".wh..wh..opq" {
+                if let Ok(children) = std::fs::read_dir(root.join(dir)) {
+                    for c in children.flatten() {
+                        let p = c.path();
+                        if p.is_dir() && !p.is_symlink() {
+                            std::fs::remove_dir_all(&p).unwrap();
+                        } else {
+                            std::fs::remove_file(&p).unwrap();
+                        }
+                    }
+                }
+            } else if let Some(victim) = base.strip_prefix(".wh.") {
+                let p = root.join(dir).join(victim);
+                if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p).unwrap();
+                } else if std::fs::symlink_metadata(&p).is_ok() {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
+        }
         let ok = Command::new("tar")
             .args([
                 "-x",
                 "--same-owner",
                 "--same-permissions",
                 "--numeric-owner",
+                "--exclude=.wh.*",
                 "-f",
             ])
             .arg(&path)
@@ -46,6 +72,23 @@ fn extract_image(archive: &Path, root: &Path) {
             .unwrap();
         assert!(ok.success(), "extracting {}", path.display());
     }
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join(manifest[0]["Config"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    config["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| {
+                    (
+                        e["created_by"].as_str().unwrap_or("").to_owned(),
+                        e["empty_layer"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Every path under `root` with its type, mode, owner, size, content digest and link target.
@@ -83,7 +126,8 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-const CONFIG_KEYS: [&str; 12] = [
+const CONFIG_KEYS: [&str; 13] = [
+    "ArgsEscaped",
     "Env",
     "Cmd",
     "Entrypoint",
@@ -114,23 +158,32 @@ fn issue_4_build_without_run_matches_buildkit() {
 
     let ctx = fixture("no-run");
     // The final image, and a FROM scratch stage picked with --target.
-    let ours = compare_with_buildkit(&d, &w, &ctx, &[]);
+    let ours = compare_with_buildkit(&d, &w, &ctx, &[]).tree;
     assert!(!ours.contains_key("secret.txt") && ours.contains_key("srv/owned/s.txt"));
-    let minimal = compare_with_buildkit(&d, &w, &ctx, &["--target", "minimal"]);
+    let minimal = compare_with_buildkit(&d, &w, &ctx, &["--target", "minimal"]).tree;
     assert!(
         minimal.contains_key("bin/hello") && minimal.contains_key("a.conf"),
         "{minimal:?}"
     );
 }
 
-/// Builds `ctx` with BuildKit and with wharf (same extra flags), compares the configs and the
-/// file trees, and returns wharf's tree.
-fn compare_with_buildkit(
+/// An image's history: (created_by, empty_layer) per step.
+pub(crate) type History = Vec<(String, bool)>;
+
+/// What [`compare_with_buildkit`] found equal: wharf's tree, and both histories.
+pub(crate) struct Compared {
+    pub tree: BTreeMap<String, String>,
+    pub history: (History, History),
+}
+
+/// Builds `ctx` with BuildKit and with wharf (same extra flags, `bk:1` and `wh:1`), compares
+/// the configs and the file trees, and returns wharf's tree and both histories.
+pub(crate) fn compare_with_buildkit(
     d: &Dockerd,
     w: &Wharf,
     ctx: &Path,
     flags: &[&str],
-) -> BTreeMap<String, String> {
+) -> Compared {
     let out = Command::new("/usr/bin/docker")
         .args([
             "-H",
@@ -186,8 +239,8 @@ fn compare_with_buildkit(
     w.run(&["save", "-o", wh_tar.to_str().unwrap(), "wh:1"])
         .ok();
     let (bk_root, wh_root) = (tmp.path().join("bk"), tmp.path().join("wh"));
-    extract_image(&bk_tar, &bk_root);
-    extract_image(&wh_tar, &wh_root);
+    let bk_history = extract_image(&bk_tar, &bk_root);
+    let wh_history = extract_image(&wh_tar, &wh_root);
     let (theirs, ours) = (tree(&bk_root), tree(&wh_root));
     assert!(!theirs.is_empty(), "BuildKit's tree is empty");
     let mut diffs = Vec::new();
@@ -208,7 +261,10 @@ fn compare_with_buildkit(
         "{flags:?}: file trees differ:\n{}",
         diffs.join("\n")
     );
-    ours
+    Compared {
+        tree: ours,
+        history: (bk_history, wh_history),
+    }
 }
 
 #[test]

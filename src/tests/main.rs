@@ -8,6 +8,7 @@ mod fake;
 mod faults;
 mod layout;
 mod registry;
+mod run;
 mod serve;
 mod store;
 mod support;

@@ -535,6 +535,7 @@ pub(super) fn run(
         stdout: out_w,
         stderr: err_w,
         tty: false,
+        init: true,
     });
     let code = match started {
         Ok(running) => {

@@ -28,6 +28,8 @@ pub(super) struct Plan {
     pub keep_fds: Vec<c_int>,
     pub root: CString,
     pub overlay: Option<CString>,
+    /// Detached mounts of the host's device nodes, and where each goes in /dev.
+    pub dev_trees: Vec<(c_int, CString)>,
     /// The overlay's lower directories, and the descriptor number each must be opened on.
     pub lower_paths: Vec<CString>,
     pub lower_fds: Vec<c_int>,
@@ -49,6 +51,8 @@ pub(super) struct Plan {
     pub stderr: c_int,
     pub status: c_int,
     pub tty: bool,
+    /// PID 1 stays ours (reaping, forwarding signals) and the command runs as PID 2.
+    pub init: bool,
     /// With `tty`: a socket to send the terminal's master side back on.
     pub console: c_int,
     pub drop_caps: Vec<u32>,
@@ -208,16 +212,29 @@ unsafe fn pid1(
                 c(b"overlay\0"),
                 root,
                 c(b"overlay\0"),
-                0,
+                libc::MS_NODEV,
                 opts.as_ptr().cast(),
             ),
-            None => libc::mount(
-                root,
-                root,
-                NONE,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ),
+            None => {
+                if libc::mount(
+                    root,
+                    root,
+                    NONE,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) == 0
+                {
+                    libc::mount(
+                        NONE,
+                        root,
+                        NONE,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV,
+                        std::ptr::null(),
+                    )
+                } else {
+                    -1
+                }
+            }
         };
         if mounted != 0 {
             fail(st, STEP_ROOT);
@@ -241,7 +258,7 @@ unsafe fn pid1(
         {
             fail(st, STEP_PROC);
         }
-        make_dev(st);
+        make_dev(st, &plan.dev_trees);
         // A terminal from the sandbox's own devpts (so ttyname works inside): the slave
         // becomes the standard streams, the master goes back to the parent.
         let mut stdio = (plan.stdin, plan.stdout, plan.stderr);
@@ -405,6 +422,10 @@ unsafe fn pid1(
         let max = c_ulong::MAX as libc::c_uint;
         libc::syscall(libc::SYS_close_range, 3u32, (st - 1) as libc::c_uint, 0u32);
         libc::syscall(libc::SYS_close_range, (st + 1) as libc::c_uint, max, 0u32);
+        if !plan.init {
+            // The command is PID 1 itself, as docker runs it without --init.
+            command(plan, argv, env, groups, st);
+        }
         for sig in FORWARDED {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = forward as *const () as usize;
@@ -448,33 +469,39 @@ unsafe fn pid1(
 }
 
 /// A minimal /dev on a tmpfs: null, zero, full, random, urandom, tty, pts, shm and the fd links.
-unsafe fn make_dev(st: c_int) {
-    // SAFETY: system calls on static NUL-terminated strings.
+unsafe fn make_dev(st: c_int, nodes: &[(c_int, CString)]) {
+    // SAFETY: system calls on static NUL-terminated strings and prepared descriptors.
     unsafe {
         libc::mkdir(c(b"/dev\0"), 0o755);
+        // nodev: a node made here (CAP_MKNOD is in docker's set) cannot be opened.
         if libc::mount(
             c(b"tmpfs\0"),
             c(b"/dev\0"),
             c(b"tmpfs\0"),
-            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME,
             c(b"mode=755,size=65536k\0").cast(),
         ) != 0
         {
             fail(st, STEP_DEV);
         }
-        let nodes: [(&[u8], u32, u32); 6] = [
-            (b"/dev/null\0", 1, 3),
-            (b"/dev/zero\0", 1, 5),
-            (b"/dev/full\0", 1, 7),
-            (b"/dev/random\0", 1, 8),
-            (b"/dev/urandom\0", 1, 9),
-            (b"/dev/tty\0", 5, 0),
-        ];
-        for (path, major, minor) in nodes {
-            if libc::mknod(
-                path.as_ptr().cast(),
-                libc::S_IFCHR | 0o666,
-                libc::makedev(major, minor),
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+        for (tree, path) in nodes {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o666,
+            );
+            if fd < 0 {
+                fail(st, STEP_DEV);
+            }
+            libc::close(fd);
+            if libc::syscall(
+                libc::SYS_move_mount,
+                *tree,
+                c(b"\0"),
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
             ) != 0
             {
                 fail(st, STEP_DEV);

@@ -6,10 +6,12 @@
 //! string and file descriptor, then `clone(2)`s a child that only makes system calls (it must
 //! not allocate: the parent is multi-threaded), see [`child`].
 //!
-//! The container's PID 1 is a copy of this process that never `exec`s. It makes itself
+//! With [`Spec::init`] (RUN, `run --init`) the container's PID 1 is a copy of this process that
+//! never `exec`s: it reaps orphans and passes signals on to the command. It makes itself
 //! non-dumpable, so nothing inside can open `/proc/1/exe`, `/proc/1/root` or its descriptors
 //! (the runc `/proc/self/exe` escape), and it closes every descriptor except the command's
-//! standard streams before starting it.
+//! standard streams before starting it. Without, the command itself is PID 1, as in
+//! `docker run`.
 
 mod child;
 
@@ -125,6 +127,9 @@ pub struct Spec {
     pub stdout: OwnedFd,
     /// Standard error.
     pub stderr: OwnedFd,
+    /// Keep a PID 1 of wharf's that reaps orphans and passes signals on, the command running
+    /// under it (RUN; `run --init`); otherwise the command is PID 1, as `docker run` has it.
+    pub init: bool,
     /// Give the command a terminal of the sandbox's own devpts as its standard streams (and
     /// controlling terminal); its master side is [`Running::terminal`]. The three streams
     /// above are then unused.
@@ -193,6 +198,16 @@ const DEFAULT_CAPS: [u32; 14] = [
     27, // MKNOD
     29, // AUDIT_WRITE
     31, // SETFCAP
+];
+
+/// The device nodes a sandbox's /dev has (besides its own pts, ptmx and shm).
+const DEV_NODES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
 ];
 
 /// /proc and /sys paths docker hides (a file gets /dev/null, a directory an empty tmpfs).
@@ -272,10 +287,11 @@ fn open_path(p: &Path, extra: i32) -> Result<OwnedFd, SandboxError> {
 
 /// A detached copy of the mount tree at `source` (`open_tree(2)`), which the sandbox attaches
 /// inside its own mount namespace with `move_mount(2)`; read-only when asked.
-fn detached_tree(source: &Path, readonly: bool) -> Result<OwnedFd, SandboxError> {
+fn detached_tree(source: &Path, readonly: bool, nodev: bool) -> Result<OwnedFd, SandboxError> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const AT_RECURSIVE: libc::c_uint = 0x8000;
     const MOUNT_ATTR_RDONLY: u64 = 1;
+    const MOUNT_ATTR_NODEV: u64 = 4;
     #[repr(C)]
     struct MountAttr {
         set: u64,
@@ -302,9 +318,11 @@ fn detached_tree(source: &Path, readonly: bool) -> Result<OwnedFd, SandboxError>
     }
     // SAFETY: fd was just returned to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    if readonly {
+    let set =
+        if readonly { MOUNT_ATTR_RDONLY } else { 0 } | if nodev { MOUNT_ATTR_NODEV } else { 0 };
+    if set != 0 {
         let attr = MountAttr {
-            set: MOUNT_ATTR_RDONLY,
+            set,
             clear: 0,
             propagation: 0,
             userns: 0,
@@ -402,7 +420,9 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
                     what: format!("mount source {}", source.display()),
                     source: e,
                 })?;
-                let fd = detached_tree(source, *readonly)?;
+                // No device node under a mount can be opened: without a device cgroup, that
+                // is what keeps a mknod'd disk out of reach.
+                let fd = detached_tree(source, *readonly, true)?;
                 mounts.push(child::MountPlan {
                     tree: fd.as_raw_fd(),
                     source: cstr(b"")?,
@@ -528,6 +548,14 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     } else {
         None
     };
+    // The standard device nodes: the host's, each its own mount on the sandbox's /dev (which,
+    // like the root, is mounted nodev).
+    let mut dev_trees = Vec::new();
+    for node in DEV_NODES {
+        let fd = detached_tree(Path::new(node), false, false)?;
+        dev_trees.push((fd.as_raw_fd(), cstr(node.as_bytes())?));
+        keep.push(fd);
+    }
     let mut keep_fds: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
     if let Some((_, theirs)) = &console {
         keep_fds.push(theirs.as_raw_fd());
@@ -544,6 +572,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         keep_fds,
         root: cstr(root_dir.as_os_str().as_bytes())?,
         overlay,
+        dev_trees,
         lower_paths,
         lower_fds,
         mounts,
@@ -567,6 +596,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         stderr: spec.stderr.as_raw_fd(),
         status: status_w.as_raw_fd(),
         tty: spec.tty,
+        init: spec.init,
         console: console
             .as_ref()
             .map_or(-1, |(_, theirs)| theirs.as_raw_fd()),

@@ -27,6 +27,7 @@ fn busybox_root() -> Option<tempfile::TempDir> {
     std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "echo", "id", "cat", "ls", "pwd", "hostname", "mount", "touch", "ps", "sleep",
+        "mknod", "head", "wc", "mkdir", "grep", "sort",
     ] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
     }
@@ -60,6 +61,7 @@ fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut Spec)) -> (i32, String,
         stdout: out_w,
         stderr: err_w,
         tty: false,
+        init: true,
     };
     tweak(&mut spec);
     let running = start(spec).unwrap();
@@ -88,6 +90,11 @@ fn runs_with_env_cwd_hostname_and_exit_code() {
     assert_eq!(out, "hello there\n/tmp\nsandboxed\n2\n");
     let (code, _, err) = sh(root.path(), "kill -TERM $$", |_| {});
     assert_eq!(code, 128 + 15, "{err}");
+    // Without init the command is PID 1, which a signal it has no handler for leaves alone.
+    let (code, out, err) = sh(root.path(), "echo $$; kill -TERM $$; echo alive", |s| {
+        s.init = false;
+    });
+    assert_eq!((code, out.as_str()), (0, "1\nalive\n"), "{err}");
 }
 
 #[test]
@@ -138,6 +145,25 @@ fn contained_processes_network_and_mounts() {
         |_| {},
     );
     assert_eq!((code, out.as_str()), (0, ""));
+    // A device node made inside cannot be opened: the host's disk stays out of reach.
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata("/").unwrap());
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    for at in ["/tmp/disk", "/dev/disk"] {
+        let (_, out, _) = sh(
+            root.path(),
+            &format!(
+                "mknod {at} b {major} {minor} && head -c 1 {at} >/dev/null 2>&1 && echo read; true"
+            ),
+            |_| {},
+        );
+        assert_eq!(out, "", "read the host's disk through {at}");
+    }
+    let (code, out, _) = sh(
+        root.path(),
+        "head -c 4 /dev/zero | wc -c; echo x > /dev/null",
+        |_| {},
+    );
+    assert_eq!((code, out.trim()), (0, "4"), "the standard nodes work");
     // With no network, only loopback, and it is up.
     let (code, out, err) = sh(root.path(), "ls /sys/class/net", |s| {
         s.network = Network::None
@@ -168,6 +194,7 @@ fn contained_processes_network_and_mounts() {
         stdout: w,
         stderr: w2,
         tty: false,
+        init: true,
     })
     .unwrap_err();
     assert!(e.to_string().starts_with("no-such-command: "), "{e}");

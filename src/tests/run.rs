@@ -1,0 +1,422 @@
+//! RUN in wharf's sandbox and `wharf run` (issue 5): builds with RUN against BuildKit, runs
+//! against `docker run`, containment, cache mounts, secrets, and cleanup after failures.
+
+use std::process::{Command, Stdio};
+
+use crate::build::{compare_with_buildkit, fixture};
+use crate::support::*;
+
+/// Mounts visible on the host under the store of `w`.
+fn host_mounts(w: &Wharf) -> Vec<String> {
+    let root = w.root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !cmd.contains("cargo") {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// Entries under the store's scratch places (staging, snapshot temp, containers).
+fn leftovers(w: &Wharf) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in ["tmp", "snapshots/tmp", "containers"] {
+        if let Ok(list) = std::fs::read_dir(w.root.join(d)) {
+            for e in list.flatten() {
+                out.push(format!("{d}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+fn ready() -> bool {
+    have_root() && have_busybox() && have("tar")
+}
+
+#[test]
+fn issue_5_builds_with_run_match_buildkit_and_run_like_docker() {
+    if !ready() {
+        return;
+    }
+    let Some(d) = Dockerd::start() else { return };
+    let w = Wharf::new();
+    w.load_busybox();
+    let base = w.dir().join("busybox.tar");
+    w.run(&["save", "-o", base.to_str().unwrap(), "busybox"])
+        .ok();
+    d.docker(&["load", "-i", base.to_str().unwrap()]).ok();
+    // IMG stands for the image each built.
+    let docker_run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend(args.iter().map(|a| if *a == "IMG" { "bk:1" } else { a }));
+        let out = Command::new("/usr/bin/docker")
+            .args(["-H", &format!("unix://{}", d.sock)])
+            .args(&all)
+            .output()
+            .unwrap();
+        run_output(out)
+    };
+    let wharf_run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend(args.iter().map(|a| if *a == "IMG" { "wh:1" } else { a }));
+        w.run(&all)
+    };
+
+    for name in ["zookeeper", "webapp"] {
+        let c = compare_with_buildkit(&d, &w, &fixture(name), &["--network", "none"]);
+        // The same steps, each with a layer or not as BuildKit made it.
+        assert_eq!(c.history.0, c.history.1, "{name}: histories differ");
+        // The built images run the same.
+        let (theirs, ours) = (docker_run(&["IMG"]), wharf_run(&["IMG"]));
+        assert_eq!(
+            (ours.status, ours.stdout.as_str()),
+            (theirs.status, theirs.stdout.as_str()),
+            "{name}: wharf run's stderr: {}",
+            ours.stderr
+        );
+        assert!(!ours.stdout.is_empty());
+        match name {
+            "zookeeper" => {
+                assert!(c.tree.contains_key("opt/zookeeper/conf/zoo.cfg"));
+                assert!(!c.tree.contains_key("tmp/dist"), "rm -rf left it");
+            }
+            _ => {
+                assert!(!c.tree.contains_key("bin/ash") && !c.tree.contains_key("var/spool"));
+                assert!(
+                    !c.tree.contains_key("usr/sbin/chroot"),
+                    "the opaque /usr/sbin"
+                );
+                assert!(
+                    c.tree["srv/app/data"].contains("mode 750 owner 1001:1001"),
+                    "{:?}",
+                    c.tree["srv/app/data"]
+                );
+                assert!(c.tree["srv/app/logs"].contains("mode 2775"));
+            }
+        }
+    }
+    // Exit codes, env, user, workdir and output as docker's, flags and image defaults alike.
+    for args in [
+        &["busybox", "sh", "-c", "echo $A $HOME; pwd; id; exit 3"][..],
+        &[
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "33",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $A $HOME; pwd; id; exit 3",
+        ],
+        &["-u", "nobody:users", "busybox", "id"],
+        &["--entrypoint", "ls", "IMG", "-1", "/srv/app/static"],
+        &["-u", "0", "IMG"],
+        &["busybox", "sh", "-c", "kill -TERM $$"],
+        &["busybox", "no-such-command"],
+    ] {
+        let (theirs, ours) = (docker_run(args), wharf_run(args));
+        assert_eq!(
+            (ours.status, ours.stdout.as_str()),
+            (theirs.status, theirs.stdout.as_str()),
+            "wharf run {args:?}: {}\ndocker: {}",
+            ours.stderr,
+            theirs.stderr
+        );
+    }
+    assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
+}
+
+#[test]
+fn issue_5_run_cannot_reach_the_host() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    // Every attempt records what happened; none may succeed.
+    let marker = format!("wharf-escape-{}", std::process::id());
+    let host_file = std::env::temp_dir().join(&marker);
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata("/").unwrap());
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let df = format!(
+        r#"FROM busybox
+RUN ln -s / /hostroot && ln -s /proc/1/root /pid1root
+RUN echo x > /hostroot/{marker}; echo x > /pid1root/{marker}; \
+    (echo x > /proc/1/root/tmp/{marker}) 2>/dev/null && echo wrote-pid1-root >> /report; \
+    (mount -t tmpfs t /mnt) 2>/dev/null && echo mounted >> /report; \
+    (mount --bind / /mnt) 2>/dev/null && echo bind-mounted >> /report; \
+    (cat /proc/1/environ) >/dev/null 2>&1 && echo read-pid1-environ >> /report; \
+    (ls /proc/1/cwd/) >/dev/null 2>&1 && echo listed-pid1-cwd >> /report; \
+    (readlink /proc/1/exe) >/dev/null 2>&1 && echo read-pid1-exe-link >> /report; \
+    (cp /bin/busybox /proc/self/exe) 2>/dev/null && echo overwrote-self-exe >> /report; \
+    (cp /bin/busybox /proc/1/exe) 2>/dev/null && echo overwrote-pid1-exe >> /report; \
+    (echo 1 > /proc/sys/kernel/panic) 2>/dev/null && echo wrote-proc-sys >> /report; \
+    (echo b > /proc/sysrq-trigger) 2>/dev/null && echo sysrq >> /report; \
+    (mknod /dev/disk b {major} {minor} && head -c 1 /dev/disk) >/dev/null 2>&1 && echo read-disk >> /report; \
+    (mknod /disk b {major} {minor} && head -c 1 /disk) >/dev/null 2>&1 && echo read-disk-in-root >> /report; \
+    ls /proc | grep -cE '^[0-9]+$' > /pids; \
+    ls /tmp/{marker} >/dev/null 2>&1 && echo sees-host-tmp >> /report; \
+    touch /report
+"#
+    );
+    std::fs::write(ctx.path().join("Dockerfile"), df).unwrap();
+    w.run(&["build", "-t", "probe", ctx.path().to_str().unwrap()])
+        .ok();
+    assert!(!host_file.exists(), "a RUN wrote {}", host_file.display());
+    assert!(!std::path::Path::new("/").join(&marker).exists());
+    let report = w
+        .run(&["run", "--rm", "probe", "sh", "-c", "cat /report; cat /pids"])
+        .stdout;
+    let mut lines = report.lines();
+    let mut escapes = Vec::new();
+    let pids = loop {
+        match lines.next() {
+            Some(l) if l.parse::<u32>().is_ok() => break l.parse::<u32>().unwrap(),
+            Some(l) => escapes.push(l.to_owned()),
+            None => panic!("no process count in {report:?}"),
+        }
+    };
+    assert!(escapes.is_empty(), "escapes: {escapes:?}");
+    assert!(pids <= 6, "RUN sees {pids} processes: the host's /proc");
+    // The symlinks pointed inside the image: the writes landed there.
+    let inside = w
+        .run(&["run", "--rm", "probe", "cat", &format!("/{marker}")])
+        .ok();
+    assert_eq!(inside.stdout, "x\n");
+}
+
+#[test]
+fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let marker = format!("wharf-sleeper-{}", std::process::id());
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nRUN echo started; (sleep 300; echo {marker}) & echo spawned; exit 7\n"
+        ),
+    )
+    .unwrap();
+    let failed = w
+        .run(&["build", "-t", "f", ctx.path().to_str().unwrap()])
+        .fails();
+    assert!(
+        failed.stderr.contains("Dockerfile:2")
+            && failed.stderr.contains("exit code: 7")
+            && failed.stderr.contains("spawned"),
+        "{}",
+        failed.stderr
+    );
+    assert!(processes_with(&format!("echo {marker}")).is_empty());
+    assert!(host_mounts(&w).is_empty(), "{:?}", host_mounts(&w));
+    assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
+
+    // Ctrl-C in the middle of a RUN.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM busybox\nRUN echo {marker}-running; sleep 300\n"),
+    )
+    .unwrap();
+    let mut child = w
+        .cmd()
+        .args(["build", "-t", "c", ctx.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with("sleep 300").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        processes_with("sleep 300").is_empty(),
+        "{:?}",
+        processes_with("sleep 300")
+    );
+    assert!(host_mounts(&w).is_empty(), "{:?}", host_mounts(&w));
+    assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
+}
+
+#[test]
+fn issue_5_cache_mounts_persist_and_secrets_stay_out() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let secret = ctx.path().join("token.txt");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    std::fs::write(ctx.path().join("input"), "1\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         COPY input /input\n\
+         RUN --mount=type=cache,target=/cache,id=counter \
+             n=$(cat /cache/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /cache/n; echo $n > /runs\n\
+         RUN --mount=type=secret,id=token \
+             test \"$(sha256sum < /run/secrets/token | cut -c1-64)\" = SUM && echo secret-ok > /secret-check\n\
+         RUN --mount=type=secret,id=token,env=TOKEN test \"$(printf %s \"$TOKEN\" | sha256sum | cut -c1-64)\" = SUM\n\
+         RUN --mount=type=tmpfs,target=/scratch echo t > /scratch/t && ls /scratch > /tmpfs-check\n\
+         RUN --mount=type=bind,source=input,target=/in cat /in > /bound\n",
+    )
+    .unwrap();
+    // The Dockerfile names the secret by its digest only.
+    let df = std::fs::read_to_string(ctx.path().join("Dockerfile"))
+        .unwrap()
+        .replace("SUM", &sha256_hex(b"s3cr3t-value"));
+    std::fs::write(ctx.path().join("Dockerfile"), df).unwrap();
+    let src = format!("id=token,src={}", secret.display());
+    let c = ctx.path().to_str().unwrap();
+    w.run(&["build", "--secret", &src, "-t", "m:1", c]).ok();
+    // Another input: the cache step runs again and finds the count it left.
+    std::fs::write(ctx.path().join("input"), "2\n").unwrap();
+    w.run(&["build", "--secret", &src, "-t", "m:2", c]).ok();
+    let out = w
+        .run(&["run", "--rm", "m:2", "sh", "-c", "cat /runs /secret-check /tmpfs-check /bound; ls -d /cache /run/secrets /scratch 2>/dev/null | wc -l"])
+        .ok()
+        .stdout;
+    // Mount points made for the steps are not in the image.
+    assert_eq!(
+        out, "2\nsecret-ok\nt\n2\n0\n",
+        "cache count, secret, tmpfs, bind"
+    );
+    // The secret is in no layer, no history line and no config.
+    let archive = w.dir().join("m.tar");
+    w.run(&["save", "-o", archive.to_str().unwrap(), "m:2"])
+        .ok();
+    let x = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(x.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stack = vec![x.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let raw = std::fs::read(&p).unwrap();
+            let mut data = Vec::new();
+            if flate2::read::GzDecoder::new(raw.as_slice())
+                .read_to_end(&mut data)
+                .is_err()
+            {
+                data = raw;
+            }
+            assert!(
+                !data.windows(12).any(|w| w == b"s3cr3t-value"),
+                "the secret is in {}",
+                p.display()
+            );
+        }
+    }
+    // A secret the build needs but was not given fails clearly.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=secret,id=absent,required cat /run/secrets/absent\n",
+    )
+    .unwrap();
+    let e = w.run(&["build", c]).fails();
+    assert!(
+        e.stderr.contains("secret absent is required"),
+        "{}",
+        e.stderr
+    );
+    // builder prune drops the cache mounts: the count starts over.
+    w.run(&["builder", "prune", "-f"]).ok();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/cache,id=counter ls /cache | wc -l > /n\n",
+    )
+    .unwrap();
+    w.run(&["build", "-t", "p", c]).ok();
+    assert_eq!(w.run(&["run", "p", "cat", "/n"]).ok().stdout, "0\n");
+}
+
+#[test]
+fn issue_5_run_pulls_a_missing_image_and_passes_stdin() {
+    if !ready() {
+        return;
+    }
+    let Some(reg) = Registry::start() else {
+        assert!(!in_ci(), "docker-registry is required under CI=true");
+        return;
+    };
+    let w = Wharf::new();
+    w.load_busybox();
+    let name = format!("{}/lib/busybox:1", reg.addr);
+    w.run(&["tag", "busybox", &name]).ok();
+    w.run(&["push", &name]).ok();
+    let fresh = Wharf::new();
+    let out = fresh.run(&["run", "--rm", &name, "echo", "pulled"]).ok();
+    assert_eq!(out.stdout, "pulled\n");
+    let piped = fresh
+        .run_stdin(&["run", "-i", &name, "tr", "a-z", "A-Z"], b"shout\n")
+        .ok();
+    assert_eq!(piped.stdout, "SHOUT\n");
+    // A volume, read-only and read-write.
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("in"), "from host\n").unwrap();
+    let spec = format!("{}:/data", vol.path().display());
+    let ro = format!("{}:/ro:ro", vol.path().display());
+    let out = fresh
+        .run(&[
+            "run",
+            "-v",
+            &spec,
+            "-v",
+            &ro,
+            &name,
+            "sh",
+            "-c",
+            "cat /data/in; echo new > /data/out; touch /ro/x 2>/dev/null || echo ro",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "from host\nro\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("out")).unwrap(),
+        "new\n"
+    );
+}
+
+use std::io::Read as _;
