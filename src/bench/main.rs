@@ -4,7 +4,10 @@
 //! ```text
 //! cargo bench --bench compare -- transfer [--rounds N] [--big-mib N] [--small-layers N]
 //! cargo bench --bench compare -- registry [--rounds N] [--big-mib N] [--small-layers N]
+//! cargo bench --bench compare -- build [--rounds N]
 //! ```
+//! `build`: see `build.rs`: cold, no-op and one-file builds against BuildKit and buildah, and
+//! the start of `run IMAGE true` against docker and podman.
 //! `transfer`: push and pull, with wharf and with skopeo, of an image with one large random
 //! layer (1 GiB by default) and of one with 200 layers of 100 KiB, against Debian's
 //! docker-registry on a loopback port. Throughput ratios are wharf's over skopeo's (higher is
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+mod build;
 mod registry;
 
 struct Args {
@@ -298,7 +302,8 @@ fn main() {
         match what.as_str() {
             "transfer" => transfer(&args),
             "registry" => registry::bench(&args),
-            other => eprintln!("unknown benchmark {other:?} (known: transfer, registry)"),
+            "build" => build::bench(&args),
+            other => eprintln!("unknown benchmark {other:?} (known: transfer, registry, build)"),
         }
     }
 }

@@ -377,25 +377,8 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("build cancelled");
         }
     }?;
-    let dest = LocalDest::new(store.clone(), false).await?;
-    let silent = wharf_common::progress::Silent;
-    match copy_image(
-        built.image(),
-        &dest,
-        None,
-        &names,
-        &CopyOptions::default(),
-        &silent,
-    )
-    .await
-    {
-        Ok(_) => dest.finish().await?,
-        Err(e) => {
-            let _ = dest.abort().await;
-            return Err(e).context("storing the built image");
-        }
-    }
-    // Layers of every stage go into the store, so later builds can reuse them.
+    // Layers of every stage go into the store (by hard link, before the image is stored, so
+    // the copy finds them there), so later builds can reuse them.
     let mut records = Vec::new();
     for (key, layer, path, created_at) in &built.new_layers {
         let blob = BlobRef {
@@ -415,6 +398,24 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 created_at: *created_at,
             },
         ));
+    }
+    let dest = LocalDest::new(store.clone(), false).await?;
+    let silent = wharf_common::progress::Silent;
+    match copy_image(
+        built.image(),
+        &dest,
+        None,
+        &names,
+        &CopyOptions::default(),
+        &silent,
+    )
+    .await
+    {
+        Ok(_) => dest.finish().await?,
+        Err(e) => {
+            let _ = dest.abort().await;
+            return Err(e).context("storing the built image");
+        }
     }
     store.sync_blob_dirs().await?;
     store.cache_put(&records).await?;

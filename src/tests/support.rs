@@ -388,6 +388,14 @@ impl Dockerd {
         Some(d)
     }
 
+    /// The docker CLI against this daemon, not started.
+    #[allow(dead_code, reason = "used by the benchmark harness (src/bench)")]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("/usr/bin/docker");
+        c.args(["-H", &format!("unix://{}", self.sock)]).args(args);
+        c
+    }
+
     pub fn docker(&self, args: &[&str]) -> Run {
         let out = Command::new("/usr/bin/docker")
             .args(["-H", &format!("unix://{}", self.sock)])

@@ -1202,11 +1202,30 @@ impl Run {
                     .and_then(Value::as_str)
                     .filter(|u| !u.is_empty())
                     .map(str::to_owned);
+                let key = key_of(&[
+                    s.key.as_str(),
+                    "workdir",
+                    &path,
+                    user.as_deref().unwrap_or(""),
+                    &format!(
+                        "{:?} {:?}",
+                        self.opts.source_date_epoch, self.opts.compression
+                    ),
+                ]);
+                if let Some((layer, file, _)) = self.cached_layer(&key) {
+                    s.layers.push(Layer::New(layer, file));
+                    self.history(s, format!("WORKDIR {path}"), false);
+                    return Ok(true);
+                }
                 self.mount_root(s)?;
                 let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
                 let created = copy::mkdir_p(s, &path, owner).map_err(|e| e.to_string())?;
                 // A layer even when the directory was there (an empty one), as BuildKit makes.
                 copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
+                if let Some(Layer::New(w, p)) = s.layers.last() {
+                    let (w, p) = (w.clone(), p.clone());
+                    self.record(&key, Some((w, p)), s);
+                }
                 self.commit_root(s)?;
                 self.history(s, format!("WORKDIR {path}"), false);
             }

@@ -115,9 +115,8 @@ pub fn write_layer(
     let blob = HashingWriter::new(out, Algorithm::Sha256);
     let (diff_id, blob) = match opts.compression {
         Compression::Gzip => {
-            let gz = flate2::GzBuilder::new()
-                .mtime(0)
-                .write(blob, flate2::Compression::default());
+            // Incompressible stretches (random data, files compressed already) are stored.
+            let gz = super::gzip::GzipWriter::new(blob);
             let (diff_id, gz) = write_tar(&entries, gz, opts)?;
             (diff_id, gz.finish()?)
         }

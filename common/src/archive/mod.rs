@@ -8,6 +8,7 @@
 //! each as it is written, and serves them to the copy engine from there.
 
 mod compress;
+pub mod gzip;
 mod import;
 pub mod layer;
 mod reader;
