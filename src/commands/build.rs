@@ -417,8 +417,11 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context("storing the built image");
         }
     }
-    store.sync_blob_dirs().await?;
-    store.cache_put(&records).await?;
+    if !records.is_empty() {
+        store.sync_blob_dirs().await?;
+        store.cache_put(&records).await?;
+    }
+    store.cache_touch(&built.cache_hits).await?;
     drop(staging);
     let id = built.id().to_string();
     if let Some(f) = &args.iidfile {

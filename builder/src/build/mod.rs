@@ -406,6 +406,7 @@ pub async fn build(
         lexer,
         events,
         new_layers: std::sync::Mutex::new(Vec::new()),
+        cache_hits: std::sync::Mutex::new(Vec::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
         from_views: std::sync::Mutex::new(BTreeMap::new()),
     };
@@ -641,6 +642,8 @@ struct Run {
     events: Events,
     /// Layers this build wrote, with their step keys, for the cache.
     new_layers: std::sync::Mutex<Vec<NewLayer>>,
+    /// Cache entries used.
+    cache_hits: std::sync::Mutex<Vec<Digest>>,
     /// Numbers steps across stages running at once.
     step_ids: std::sync::atomic::AtomicUsize,
     /// Read-only roots of stages and images that COPY --from and RUN --mount read.
@@ -705,7 +708,13 @@ impl Run {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        output::assemble(state, &self.opts, new_layers).map_err(|e| {
+        let hits = std::mem::take(
+            &mut *self
+                .cache_hits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        output::assemble(state, &self.opts, new_layers, hits).map_err(|e| {
             step_error(
                 &self.opts.dockerfile_name,
                 0,
@@ -1296,14 +1305,10 @@ impl Run {
                     .as_ref()
                     .filter(|f| stage_index(&self.df, f, stage).is_none())
                     .and_then(|f| self.opts.named_contexts.get(f));
-                let from_root = match (&from_name, named) {
-                    (None, _) | (Some(_), Some(_)) => None,
-                    (Some(f), None) => Some(self.other_root(f, stage, done)?),
-                };
-                let from = match (&from_root, named) {
-                    (Some(root), _) => Some(copy::From::Root(root)),
-                    (None, Some(ctx)) => Some(copy::From::Context(ctx)),
-                    (None, None) => None,
+                // Another stage's or an image's root, mounted only if the step runs.
+                let from_root_name = match (&from_name, named) {
+                    (Some(f), None) => Some(f.clone()),
+                    _ => None,
                 };
                 let word = if add { "ADD" } else { "COPY" };
                 // BuildKit's history: the sources and the destination, expanded, no flags.
@@ -1317,8 +1322,8 @@ impl Run {
                 }
                 let args = shown.join(" ");
                 // The key: the chain so far, the instruction, and what its sources hold.
-                let sources = match (&from_name, &from) {
-                    (Some(f), Some(copy::From::Root(_))) => {
+                let sources = match (&from_root_name, named) {
+                    (Some(f), _) => {
                         match stage_index(&self.df, f, stage).and_then(|j| done.get(&j)) {
                             Some(d) => d.key.to_string(),
                             None => match self.bases.get(f) {
@@ -1332,7 +1337,7 @@ impl Run {
                             },
                         }
                     }
-                    (_, Some(copy::From::Context(ctx))) => {
+                    (None, Some(ctx)) => {
                         format!("context {}", self.context_checksum(s, c, ctx)?)
                     }
                     _ => self.context_checksum(s, c, &self.opts.context)?.to_string(),
@@ -1358,6 +1363,15 @@ impl Run {
                     self.history(s, format!("{word} {args} # buildkit"), false);
                     return Ok(true);
                 }
+                let from_root = match &from_root_name {
+                    Some(f) => Some(self.other_root(f, stage, done)?),
+                    None => None,
+                };
+                let from = match (&from_root, named) {
+                    (Some(root), _) => Some(copy::From::Root(root)),
+                    (None, Some(ctx)) => Some(copy::From::Context(ctx)),
+                    (None, None) => None,
+                };
                 self.mount_root(s)?;
                 let entries = copy::copy(self, s, c, add, from)?;
                 copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
@@ -1464,6 +1478,10 @@ impl Run {
         }
         let cache = self.opts.cache.as_ref()?;
         let entry = cache.runtime.block_on(cache.store.cache_get(key)).ok()??;
+        self.cache_hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(key.clone());
         let path = cache.store.blob_path(&entry.layer);
         let media_type = match entry.media_type.as_str() {
             wharf_common::media_type::OCI_LAYER_GZIP => wharf_common::media_type::OCI_LAYER_GZIP,

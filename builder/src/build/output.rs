@@ -14,6 +14,8 @@ use super::{BuildOptions, Layer, StageState};
 pub struct Built {
     /// Layers this build wrote, with the keys of the steps that wrote them.
     pub new_layers: Vec<super::NewLayer>,
+    /// The cache entries this build used (to mark them used).
+    pub cache_hits: Vec<Digest>,
     image: AssembledImage,
 }
 
@@ -52,6 +54,7 @@ pub(crate) fn assemble(
     mut state: StageState,
     opts: &BuildOptions,
     new_layers: Vec<super::NewLayer>,
+    cache_hits: Vec<Digest>,
 ) -> std::io::Result<Built> {
     let base_ids: Vec<Value> = state
         .image
@@ -101,6 +104,7 @@ pub(crate) fn assemble(
     let config = Bytes::from(Value::Object(state.image).to_string());
     Ok(Built {
         new_layers,
+        cache_hits,
         image: AssembledImage::new(config, layers),
     })
 }

@@ -63,15 +63,6 @@ impl LocalStore {
         if self.blob_size(&layer).await != Some(size) {
             return Ok(None);
         }
-        {
-            let _w = self.write_guard().await;
-            sqlx::query("UPDATE build_cache SET used_at = ?2 WHERE key = ?1")
-                .bind(key.as_str())
-                .bind(now())
-                .execute(self.db())
-                .await
-                .map_err(StoreError::db("updating the build cache"))?;
-        }
         Ok(Some(CacheEntry {
             layer,
             diff_id,
@@ -81,8 +72,36 @@ impl LocalStore {
         }))
     }
 
+    /// Marks entries as used now (for pruning by age), in one transaction.
+    pub async fn cache_touch(&self, keys: &[Digest]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _w = self.write_guard().await;
+        let mut tx = self
+            .db()
+            .begin()
+            .await
+            .map_err(StoreError::db("updating the build cache"))?;
+        let at = now();
+        for key in keys {
+            sqlx::query("UPDATE build_cache SET used_at = ?2 WHERE key = ?1")
+                .bind(key.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("updating the build cache"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("updating the build cache"))
+    }
+
     /// Records step results (their layers must be in the store).
     pub async fn cache_put(&self, entries: &[(Digest, CacheEntry)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let _w = self.write_guard().await;
         let mut tx = self
             .db()
