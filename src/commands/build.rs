@@ -332,6 +332,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 BuildEvent::Output(id, line) => {
                     ("output", serde_json::json!({"id": id, "line": line}))
                 }
+                BuildEvent::Notice(message) => ("notice", serde_json::json!({"message": message})),
             };
             serde_json::json!({"type": kind, "data": data}).to_string()
         } else {
@@ -349,6 +350,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                     format!("WARN: {}: {} (line {})", l.rule, l.message, l.line)
                 }
                 BuildEvent::Output(id, line) => format!("#{id} {line}"),
+                BuildEvent::Notice(message) => format!("WARN: {message}"),
             }
         };
         crate::printer::err_line(&line);
@@ -664,6 +666,9 @@ impl LiveView {
             }
             BuildEvent::Output(id, line) => {
                 let _ = self.multi.println(format!("#{id} {line}"));
+            }
+            BuildEvent::Notice(message) => {
+                let _ = self.multi.println(format!("WARN: {message}"));
             }
         }
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use wharf_builder::container;
 use wharf_builder::sandbox::{self, Mount, Network, Root, SandboxError, Spec};
-use wharf_builder::snapshot::{Snapshots, chain_ids};
+use wharf_builder::snapshot::{self, Snapshots, chain_ids};
 use wharf_common::digest::Digest;
 use wharf_common::image::Platform;
 
@@ -96,11 +96,36 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .zip(img.layers.iter().map(|(_, p)| p.clone()))
         .collect();
     let snapshots = Snapshots::new(store.root().join("snapshots")).map_err(anyhow::Error::msg)?;
-    let snaps = snapshots.clone();
-    let lowers = tokio::task::spawn_blocking(move || snaps.ensure(&chain))
-        .await?
-        .map_err(anyhow::Error::msg)?;
-    let top_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    let id = hex::encode(rand::random::<[u8; 32]>());
+    let dir = ContainerDir(store.root().join("containers").join(&id));
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(dir.0.join(d))
+            .with_context(|| format!("creating {}", dir.0.join(d).display()))?;
+    }
+    // The root: an overlay of the snapshots, or where they cannot be had, a full copy.
+    let copy_at = dir.0.join("rootfs");
+    let make_copy = {
+        let (chain, copy_at) = (chain.clone(), copy_at.clone());
+        move || -> anyhow::Result<Base> {
+            snapshot::copy_root(&chain, &copy_at).map_err(anyhow::Error::msg)?;
+            Ok(Base::Copy(copy_at))
+        }
+    };
+    let mut base = if snapshots.mode() == snapshot::Mode::Overlay {
+        let snaps = snapshots.clone();
+        let chain = chain.clone();
+        match tokio::task::spawn_blocking(move || snaps.ensure(&chain)).await? {
+            Ok(lowers) => Base::Lowers(lowers.into_iter().rev().collect()),
+            Err(e) => {
+                crate::printer::err_line(&format!(
+                    "wharf: WARN: layer snapshots cannot be made here ({e}); running on a full copy"
+                ));
+                tokio::task::spawn_blocking(make_copy.clone()).await??
+            }
+        }
+    } else {
+        tokio::task::spawn_blocking(make_copy.clone()).await??
+    };
 
     let c = &config["config"];
     let user = args
@@ -108,15 +133,14 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| c["User"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    let passwd = container::read_file(&top_first, "/etc/passwd").unwrap_or_default();
-    let group = container::read_file(&top_first, "/etc/group").unwrap_or_default();
+    let passwd = base.read("/etc/passwd");
+    let group = base.read("/etc/group");
     let mut identity = sandbox::resolve_user(&passwd, &group, &user).map_err(anyhow::Error::msg)?;
     // docker run lists the primary group among the supplementary ones (BuildKit's RUN does
     // not).
     if !identity.groups.contains(&identity.gid) {
         identity.groups.insert(0, identity.gid);
     }
-    let id = hex::encode(rand::random::<[u8; 32]>());
     let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
     let env = container::environment(
         config,
@@ -138,13 +162,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the working directory {cwd:?} is invalid: it needs to be an absolute path");
     }
 
-    // The container: an upper directory next to the snapshots (so overlay can use it), and
-    // the files it gets at /etc.
-    let dir = ContainerDir(store.root().join("containers").join(&id));
-    for d in ["upper", "work", "merged"] {
-        std::fs::create_dir_all(dir.0.join(d))
-            .with_context(|| format!("creating {}", dir.0.join(d).display()))?;
-    }
+    // The files the container gets at /etc.
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
         let p = dir.0.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
@@ -202,35 +220,49 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
-    // Standard streams: ours (with -t the sandbox makes a terminal and they go unused).
-    let stdin = if args.interactive && !args.tty {
-        Some(dup(0)?)
-    } else {
-        None
+    let spec = |base: &Base| -> anyhow::Result<Spec> {
+        // Standard streams: ours (with -t the sandbox makes a terminal and they go unused).
+        let stdin = if args.interactive && !args.tty {
+            Some(dup(0)?)
+        } else {
+            None
+        };
+        Ok(Spec {
+            root: match base {
+                Base::Lowers(lowers) => Root::Overlay {
+                    lowers: lowers.clone(),
+                    upper: dir.0.join("upper"),
+                    work: dir.0.join("work"),
+                    target: dir.0.join("merged"),
+                },
+                Base::Copy(root) => Root::Dir(root.clone()),
+            },
+            argv: argv.clone(),
+            env: env.clone(),
+            cwd: cwd.clone(),
+            user: identity.clone(),
+            hostname: hostname.clone(),
+            network,
+            mounts: mounts.clone(),
+            stdin,
+            stdout: dup(1)?,
+            stderr: dup(2)?,
+            tty: args.tty,
+            init: args.init,
+        })
     };
-    let (stdout, stderr) = (dup(1)?, dup(2)?);
-    let spec = Spec {
-        root: Root::Overlay {
-            lowers: top_first,
-            upper: dir.0.join("upper"),
-            work: dir.0.join("work"),
-            target: dir.0.join("merged"),
-        },
-        argv: argv.clone(),
-        env,
-        cwd,
-        user: identity,
-        hostname,
-        network,
-        mounts,
-        stdin,
-        stdout,
-        stderr,
-        tty: args.tty,
-        init: args.init,
-    };
-    let mut running = match sandbox::start(spec) {
+    let mut running = match sandbox::start(spec(&base)?) {
         Ok(r) => r,
+        Err(e) if matches!(base, Base::Lowers(_)) && e.is_root_mount() => {
+            crate::printer::err_line(&format!(
+                "wharf: WARN: overlayfs cannot be mounted here ({e}); running on a full copy"
+            ));
+            base = tokio::task::spawn_blocking(make_copy).await??;
+            match sandbox::start(spec(&base)?) {
+                Ok(r) => r,
+                Err(e) => return Ok(start_failed(&e)),
+            }
+        }
         Err(e) => return Ok(start_failed(&e)),
     };
     let pid = running.pid();
@@ -315,6 +347,27 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(255))),
         Err(e) => Ok(start_failed(&e)),
+    }
+}
+
+/// The container's root before its writable part: snapshot directories (top first) for an
+/// overlay, or a full copy.
+#[derive(Clone)]
+enum Base {
+    Lowers(Vec<PathBuf>),
+    Copy(PathBuf),
+}
+
+impl Base {
+    /// A file of the image (for /etc/passwd and /etc/group), empty when missing.
+    fn read(&self, path: &str) -> String {
+        match self {
+            Base::Lowers(l) => container::read_file(l, path).unwrap_or_default(),
+            Base::Copy(root) => wharf_builder::context::resolve_in_root(root, path, true)
+                .ok()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default(),
+        }
     }
 }
 

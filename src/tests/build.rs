@@ -17,7 +17,7 @@ pub(crate) fn fixture(name: &str) -> PathBuf {
 /// Extracts a `docker save`-style archive's image (the first in manifest.json) into `root`,
 /// layer by layer, with GNU tar (owners and modes kept), applying each layer's whiteouts and
 /// opaque directories first. Returns the config's history as (created_by, empty_layer).
-fn extract_image(archive: &Path, root: &Path) -> History {
+pub(crate) fn extract_image(archive: &Path, root: &Path) -> History {
     let tmp = tempfile::tempdir().unwrap();
     let ok = Command::new("tar")
         .arg("-xf")
@@ -92,7 +92,7 @@ fn extract_image(archive: &Path, root: &Path) -> History {
 }
 
 /// Every path under `root` with its type, mode, owner, size, content digest and link target.
-fn tree(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

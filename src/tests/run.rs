@@ -420,3 +420,114 @@ fn issue_5_run_pulls_a_missing_image_and_passes_stdin() {
 }
 
 use std::io::Read as _;
+
+/// The file tree and history of `image` in `w`'s store.
+fn image_tree(
+    w: &Wharf,
+    image: &str,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    crate::build::History,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("i.tar");
+    w.run(&["save", "-o", archive.to_str().unwrap(), image])
+        .ok();
+    let root = tmp.path().join("root");
+    let history = crate::build::extract_image(&archive, &root);
+    (crate::build::tree(&root), history)
+}
+
+#[test]
+fn issue_5_copies_where_overlayfs_cannot_be_mounted() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    for name in ["zookeeper", "webapp"] {
+        let ctx = fixture(name);
+        let c = ctx.to_str().unwrap();
+        let ov = format!("ov-{name}");
+        let cp = format!("cp-{name}");
+        w.run(&["build", "--network", "none", "-t", &ov, c]).ok();
+        let copied = w
+            .cmd()
+            .env("WHARF_SNAPSHOTTER", "copy")
+            .args(["build", "--no-cache", "--network", "none", "-t", &cp, c])
+            .output()
+            .unwrap();
+        assert!(
+            copied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        let (a, b) = (image_tree(&w, &ov), image_tree(&w, &cp));
+        assert_eq!(a.1, b.1, "{name}: histories differ");
+        assert!(
+            a.0 == b.0,
+            "{name}: trees differ:\noverlay {:?}\ncopy {:?}",
+            a.0,
+            b.0
+        );
+    }
+    // A store on overlayfs (wharf inside a container): overlay cannot stack on it, so the
+    // build says so once and copies; run copies too.
+    let outer = tempfile::tempdir().unwrap();
+    for d in ["l", "u", "w", "m"] {
+        std::fs::create_dir(outer.path().join(d)).unwrap();
+    }
+    let p = |d: &str| outer.path().join(d).display().to_string();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", p("l"), p("u"), p("w"));
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts, &p("m")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mounting an overlay for the store");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(p("m"));
+    let mut inner = Wharf::new();
+    inner.root = outer.path().join("m/store");
+    inner.load_busybox();
+    let built = inner
+        .run(&[
+            "build",
+            "--network",
+            "none",
+            "-t",
+            "in-overlay",
+            fixture("webapp").to_str().unwrap(),
+        ])
+        .ok();
+    assert_eq!(
+        built
+            .stderr
+            .matches("overlayfs cannot be mounted here")
+            .count(),
+        1,
+        "{}",
+        built.stderr
+    );
+    let ran = inner.run(&["run", "--rm", "in-overlay"]).ok();
+    assert!(
+        ran.stdout.starts_with("hello from web app 1.0"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stderr.contains("running on a full copy"),
+        "{}",
+        ran.stderr
+    );
+    let (a, b) = (
+        image_tree(&w, "ov-webapp"),
+        image_tree(&inner, "in-overlay"),
+    );
+    assert!(a.0 == b.0, "trees differ");
+}

@@ -172,6 +172,8 @@ pub enum BuildEvent {
     Warning(Lint),
     /// A line step `id` printed (RUN's output).
     Output(usize, String),
+    /// Something the user should know about how the build runs (said once).
+    Notice(String),
 }
 
 /// Stopping a build (Ctrl-C): every running RUN is killed, and the build fails.
@@ -1414,8 +1416,10 @@ impl Run {
             return Ok(());
         }
         s.view.0 = None;
-        let lowers = self.opts.snapshots.ensure(&chain_of(&s.layers))?;
-        let view = View::mount(&self.opts.snapshots, &lowers, true)?;
+        let (view, notice) = View::mount(&self.opts.snapshots, &chain_of(&s.layers), true)?;
+        if let Some(n) = notice {
+            (*self.events)(BuildEvent::Notice(n));
+        }
         s.rootfs = view.root().to_owned();
         s.view.0 = Some((view, s.layers.len()));
         Ok(())
@@ -1426,8 +1430,11 @@ impl Run {
     pub(crate) fn commit_root(&self, s: &mut StageState) -> Result<(), String> {
         if let Some((view, _)) = s.view.0.take()
             && let Some((chain, _)) = chain_of(&s.layers).pop()
+            && let Some(kept) = view.commit(&self.opts.snapshots, &chain)?
         {
-            view.commit(&self.opts.snapshots, &chain)?;
+            // A copy already shows the new layer.
+            s.view.0 = Some((kept, s.layers.len()));
+            return Ok(());
         }
         s.rootfs = PathBuf::new();
         Ok(())
@@ -1464,8 +1471,10 @@ impl Run {
         if let Some(v) = views.get(&key) {
             return Ok(v.root().to_owned());
         }
-        let lowers = self.opts.snapshots.ensure(&chain_of(&layers))?;
-        let view = View::mount(&self.opts.snapshots, &lowers, false)?;
+        let (view, notice) = View::mount(&self.opts.snapshots, &chain_of(&layers), false)?;
+        if let Some(n) = notice {
+            (*self.events)(BuildEvent::Notice(n));
+        }
         let root = view.root().to_owned();
         views.insert(key, view);
         Ok(root)

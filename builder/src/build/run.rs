@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -503,6 +503,10 @@ pub(super) fn run(
             points.push((m.target().to_owned(), is_dir));
         }
     }
+    // (A copy is scanned before the mount points are made, so they never count as changes.)
+    if let Some((view, _)) = s.view.0.as_mut() {
+        view.begin_change()?;
+    }
     let created = make_mount_points(&root, &points)?;
     // Output streams to progress, line by line.
     let (out_r, out_w) = sandbox::pipe().map_err(|e| e.to_string())?;
@@ -565,21 +569,16 @@ pub(super) fn run(
         }
         return Err(msg);
     }
-    // The layer: what the upper directory holds, less the mount points made above.
+    // The layer: what the step changed, less the mount points made above.
     let Some((mut view, n)) = s.view.0.take() else {
         return Err("the step's root is not mounted".into());
     };
-    view.unmount()?;
-    let upper = view.upper();
-    remove_mount_points(&upper, &created);
     let lowers: Vec<PathBuf> = super::chain_of(&s.layers)
         .iter()
         .rev()
         .map(|(c, _)| run.opts.snapshots.dir(c))
         .collect();
-    prune_copied_up(&upper, Path::new(""), &lowers);
-    let entries = crate::snapshot::diff::upper_entries(&upper)
-        .map_err(|e| format!("reading what the step changed: {e}"))?;
+    let entries = view.changes(&created, &lowers)?;
     // A layer even when nothing changed (an empty one), as BuildKit makes.
     copy::commit_layer(s, entries, &run.opts).map_err(|e| e.to_string())?;
     s.time = now();
@@ -677,60 +676,6 @@ fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<Strin
         }
     }
     Ok(created)
-}
-
-/// Takes the mount points made for the step out of its upper directory, if they are still
-/// empty (the step may have put files under a parent it needed).
-fn remove_mount_points(upper: &Path, created: &[String]) {
-    for rel in created.iter().rev() {
-        let p = upper.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir(&p);
-            }
-            Ok(m) if m.is_file() && m.size() == 0 => {
-                let _ = std::fs::remove_file(&p);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Removes the directories of `upper` that overlay only copied up (to hold a mount point
-/// removed since, or because something inside was touched and put back): empty, not opaque,
-/// and with the mode and owner of the same directory below. Returns whether `rel` is empty now.
-fn prune_copied_up(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> bool {
-    let dir = upper.join(rel);
-    let Ok(list) = std::fs::read_dir(&dir) else {
-        return false;
-    };
-    let mut empty = true;
-    for e in list.flatten() {
-        let child = rel.join(e.file_name());
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if !(is_dir && prune_copied_up(upper, &child, lowers)) {
-            empty = false;
-            continue;
-        }
-        let Ok(mine) = std::fs::symlink_metadata(upper.join(&child)) else {
-            continue;
-        };
-        let opaque = xattr::get(upper.join(&child), "trusted.overlay.opaque")
-            .ok()
-            .flatten()
-            .is_some();
-        let below = lowers
-            .iter()
-            .find_map(|l| std::fs::symlink_metadata(l.join(&child)).ok());
-        let same = below.is_some_and(|b| {
-            b.is_dir() && b.mode() == mine.mode() && b.uid() == mine.uid() && b.gid() == mine.gid()
-        });
-        if !opaque && same && std::fs::remove_dir(upper.join(&child)).is_ok() {
-            continue;
-        }
-        empty = false;
-    }
-    empty
 }
 
 #[cfg(test)]

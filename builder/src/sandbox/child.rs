@@ -60,7 +60,7 @@ pub(super) struct Plan {
 }
 
 const STEP_PRIVATE: u32 = 1;
-const STEP_ROOT: u32 = 2;
+pub(super) const STEP_ROOT: u32 = 2;
 const STEP_PIVOT: u32 = 3;
 const STEP_PROC: u32 = 4;
 const STEP_DEV: u32 = 5;

@@ -168,6 +168,13 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// Whether mounting the root failed (an overlay where overlayfs cannot be used).
+    pub fn is_root_mount(&self) -> bool {
+        matches!(self, SandboxError::Setup { step, .. } if step == child::step_name(child::STEP_ROOT))
+    }
+}
+
 /// A started sandbox.
 #[derive(Debug)]
 pub struct Running {

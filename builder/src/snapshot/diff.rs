@@ -4,7 +4,7 @@
 //! keep their mode, owner, times, extended attributes (such as `security.capability`) and hard
 //! links.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -14,6 +14,9 @@ use wharf_common::archive::layer::{LayerEntry, LayerSource};
 
 /// Attributes overlay keeps for itself; never part of a layer.
 const OVERLAY_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+
+/// A layer entry (what the diff functions return).
+pub use wharf_common::archive::layer::LayerEntry as Entry;
 
 /// The entries for everything under `upper`.
 pub fn upper_entries(upper: &Path) -> std::io::Result<Vec<LayerEntry>> {
@@ -42,55 +45,216 @@ fn walk(
         } else {
             format!("{rel}/{n}")
         };
-        let m = std::fs::symlink_metadata(&path)?;
-        let ft = m.file_type();
-        let base = LayerEntry {
-            mode: m.mode() & 0o7777,
-            uid: u64::from(m.uid()),
-            gid: u64::from(m.gid()),
-            mtime: m.mtime(),
-            xattrs: xattrs(&path),
-            ..LayerEntry::new(&image_path, LayerSource::Dir)
-        };
-        if ft.is_char_device() && m.rdev() == 0 {
-            out.push(LayerEntry {
-                source: LayerSource::Whiteout,
-                xattrs: Vec::new(),
-                ..base
-            });
-        } else if ft.is_dir() {
-            let opaque = get_xattr(&path, "trusted.overlay.opaque").as_deref() == Some(b"y");
-            out.push(LayerEntry {
-                source: if opaque {
-                    LayerSource::OpaqueDir
-                } else {
-                    LayerSource::Dir
-                },
-                ..base
-            });
+        let is_dir = entry_for(&path, &image_path, true, out, links)?;
+        if is_dir {
             walk(&path, &image_path, out, links)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path)?;
-            out.push(LayerEntry {
-                source: LayerSource::Symlink(target.to_string_lossy().into_owned()),
-                ..base
-            });
-        } else if ft.is_file() {
-            let key = (m.dev(), m.ino());
-            let source = match links.get(&key) {
-                Some(first) if m.nlink() > 1 => LayerSource::Hardlink(first.clone()),
-                _ => {
-                    if m.nlink() > 1 {
-                        links.insert(key, image_path.clone());
-                    }
-                    LayerSource::File(path.clone())
-                }
-            };
-            out.push(LayerEntry { source, ..base });
         }
-        // Sockets, fifos and devices made by a build step are not kept (as BuildKit).
     }
     Ok(())
+}
+
+/// Pushes the entry for the file at `path` (image path `image_path`); returns whether it is a
+/// directory. With `overlay`, a 0/0 character device is a whiteout and an opaque directory is
+/// marked so.
+fn entry_for(
+    path: &Path,
+    image_path: &str,
+    overlay: bool,
+    out: &mut Vec<LayerEntry>,
+    links: &mut HashMap<(u64, u64), String>,
+) -> std::io::Result<bool> {
+    let m = std::fs::symlink_metadata(path)?;
+    let ft = m.file_type();
+    let base = LayerEntry {
+        mode: m.mode() & 0o7777,
+        uid: u64::from(m.uid()),
+        gid: u64::from(m.gid()),
+        mtime: m.mtime(),
+        xattrs: xattrs(path),
+        ..LayerEntry::new(image_path, LayerSource::Dir)
+    };
+    if overlay && ft.is_char_device() && m.rdev() == 0 {
+        out.push(LayerEntry {
+            source: LayerSource::Whiteout,
+            xattrs: Vec::new(),
+            ..base
+        });
+    } else if ft.is_dir() {
+        let opaque = overlay && get_xattr(path, "trusted.overlay.opaque").as_deref() == Some(b"y");
+        out.push(LayerEntry {
+            source: if opaque {
+                LayerSource::OpaqueDir
+            } else {
+                LayerSource::Dir
+            },
+            ..base
+        });
+        return Ok(true);
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(path)?;
+        out.push(LayerEntry {
+            source: LayerSource::Symlink(target.to_string_lossy().into_owned()),
+            ..base
+        });
+    } else if ft.is_file() {
+        let key = (m.dev(), m.ino());
+        let source = match links.get(&key) {
+            Some(first) if m.nlink() > 1 => LayerSource::Hardlink(first.clone()),
+            _ => {
+                if m.nlink() > 1 {
+                    links.insert(key, image_path.to_owned());
+                }
+                LayerSource::File(path.to_owned())
+            }
+        };
+        out.push(LayerEntry { source, ..base });
+    }
+    // Sockets, fifos and devices made by a build step are not kept (as BuildKit).
+    Ok(false)
+}
+
+/// Every path under a root with what tells a change: type, mode, owner, inode, and for
+/// non-directories size and change time (a directory's own times move with its children).
+#[derive(Debug, Default)]
+pub struct Scan(BTreeMap<String, Stamp>);
+
+/// Mode (with type), uid, gid, inode, size, ctime seconds and nanoseconds.
+type Stamp = (u32, u32, u32, u64, u64, i64, i64);
+
+impl Scan {
+    /// Scans `root`.
+    pub fn of(root: &Path) -> std::io::Result<Scan> {
+        let mut map = BTreeMap::new();
+        let mut stack = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                let Some(n) = e.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let path = dir.join(&n);
+                let image_path = if rel.is_empty() {
+                    n
+                } else {
+                    format!("{rel}/{n}")
+                };
+                let m = std::fs::symlink_metadata(&path)?;
+                let stamp = if m.is_dir() {
+                    stack.push((path, image_path.clone()));
+                    (m.mode(), m.uid(), m.gid(), m.ino(), 0, 0, 0)
+                } else {
+                    (
+                        m.mode(),
+                        m.uid(),
+                        m.gid(),
+                        m.ino(),
+                        m.size(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                    )
+                };
+                map.insert(image_path, stamp);
+            }
+        }
+        Ok(Scan(map))
+    }
+}
+
+/// What changed under `root` since `before` was scanned, as layer entries: new and changed
+/// paths with their parent directories, and a whiteout for each path removed (the topmost
+/// of a removed tree).
+pub fn scan_changes(before: &Scan, root: &Path) -> std::io::Result<Vec<LayerEntry>> {
+    let after = Scan::of(root)?;
+    let mut emit: BTreeSet<String> = BTreeSet::new();
+    let mut whiteouts: Vec<String> = Vec::new();
+    let parents = |p: &str, emit: &mut BTreeSet<String>| {
+        let mut cur = p;
+        while let Some((parent, _)) = cur.rsplit_once('/') {
+            emit.insert(parent.to_owned());
+            cur = parent;
+        }
+    };
+    for (path, stamp) in &after.0 {
+        if before.0.get(path) != Some(stamp) {
+            emit.insert(path.clone());
+            parents(path, &mut emit);
+        }
+    }
+    for path in before.0.keys() {
+        if after.0.contains_key(path) {
+            continue;
+        }
+        let parent = path.rsplit_once('/').map(|(p, _)| p);
+        // Only the topmost removed path: a removed parent covers it, unless the parent is
+        // there again (replaced), when each old child needs its own.
+        if parent.is_none_or(|p| after.0.contains_key(p)) {
+            whiteouts.push(path.clone());
+            parents(path, &mut emit);
+        }
+    }
+    let mut out = Vec::new();
+    let mut links = HashMap::new();
+    for path in &emit {
+        entry_for(&root.join(path), path, false, &mut out, &mut links)?;
+    }
+    out.extend(
+        whiteouts
+            .iter()
+            .map(|p| LayerEntry::new(p, LayerSource::Whiteout)),
+    );
+    Ok(out)
+}
+
+/// Takes out of `dir` the mount points made for a step (image paths, parents first), if they
+/// are still empty (the step may have put files under a parent it needed).
+pub fn remove_made(dir: &Path, made: &[String]) {
+    for rel in made.iter().rev() {
+        let p = dir.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(m) if m.is_file() && m.size() == 0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes the directories of `upper` that overlay only copied up (to hold a mount point
+/// removed since, or because something inside was touched and put back): empty, not opaque,
+/// and with the mode and owner of the same directory below (`lowers`, top first). Returns
+/// whether `rel` is empty now.
+pub fn prune_copied_up(upper: &Path, rel: &Path, lowers: &[std::path::PathBuf]) -> bool {
+    let dir = upper.join(rel);
+    let Ok(list) = std::fs::read_dir(&dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for e in list.flatten() {
+        let child = rel.join(e.file_name());
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !(is_dir && prune_copied_up(upper, &child, lowers)) {
+            empty = false;
+            continue;
+        }
+        let Ok(mine) = std::fs::symlink_metadata(upper.join(&child)) else {
+            continue;
+        };
+        let opaque =
+            get_xattr(&upper.join(&child), "trusted.overlay.opaque").as_deref() == Some(b"y");
+        let below = lowers
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(&child)).ok());
+        let same = below.is_some_and(|b| {
+            b.is_dir() && b.mode() == mine.mode() && b.uid() == mine.uid() && b.gid() == mine.gid()
+        });
+        if !opaque && same && std::fs::remove_dir(upper.join(&child)).is_ok() {
+            continue;
+        }
+        empty = false;
+    }
+    empty
 }
 
 fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -22,6 +22,8 @@ use wharf_common::digest::Digest;
 #[derive(Clone, Debug)]
 pub struct Snapshots {
     root: PathBuf,
+    /// Roots are copies (see [`Mode::Copy`]); shared by the clones a build hands around.
+    copy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The chain ids of a stack of layers (their diff ids, bottom first), as the image spec
@@ -51,7 +53,19 @@ impl Snapshots {
     pub fn new(root: impl Into<PathBuf>) -> Result<Snapshots, String> {
         let root = root.into();
         std::fs::create_dir_all(root.join("tmp")).map_err(io(root.display()))?;
-        Ok(Snapshots { root })
+        let copy = match std::env::var("WHARF_SNAPSHOTTER").as_deref() {
+            Ok("copy") => true,
+            Ok("overlay") | Err(_) => false,
+            Ok(other) => {
+                return Err(format!(
+                    "WHARF_SNAPSHOTTER={other:?}: expected \"overlay\" or \"copy\""
+                ));
+            }
+        };
+        Ok(Snapshots {
+            root,
+            copy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(copy)),
+        })
     }
 
     /// Where the snapshot of `chain` lives.
@@ -120,6 +134,23 @@ impl Snapshots {
     }
 }
 
+/// Makes `root` (a new directory) hold a stack of layers (chain id, layer file; bottom first),
+/// each applied in turn: the copy a root is where overlays cannot be had.
+pub fn copy_root(chain: &[(Digest, PathBuf)], root: &Path) -> Result<(), String> {
+    std::fs::create_dir(root).map_err(io(root.display()))?;
+    for (_, file) in chain {
+        apply_layer_file(root, file, &UnpackOptions::image_layers())
+            .map_err(|e| format!("applying layer {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether an error from mounting an overlay or writing a snapshot means overlays cannot be
+/// used here at all.
+pub fn overlay_unusable(e: &std::io::Error) -> bool {
+    unusable(e)
+}
+
 /// Gives the calling thread (and the threads and processes it starts) a private mount
 /// namespace, so the overlays it mounts are seen by nobody else and vanish with it.
 pub fn private_mounts() -> Result<(), String> {
@@ -148,39 +179,105 @@ pub fn private_mounts() -> Result<(), String> {
     Ok(())
 }
 
-/// A mounted overlay: lower snapshots, and (when writable) a fresh upper directory.
+/// How build steps get their roots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Overlays of snapshots (the default).
+    Overlay,
+    /// Full copies, and a full scan to find what a step changed: where overlayfs cannot be
+    /// mounted (or `WHARF_SNAPSHOTTER=copy`). Slower, same results.
+    Copy,
+}
+
+impl Snapshots {
+    /// The mode roots are made in: `WHARF_SNAPSHOTTER` (`overlay` or `copy`), else overlay
+    /// until a mount fails.
+    pub fn mode(&self) -> Mode {
+        match self.copy.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Mode::Copy,
+            false => Mode::Overlay,
+        }
+    }
+
+    /// Switches to copies; returns whether this call did (so the caller says so once).
+    fn fall_back(&self) -> bool {
+        !self.copy.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A step's root: an overlay (lower snapshots, and when writable a fresh upper directory), or
+/// in [`Mode::Copy`] a directory with every layer applied.
 #[derive(Debug)]
 pub struct View {
     dir: tempfile::TempDir,
-    merged: PathBuf,
-    writable: bool,
-    mounted: bool,
+    root: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Overlay { mounted: bool },
+    Copy { before: Option<diff::Scan> },
+}
+
+/// Why an overlay could not be mounted, when the error says overlayfs is unusable here (rather
+/// than something wrong with this mount).
+fn unusable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV | libc::EPERM | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS)
+    )
 }
 
 impl View {
-    /// Mounts `lowers` (bottom first) at a new mount point, writable or not.
+    /// The root of a stack of layers (chain id, layer file; bottom first), writable or not.
+    /// The second value is a notice when this call switched the build to copies.
     pub fn mount(
         snapshots: &Snapshots,
-        lowers: &[PathBuf],
+        chain: &[(Digest, PathBuf)],
         writable: bool,
-    ) -> Result<View, String> {
-        let dir = snapshots.scratch()?;
+    ) -> Result<(View, Option<String>), String> {
+        if snapshots.mode() == Mode::Overlay {
+            let lowers = snapshots.ensure(chain)?;
+            match View::overlay(snapshots, &lowers, writable) {
+                Ok(v) => return Ok((v, None)),
+                Err(e) if unusable(&e) => {
+                    let notice = snapshots.fall_back().then(|| {
+                        format!(
+                            "overlayfs cannot be mounted here ({e}): build steps use full copies of their roots, which is slower"
+                        )
+                    });
+                    return Ok((View::copy(snapshots, chain)?, notice));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "mounting an overlay of {} layers: {e}",
+                        chain.len()
+                    ));
+                }
+            }
+        }
+        Ok((View::copy(snapshots, chain)?, None))
+    }
+
+    fn overlay(snapshots: &Snapshots, lowers: &[PathBuf], writable: bool) -> std::io::Result<View> {
+        let dir = snapshots.scratch().map_err(std::io::Error::other)?;
         let merged = dir.path().join("merged");
         let empty = dir.path().join("empty");
         for d in ["merged", "empty", "upper", "work"] {
-            std::fs::create_dir(dir.path().join(d)).map_err(io(d))?;
+            std::fs::create_dir(dir.path().join(d))?;
         }
         // Top first for overlayfs; an empty bottom so that any stack (even none) mounts.
         let mut stack: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
         stack.push(empty);
-        let fds = crate::sandbox::open_dirs(&stack).map_err(|e| e.to_string())?;
+        let fds = crate::sandbox::open_dirs(&stack).map_err(std::io::Error::other)?;
         let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let upper = dir.path().join("upper");
         let work = dir.path().join("work");
         let opts = crate::sandbox::overlay_options(&raw, writable.then_some((&*upper, &*work)))
-            .map_err(|e| e.to_string())?;
+            .map_err(std::io::Error::other)?;
         let target = std::ffi::CString::new(merged.as_os_str().as_encoded_bytes())
-            .map_err(|_| "NUL in a path".to_owned())?;
+            .map_err(std::io::Error::other)?;
         let flags = if writable { 0 } else { libc::MS_RDONLY };
         // SAFETY: every pointer is a NUL-terminated string that outlives the call.
         let r = unsafe {
@@ -193,53 +290,95 @@ impl View {
             )
         };
         if r != 0 {
-            return Err(format!(
-                "mounting an overlay of {} layers: {}",
-                lowers.len(),
-                std::io::Error::last_os_error()
-            ));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(View {
             dir,
-            merged,
-            writable,
-            mounted: true,
+            root: merged,
+            kind: Kind::Overlay { mounted: true },
+        })
+    }
+
+    fn copy(snapshots: &Snapshots, chain: &[(Digest, PathBuf)]) -> Result<View, String> {
+        let dir = snapshots.scratch()?;
+        let root = dir.path().join("root");
+        copy_root(chain, &root)?;
+        Ok(View {
+            dir,
+            root,
+            kind: Kind::Copy { before: None },
         })
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.merged
+        &self.root
     }
 
-    /// The upper directory (what changed), once [`View::unmount`]ed.
-    pub fn upper(&self) -> PathBuf {
-        self.dir.path().join("upper")
+    /// Before a step whose changes [`View::changes`] will be asked for (a copy scans its
+    /// whole root now).
+    pub fn begin_change(&mut self) -> Result<(), String> {
+        if let Kind::Copy { before } = &mut self.kind {
+            *before = Some(diff::Scan::of(&self.root).map_err(io("scanning the root"))?);
+        }
+        Ok(())
     }
 
-    /// Unmounts; the upper directory stays until the view is dropped.
-    pub fn unmount(&mut self) -> Result<(), String> {
-        if self.mounted {
-            let c = std::ffi::CString::new(self.merged.as_os_str().as_encoded_bytes())
+    /// What the step changed, as layer entries, less the mount points it was given
+    /// (`made`: image paths, parents first). `lowers` are the snapshot directories under an
+    /// overlay, top first. An overlay is unmounted.
+    pub fn changes(
+        &mut self,
+        made: &[String],
+        lowers: &[PathBuf],
+    ) -> Result<Vec<diff::Entry>, String> {
+        match &mut self.kind {
+            Kind::Overlay { .. } => {
+                self.unmount()?;
+                let upper = self.dir.path().join("upper");
+                diff::remove_made(&upper, made);
+                diff::prune_copied_up(&upper, Path::new(""), lowers);
+                diff::upper_entries(&upper).map_err(io("reading what the step changed"))
+            }
+            Kind::Copy { before } => {
+                diff::remove_made(&self.root, made);
+                let before = before.take().unwrap_or_default();
+                diff::scan_changes(&before, &self.root).map_err(io("finding what the step changed"))
+            }
+        }
+    }
+
+    fn unmount(&mut self) -> Result<(), String> {
+        if let Kind::Overlay { mounted } = &mut self.kind
+            && *mounted
+        {
+            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
                 .map_err(|_| "NUL in a path".to_owned())?;
             // SAFETY: c is a valid NUL-terminated path.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                 return Err(format!(
                     "unmounting {}: {}",
-                    self.merged.display(),
+                    self.root.display(),
                     std::io::Error::last_os_error()
                 ));
             }
-            self.mounted = false;
+            *mounted = false;
         }
         Ok(())
     }
 
-    /// Unmounts and makes the upper directory the snapshot of `chain`.
-    pub fn commit(mut self, snapshots: &Snapshots, chain: &Digest) -> Result<PathBuf, String> {
-        debug_assert!(self.writable);
-        self.unmount()?;
-        snapshots.adopt(chain, &self.upper())
+    /// After a step that added a layer (`chain` its chain id): an overlay's upper directory
+    /// becomes the layer's snapshot and the view is done (None); a copy already shows the
+    /// layer and is kept.
+    pub fn commit(mut self, snapshots: &Snapshots, chain: &Digest) -> Result<Option<View>, String> {
+        match self.kind {
+            Kind::Overlay { .. } => {
+                self.unmount()?;
+                snapshots.adopt(chain, &self.dir.path().join("upper"))?;
+                Ok(None)
+            }
+            Kind::Copy { .. } => Ok(Some(self)),
+        }
     }
 }
 
