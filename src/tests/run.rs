@@ -531,3 +531,118 @@ fn issue_5_copies_where_overlayfs_cannot_be_mounted() {
     );
     assert!(a.0 == b.0, "trees differ");
 }
+
+#[test]
+fn issue_5_run_networks_and_file_capabilities() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    // A base whose busybox carries a file capability (cap_net_raw+ep), imported from a tar
+    // with the attribute, as image layers carry them.
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    let target = rootfs.join("bin/ping");
+    std::fs::copy("/bin/busybox", &target).unwrap();
+    // vfs_cap_data v2: magic|effective, permitted (bit 13: CAP_NET_RAW), inheritable, and the
+    // high words.
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    let c_path = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"security.capability".as_ptr(),
+            cap.as_ptr().cast(),
+            cap.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setting a file capability");
+    let tar = dir.path().join("base.tar");
+    let ok = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=security.capability", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    w.run(&["import", tar.to_str().unwrap(), "capbase:1"]).ok();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM capbase:1\n\
+         RUN busybox mkdir -p /out && busybox chmod 750 /bin/ping\n\
+         RUN --network=none busybox ls /sys/class/net > /out/none\n\
+         RUN busybox ls /sys/class/net > /out/default\n\
+         RUN --network=host busybox ls /sys/class/net > /out/host\n",
+    )
+    .unwrap();
+    w.run(&["build", "-t", "caps", ctx.path().to_str().unwrap()])
+        .ok();
+    let nets = w
+        .run(&[
+            "run",
+            "--rm",
+            "caps",
+            "busybox",
+            "sh",
+            "-c",
+            "busybox cat /out/none; echo -; busybox cat /out/default",
+        ])
+        .ok()
+        .stdout;
+    let (none, default) = nets.split_once("-\n").unwrap();
+    assert_eq!(none, "lo\n", "--network=none has only loopback");
+    assert!(
+        default.lines().count() > 1,
+        "the host's network by default: {default}"
+    );
+    // The RUN that changed /bin/ping's mode kept its capability in its layer.
+    let archive = dir.path().join("caps.tar");
+    w.run(&["save", "-o", archive.to_str().unwrap(), "caps"])
+        .ok();
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(x.join("manifest.json")).unwrap()).unwrap();
+    let layer = manifest[0]["Layers"][1].as_str().unwrap();
+    let data = std::fs::read(x.join(layer)).unwrap();
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(data.as_slice())
+        .read_to_end(&mut plain)
+        .unwrap();
+    let mut found = None;
+    for e in tar::Archive::new(plain.as_slice()).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("bin/ping") {
+            let mode = e.header().mode().unwrap();
+            for ext in e.pax_extensions().unwrap().into_iter().flatten() {
+                let ext = ext.unwrap();
+                if ext.key() == Ok("SCHILY.xattr.security.capability") {
+                    found = Some((mode & 0o7777, ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    assert_eq!(found, Some((0o750, cap)), "bin/ping in the RUN's layer");
+}

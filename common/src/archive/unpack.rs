@@ -409,18 +409,6 @@ pub fn apply_layer(
                 });
             }
         }
-        if opts.owners
-            && let Ok(Some(exts)) = entry.pax_extensions()
-        {
-            // Extended attributes (security.capability and the like), as root only.
-            for ext in exts.flatten() {
-                if let (Ok(key), value) = (ext.key(), ext.value_bytes())
-                    && let Some(attr) = key.strip_prefix("SCHILY.xattr.")
-                {
-                    xattr::set(&target, attr, value).map_err(io_err(&target))?;
-                }
-            }
-        }
         if opts.owners {
             let uid = header.uid().unwrap_or(0);
             let gid = header.gid().unwrap_or(0);
@@ -430,6 +418,26 @@ pub fn apply_layer(
                 // chown clears set-id bits: put them back.
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(io_err(&target))?;
+            }
+        }
+        if opts.owners
+            && let Ok(Some(exts)) = entry.pax_extensions()
+        {
+            // Extended attributes (security.capability and the like), as root only, after the
+            // owner: chown clears a file capability.
+            for ext in exts.flatten() {
+                // Never overlayfs's own attributes: a layer must not steer the overlay.
+                if let (Ok(key), value) = (ext.key(), ext.value_bytes())
+                    && let Some(attr) = key.strip_prefix("SCHILY.xattr.")
+                    && !attr.starts_with("trusted.overlay.")
+                {
+                    match xattr::set(&target, attr, value) {
+                        Ok(()) => {}
+                        // A filesystem without that namespace: the file is still right.
+                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                        Err(e) => return Err(io_err(&target)(e)),
+                    }
+                }
             }
         }
         if !kind.is_dir()
