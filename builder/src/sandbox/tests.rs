@@ -164,6 +164,24 @@ fn contained_processes_network_and_mounts() {
         |_| {},
     );
     assert_eq!((code, out.trim()), (0, "4"), "the standard nodes work");
+    // docker's default capabilities, and no new privileges.
+    let (_, out, _) = sh(
+        root.path(),
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status",
+        |_| {},
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        [
+            "CapEff:",
+            "00000000a80425fb",
+            "CapBnd:",
+            "00000000a80425fb",
+            "NoNewPrivs:",
+            "1"
+        ],
+        "{out}"
+    );
     // With no network, only loopback, and it is up.
     let (code, out, err) = sh(root.path(), "ls /sys/class/net", |s| {
         s.network = Network::None

@@ -387,3 +387,74 @@ impl Drop for View {
         let _ = self.unmount();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn tar_with(name: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(if kind == tar::EntryType::Regular {
+            1
+        } else {
+            0
+        });
+        h.set_mode(0o644);
+        let body: &[u8] = if kind == tar::EntryType::Regular {
+            b"x"
+        } else {
+            b""
+        };
+        match link {
+            Some(l) => b.append_link(&mut h, name, l).unwrap(),
+            None => {
+                // Names tar::Builder would refuse are written into the header by hand.
+                h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, body).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn hostile_layers_do_not_reach_outside_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::new(dir.path().join("snapshots")).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let cases = [
+            tar_with("../outside/escaped", tar::EntryType::Regular, None),
+            tar_with("/../../outside/abs", tar::EntryType::Regular, None),
+        ];
+        for (i, layer) in cases.iter().enumerate() {
+            let file = dir.path().join(format!("layer-{i}.tar"));
+            std::fs::write(&file, layer).unwrap();
+            let chain: Digest = format!("sha256:{:064x}", i + 1).parse().unwrap();
+            // Whatever happens to the member, nothing lands outside the snapshot.
+            let _ = snaps.ensure(&[(chain, file)]);
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "case {i}");
+        }
+        // A symlink to the outside and then a file through it: refused or kept inside.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "out", outside.to_str().unwrap())
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "out/through", &b"x"[..]).unwrap();
+        let file = dir.path().join("link.tar");
+        std::fs::write(&file, b.into_inner().unwrap()).unwrap();
+        let chain: Digest = format!("sha256:{:064x}", 99).parse().unwrap();
+        let _ = snaps.ensure(&[(chain, file)]);
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+}
