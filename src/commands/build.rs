@@ -401,22 +401,35 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
         ));
     }
-    let dest = LocalDest::new(store.clone(), false).await?;
-    let silent = wharf_common::progress::Silent;
-    match copy_image(
-        built.image(),
-        &dest,
-        None,
-        &names,
-        &CopyOptions::default(),
-        &silent,
-    )
-    .await
-    {
-        Ok(_) => dest.finish().await?,
-        Err(e) => {
-            let _ = dest.abort().await;
-            return Err(e).context("storing the built image");
+    // Nothing to store when the image is there already under every name asked for (a
+    // cached rebuild): the copy would only rewrite what is there.
+    let manifest_digest = built.manifest().digest.clone();
+    let mut stored = store.image(&manifest_digest).await?.is_some();
+    for n in &names {
+        stored = stored
+            && store
+                .resolve(n)
+                .await?
+                .is_some_and(|found| found.digest == manifest_digest);
+    }
+    if !stored {
+        let dest = LocalDest::new(store.clone(), false).await?;
+        let silent = wharf_common::progress::Silent;
+        match copy_image(
+            built.image(),
+            &dest,
+            None,
+            &names,
+            &CopyOptions::default(),
+            &silent,
+        )
+        .await
+        {
+            Ok(_) => dest.finish().await?,
+            Err(e) => {
+                let _ = dest.abort().await;
+                return Err(e).context("storing the built image");
+            }
         }
     }
     if !records.is_empty() {

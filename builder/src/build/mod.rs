@@ -409,6 +409,7 @@ pub async fn build(
         events,
         new_layers: std::sync::Mutex::new(Vec::new()),
         cache_hits: std::sync::Mutex::new(Vec::new()),
+        context_memo: std::sync::Mutex::new(BTreeMap::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
         from_views: std::sync::Mutex::new(BTreeMap::new()),
     };
@@ -646,6 +647,8 @@ struct Run {
     new_layers: std::sync::Mutex<Vec<NewLayer>>,
     /// Cache entries used.
     cache_hits: std::sync::Mutex<Vec<Digest>>,
+    /// Remembered context file digests, per context root.
+    context_memo: std::sync::Mutex<BTreeMap<String, ContextDigests>>,
     /// Numbers steps across stages running at once.
     step_ids: std::sync::atomic::AtomicUsize,
     /// Read-only roots of stages and images that COPY --from and RUN --mount read.
@@ -1600,12 +1603,7 @@ impl Run {
                     mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
                 };
                 let abs = disk.to_string_lossy().into_owned();
-                let known = self.opts.cache.as_ref().and_then(|c| {
-                    c.runtime
-                        .block_on(c.store.context_digest(&abs, stamp))
-                        .ok()
-                        .flatten()
-                });
+                let known = self.remembered(ctx, &abs, stamp);
                 let digest = match known {
                     Some(d) => d,
                     None => {
@@ -1624,6 +1622,33 @@ impl Run {
         Ok(key_of(&refs))
     }
 
+    /// The digest remembered for the context file `abs` if it still has `stamp`. The store's
+    /// digests for a context are read in one query, the first time one is asked for.
+    fn remembered(
+        &self,
+        ctx: &Context,
+        abs: &str,
+        stamp: wharf_common::store::FileStamp,
+    ) -> Option<Digest> {
+        let cache = self.opts.cache.as_ref()?;
+        let root = ctx.root().to_string_lossy().into_owned();
+        let mut memo = self
+            .context_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !memo.contains_key(&root) {
+            let known = cache
+                .runtime
+                .block_on(cache.store.context_digests_under(&root))
+                .unwrap_or_default();
+            memo.insert(root.clone(), known);
+        }
+        memo.get(&root)?
+            .get(abs)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, d)| d.clone())
+    }
+
     pub(crate) fn lexer(&self) -> &Lexer {
         &self.lexer
     }
@@ -1636,6 +1661,9 @@ impl Run {
         &self.opts.context
     }
 }
+
+/// Context files' remembered digests: absolute path → (stamp, digest).
+type ContextDigests = std::collections::HashMap<String, (wharf_common::store::FileStamp, Digest)>;
 
 /// A layer a build wrote: the key of its step, the layer, its file, and when it was made.
 pub type NewLayer = (Digest, WrittenLayer, PathBuf, i64);

@@ -60,7 +60,13 @@ impl LocalStore {
             return Ok(None);
         };
         let size = u64::try_from(size).unwrap_or(0);
-        if self.blob_size(&layer).await != Some(size) {
+        // A stat of a local file: done here rather than on the blocking pool, which would cost
+        // two thread hand-offs per step of a cached build.
+        if std::fs::metadata(self.blob_path(&layer))
+            .map(|m| m.len())
+            .ok()
+            != Some(size)
+        {
             return Ok(None);
         }
         Ok(Some(CacheEntry {
@@ -84,14 +90,18 @@ impl LocalStore {
             .await
             .map_err(StoreError::db("updating the build cache"))?;
         let at = now();
-        for key in keys {
-            sqlx::query("UPDATE build_cache SET used_at = ?2 WHERE key = ?1")
-                .bind(key.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::db("updating the build cache"))?;
-        }
+        // One statement for all the keys (a JSON array): each statement is a round trip to
+        // SQLite's thread.
+        let list = serde_json::to_string(&keys.iter().map(Digest::as_str).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE build_cache SET used_at = ?1 WHERE key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(at)
+        .bind(list)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("updating the build cache"))?;
         tx.commit()
             .await
             .map_err(StoreError::db("updating the build cache"))
@@ -177,6 +187,38 @@ impl LocalStore {
                 .then(|| digest.parse().ok())
                 .flatten()
         }))
+    }
+
+    /// Every remembered digest of a file under the directory `prefix` (an absolute path), by
+    /// path: one query instead of one per file.
+    pub async fn context_digests_under(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::HashMap<String, (FileStamp, Digest)>, StoreError> {
+        let dir = format!("{}/", prefix.trim_end_matches('/'));
+        // Paths under `dir` sort between `dir` and `dir` with its last byte ('/') bumped.
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        let rows: Vec<(String, i64, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT path, dev, ino, size, mtime_ns, digest FROM context_files \
+             WHERE path >= ?1 AND path < ?2",
+        )
+        .bind(&dir)
+        .bind(&end)
+        .fetch_all(self.db())
+        .await
+        .map_err(StoreError::db("reading context digests"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(path, dev, ino, size, mtime_ns, digest)| {
+                let stamp = FileStamp {
+                    dev: u64::try_from(dev).ok()?,
+                    ino: u64::try_from(ino).ok()?,
+                    size: u64::try_from(size).ok()?,
+                    mtime_ns,
+                };
+                Some((path, (stamp, digest.parse().ok()?)))
+            })
+            .collect())
     }
 
     /// Remembers context files' content digests.

@@ -164,7 +164,23 @@ impl LocalStore {
                 return Err(StoreError::db("opening the database")(e));
             }
         };
-        let migrated = MIGRATOR.run(&db).await;
+        // A store already at this binary's schema skips the migrator, which would take a
+        // write transaction on every open.
+        let applied: Vec<(i64,)> = sqlx::query_as(
+            "SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap_or_default();
+        let current = applied
+            .iter()
+            .map(|(v,)| *v)
+            .eq(MIGRATOR.iter().map(|m| m.version));
+        let migrated = if current {
+            Ok(())
+        } else {
+            MIGRATOR.run(&db).await
+        };
         drop(lock);
         migrated.map_err(|source| StoreError::Migrate {
             path: db_path.clone(),
