@@ -646,3 +646,96 @@ fn issue_5_run_networks_and_file_capabilities() {
     }
     assert_eq!(found, Some((0o750, cap)), "bin/ping in the RUN's layer");
 }
+
+#[test]
+fn issue_5_heredocs_bind_from_a_stage_terminals_and_signals() {
+    if !ready() || !have("script") {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS tools\n\
+         RUN mkdir /kit && echo from-the-tools-stage > /kit/note\n\
+         FROM busybox\n\
+         ARG WHO=heredoc\n\
+         RUN <<EOF\n\
+         echo \"script run by $0 for $WHO\" > /script.txt\n\
+         EOF\n\
+         RUN <<EOF\n\
+         #!/bin/sh\n\
+         echo \"shebang: $0\" > /shebang.txt\n\
+         EOF\n\
+         RUN cat <<EOF > /inline.txt && echo after >> /inline.txt\n\
+         inline $WHO\n\
+         EOF\n\
+         RUN --mount=type=bind,from=tools,source=/kit,target=/kit cp /kit/note /note.txt\n",
+    )
+    .unwrap();
+    w.run(&["build", "-t", "hd", ctx.path().to_str().unwrap()])
+        .ok();
+    let out = w
+        .run(&[
+            "run",
+            "--rm",
+            "hd",
+            "cat",
+            "/script.txt",
+            "/shebang.txt",
+            "/inline.txt",
+            "/note.txt",
+        ])
+        .ok()
+        .stdout;
+    assert_eq!(
+        out,
+        "script run by /dev/pipes/EOF for heredoc\nshebang: /dev/pipes/EOF\ninline heredoc\nafter\nfrom-the-tools-stage\n"
+    );
+    // -t: a terminal of the container's own, and the exit code through it.
+    let cmd = format!(
+        "{} --progress plain run -t --rm busybox sh -c 'tty; exit 4'",
+        WHARF
+    );
+    let t = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("WHARF_ROOT", &w.root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(t.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&t.stdout).contains("/dev/pts/0"),
+        "{}",
+        String::from_utf8_lossy(&t.stdout)
+    );
+    // SIGTERM to wharf run reaches the command, whose exit code comes back.
+    let mut child = w
+        .cmd()
+        .args([
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the container never got ready");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    stdout.read_to_end(&mut seen).unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&seen).contains("got TERM"));
+}

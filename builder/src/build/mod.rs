@@ -325,10 +325,9 @@ pub async fn build(
             .map_err(|e| step_error(&file, stage.location.line, &stage.original, e.to_string()))?;
         let mut wanted = vec![(base, stage.location.line)];
         for step in &stage.steps {
-            if let Instruction::Copy(c) = &step.instruction
-                && let Some(from) = &c.from
-            {
-                wanted.push((from.clone(), step.location.line));
+            for from in step_sources(step) {
+                let from = lexer.process_word(&from, &meta).unwrap_or(from);
+                wanted.push((from, step.location.line));
             }
         }
         for (name, line) in wanted {
@@ -465,16 +464,31 @@ fn stage_index(df: &Dockerfile, name: &str, before: usize) -> Option<usize> {
     name.parse::<usize>().ok().filter(|i| *i < before)
 }
 
-/// The earlier stages stage `i` reads (its FROM, its COPY --from).
+/// What a step reads from another stage or image: COPY --from, RUN --mount=…,from=.
+fn step_sources(step: &Step) -> Vec<String> {
+    match &step.instruction {
+        Instruction::Copy(c) | Instruction::Add(c) => c.from.iter().cloned().collect(),
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .flat_map(|m| m.split(','))
+            .filter_map(|f| f.trim().strip_prefix("from="))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The earlier stages stage `i` reads (its FROM, its COPY --from, its RUN mounts from one).
 fn stage_deps(df: &Dockerfile, i: usize) -> Vec<usize> {
     let s = &df.stages[i];
     let mut deps: Vec<usize> = stage_index(df, &s.base, i).into_iter().collect();
     for step in &s.steps {
-        if let Instruction::Copy(c) = &step.instruction
-            && let Some(j) = c.from.as_deref().and_then(|f| stage_index(df, f, i))
-        {
-            deps.push(j);
-        }
+        deps.extend(
+            step_sources(step)
+                .iter()
+                .filter_map(|f| stage_index(df, f, i)),
+        );
     }
     deps
 }
