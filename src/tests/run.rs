@@ -215,7 +215,7 @@ fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
     std::fs::write(
         ctx.path().join("Dockerfile"),
         format!(
-            "FROM busybox\nRUN echo started; (sleep 300; echo {marker}) & echo spawned; exit 7\n"
+            "FROM busybox\nRUN echo started; (sleep 301; echo {marker}) & echo spawned; exit 7\n"
         ),
     )
     .unwrap();
@@ -229,14 +229,20 @@ fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
         "{}",
         failed.stderr
     );
+    // The step's orphans went with it.
     assert!(processes_with(&format!("echo {marker}")).is_empty());
+    assert!(
+        processes_with("sleep 301").is_empty(),
+        "{:?}",
+        processes_with("sleep 301")
+    );
     assert!(host_mounts(&w).is_empty(), "{:?}", host_mounts(&w));
     assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
 
     // Ctrl-C in the middle of a RUN.
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        format!("FROM busybox\nRUN echo {marker}-running; sleep 300\n"),
+        format!("FROM busybox\nRUN echo {marker}-running; sleep 302\n"),
     )
     .unwrap();
     let mut child = w
@@ -247,7 +253,7 @@ fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while processes_with("sleep 300").is_empty() {
+    while processes_with("sleep 302").is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the RUN never started"
@@ -256,13 +262,14 @@ fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
     }
     // SAFETY: kill has no memory preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert!(!status.success());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cancelled"), "{stderr}");
     assert!(
-        processes_with("sleep 300").is_empty(),
-        "{:?}",
-        processes_with("sleep 300")
+        processes_with("sleep 302").is_empty(),
+        "{:?}\n{stderr}",
+        processes_with("sleep 302")
     );
     assert!(host_mounts(&w).is_empty(), "{:?}", host_mounts(&w));
     assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
