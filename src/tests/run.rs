@@ -245,7 +245,7 @@ fn issue_5_failures_and_ctrl_c_leave_nothing_behind() {
         format!("FROM busybox\nRUN echo {marker}-running; sleep 302\n"),
     )
     .unwrap();
-    let mut child = w
+    let child = w
         .cmd()
         .args(["build", "-t", "c", ctx.path().to_str().unwrap()])
         .stdout(Stdio::null())
