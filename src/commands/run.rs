@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use wharf_builder::container;
 use wharf_builder::sandbox::{self, Mount, Network, Root, SandboxError, Spec};
-use wharf_builder::snapshot::{self, Snapshots, chain_ids};
-use wharf_common::digest::Digest;
+use wharf_builder::snapshot::{self, Snapshots};
 use wharf_common::image::Platform;
 
 use crate::cli::RunArgs;
@@ -71,30 +70,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("image {}", args.image))?;
     let config = &img.config;
     // The layers' snapshots, extracted once and shared with builds.
-    let listed: Vec<Option<Digest>> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let diff_ids: Vec<Digest> = img
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, (b, _))| {
-            listed
-                .get(i)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| b.digest.clone())
-        })
-        .collect();
-    let chain: Vec<(Digest, PathBuf)> = chain_ids(&diff_ids)
-        .into_iter()
-        .zip(img.layers.iter().map(|(_, p)| p.clone()))
-        .collect();
+    let chain = img.chain();
     let snapshots = Snapshots::new(store.root().join("snapshots")).map_err(anyhow::Error::msg)?;
     let id = hex::encode(rand::random::<[u8; 32]>());
     let dir = ContainerDir(store.root().join("containers").join(&id));
@@ -163,36 +139,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     // The files the container gets at /etc.
-    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
-        let p = dir.0.join(name);
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-        Ok(p)
-    };
-    let mut mounts = vec![
-        Mount::Bind {
-            source: write(
-                "hosts",
-                format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
-                ),
-            )?,
-            target: "/etc/hosts".into(),
-            readonly: false,
-        },
-        Mount::Bind {
-            source: write("hostname", format!("{hostname}\n"))?,
-            target: "/etc/hostname".into(),
-            readonly: false,
-        },
-        Mount::Bind {
-            source: write(
-                "resolv.conf",
-                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            )?,
-            target: "/etc/resolv.conf".into(),
-            readonly: false,
-        },
-    ];
+    let mut mounts =
+        sandbox::etc_files(&dir.0, &hostname).context("writing the container's /etc files")?;
     for v in &args.volumes {
         let parts: Vec<&str> = v.split(':').collect();
         let (host, target, readonly) = match parts.as_slice() {

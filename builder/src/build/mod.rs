@@ -572,30 +572,45 @@ fn chain_of(layers: &[Layer]) -> Vec<(Digest, PathBuf)> {
         .collect()
 }
 
-/// A base image's layers, with the diff ids its config lists.
+impl BaseImage {
+    /// Each layer's diff id, as the config lists them (the blob digest where it does not).
+    pub fn diff_ids(&self) -> Vec<Digest> {
+        let listed: Vec<Option<Digest>> = self
+            .config
+            .get("rootfs")
+            .and_then(|r| r.get("diff_ids"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| {
+                listed
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| b.digest.clone())
+            })
+            .collect()
+    }
+
+    /// The layers as (chain id, layer file), bottom first: what snapshots are keyed by.
+    pub fn chain(&self) -> Vec<(Digest, PathBuf)> {
+        chain_of(&base_layers(self))
+    }
+}
+
+/// A base image's layers, with their diff ids.
 fn base_layers(img: &BaseImage) -> Vec<Layer> {
-    let ids: Vec<Option<Digest>> = img
-        .config
-        .get("rootfs")
-        .and_then(|r| r.get("diff_ids"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
     img.layers
         .iter()
-        .enumerate()
-        .map(|(i, (b, p))| {
-            let diff_id = ids
-                .get(i)
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| b.digest.clone());
-            Layer::Base(b.clone(), p.clone(), diff_id)
-        })
+        .zip(img.diff_ids())
+        .map(|((b, p), d)| Layer::Base(b.clone(), p.clone(), d))
         .collect()
 }
 
@@ -1250,10 +1265,7 @@ impl Run {
                 let created = copy::mkdir_p(s, &path, owner).map_err(|e| e.to_string())?;
                 // A layer even when the directory was there (an empty one), as BuildKit makes.
                 copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
-                if let Some(Layer::New(w, p)) = s.layers.last() {
-                    let (w, p) = (w.clone(), p.clone());
-                    self.record(&key, Some((w, p)), s);
-                }
+                self.record(&key, s);
                 self.commit_root(s)?;
                 self.history(s, format!("WORKDIR {path}"), false);
             }
@@ -1398,12 +1410,7 @@ impl Run {
                 s.time = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-                if let Some(Layer::New(w, p)) = s.layers.last() {
-                    self.new_layers
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((key, w.clone(), p.clone(), s.time));
-                }
+                self.record(&key, s);
                 self.history(s, format!("{word} {args} # buildkit"), false);
             }
             Instruction::Run(r) => return run::run(self, s, r, done, stage),
@@ -1411,18 +1418,13 @@ impl Run {
         Ok(false)
     }
 
-    /// Remembers a layer this build made, for the cache (with no layer: the empty one).
-    pub(crate) fn record(
-        &self,
-        key: &Digest,
-        layer: Option<(WrittenLayer, PathBuf)>,
-        s: &StageState,
-    ) {
-        if let Some((w, p)) = layer {
+    /// Remembers the layer the step keyed `key` just wrote (the stage's newest), for the cache.
+    pub(crate) fn record(&self, key: &Digest, s: &StageState) {
+        if let Some(Layer::New(w, p)) = s.layers.last() {
             self.new_layers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((key.clone(), w, p, s.time));
+                .push((key.clone(), w.clone(), p.clone(), s.time));
         }
     }
 

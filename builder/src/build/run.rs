@@ -327,31 +327,8 @@ pub(super) fn run(
             .map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(p)
     };
-    let mut sandbox_mounts = vec![
-        Mount::Bind {
-            source: write(
-                "hosts",
-                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{HOSTNAME}\n").as_bytes(),
-                0o644,
-            )?,
-            target: "/etc/hosts".into(),
-            readonly: false,
-        },
-        Mount::Bind {
-            source: write("hostname", format!("{HOSTNAME}\n").as_bytes(), 0o644)?,
-            target: "/etc/hostname".into(),
-            readonly: false,
-        },
-        Mount::Bind {
-            source: write(
-                "resolv.conf",
-                &std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-                0o644,
-            )?,
-            target: "/etc/resolv.conf".into(),
-            readonly: false,
-        },
-    ];
+    let mut sandbox_mounts =
+        sandbox::etc_files(scratch.path(), HOSTNAME).map_err(|e| e.to_string())?;
     for (name, content) in &pipes {
         sandbox_mounts.push(Mount::Bind {
             source: write(&format!("pipe-{}", sandbox_mounts.len()), content, 0o755)?,
@@ -463,7 +440,7 @@ pub(super) fn run(
                 });
             }
             _ => {
-                let source = bind_source(run, s, m, stage, done)?;
+                let source = bind_source(run, m, stage, done)?;
                 let source = if m.readonly {
                     source
                 } else {
@@ -582,10 +559,7 @@ pub(super) fn run(
     // A layer even when nothing changed (an empty one), as BuildKit makes.
     copy::commit_layer(s, entries, &run.opts).map_err(|e| e.to_string())?;
     s.time = now();
-    if let Some(Layer::New(w, p)) = s.layers.last() {
-        let (w, p) = (w.clone(), p.clone());
-        run.record(&key, Some((w, p)), s);
-    }
+    run.record(&key, s);
     s.view.0 = Some((view, n));
     run.commit_root(s)?;
     run.history(s, created_by, false);
@@ -627,7 +601,6 @@ fn bind_key(
 /// Where a bind mount's source is on the host.
 fn bind_source(
     run: &Run,
-    _s: &mut StageState,
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,

@@ -308,16 +308,7 @@ unsafe fn pid1(
                 continue;
             };
             if m.tree >= 0 {
-                const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-                if libc::syscall(
-                    libc::SYS_move_mount,
-                    m.tree,
-                    c(b"\0"),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                ) != 0
-                {
+                if !attach(m.tree, target.as_ptr()) {
                     fail(st, STEP_MOUNT);
                 }
                 continue;
@@ -484,7 +475,6 @@ unsafe fn make_dev(st: c_int, nodes: &[(c_int, CString)]) {
         {
             fail(st, STEP_DEV);
         }
-        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
         for (tree, path) in nodes {
             let fd = libc::open(
                 path.as_ptr(),
@@ -495,15 +485,7 @@ unsafe fn make_dev(st: c_int, nodes: &[(c_int, CString)]) {
                 fail(st, STEP_DEV);
             }
             libc::close(fd);
-            if libc::syscall(
-                libc::SYS_move_mount,
-                *tree,
-                c(b"\0"),
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            ) != 0
-            {
+            if !attach(*tree, path.as_ptr()) {
                 fail(st, STEP_DEV);
             }
         }
@@ -535,6 +517,22 @@ unsafe fn make_dev(st: c_int, nodes: &[(c_int, CString)]) {
         libc::symlink(c(b"/proc/self/fd/0\0"), c(b"/dev/stdin\0"));
         libc::symlink(c(b"/proc/self/fd/1\0"), c(b"/dev/stdout\0"));
         libc::symlink(c(b"/proc/self/fd/2\0"), c(b"/dev/stderr\0"));
+    }
+}
+
+/// Attaches the detached mount `tree` (from `open_tree(2)`) at `target` (`move_mount(2)`).
+unsafe fn attach(tree: c_int, target: *const c_char) -> bool {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    // SAFETY: target is a NUL-terminated path the caller keeps alive; tree is ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c(b"\0"),
+            libc::AT_FDCWD,
+            target,
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) == 0
     }
 }
 

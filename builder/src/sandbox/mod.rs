@@ -511,16 +511,10 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         None => null.into(),
     };
     // The status pipe: the child writes (step, errno) on failure; close-on-exec otherwise.
-    let mut p = [0; 2];
-    // SAFETY: p has room for two descriptors.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SandboxError::Prepare {
-            what: "creating a pipe".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: both were just created.
-    let (status_r, status_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let (status_r, status_w) = pipe().map_err(|source| SandboxError::Prepare {
+        what: "creating a pipe".into(),
+        source,
+    })?;
     let cap_last = cap_last();
     let mut drop_caps = Vec::new();
     for c in 0..=cap_last {
@@ -766,6 +760,37 @@ impl Drop for Running {
 /// Runs `spec` to the end: the exit code.
 pub fn run(spec: Spec) -> Result<i32, SandboxError> {
     start(spec)?.wait()
+}
+
+/// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for a sandbox named `hostname`:
+/// written into `dir` (the host's resolv.conf copied), as bind mounts.
+pub fn etc_files(dir: &Path, hostname: &str) -> std::io::Result<Vec<Mount>> {
+    let files = [
+        (
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
+            )
+            .into_bytes(),
+        ),
+        ("hostname", format!("{hostname}\n").into_bytes()),
+        (
+            "resolv.conf",
+            std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    ];
+    let mut mounts = Vec::new();
+    for (name, content) in files {
+        let source = dir.join(name);
+        std::fs::write(&source, content)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", source.display())))?;
+        mounts.push(Mount::Bind {
+            source,
+            target: format!("/etc/{name}"),
+            readonly: false,
+        });
+    }
+    Ok(mounts)
 }
 
 /// A pipe: (read end, write end), close-on-exec.
