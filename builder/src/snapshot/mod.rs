@@ -145,12 +145,6 @@ pub fn copy_root(chain: &[(Digest, PathBuf)], root: &Path) -> Result<(), String>
     Ok(())
 }
 
-/// Whether an error from mounting an overlay or writing a snapshot means overlays cannot be
-/// used here at all.
-pub fn overlay_unusable(e: &std::io::Error) -> bool {
-    unusable(e)
-}
-
 /// Gives the calling thread (and the threads and processes it starts) a private mount
 /// namespace, so the overlays it mounts are seen by nobody else and vanish with it.
 pub fn private_mounts() -> Result<(), String> {
