@@ -1250,10 +1250,7 @@ impl Run {
                     "workdir",
                     &path,
                     user.as_deref().unwrap_or(""),
-                    &format!(
-                        "{:?} {:?}",
-                        self.opts.source_date_epoch, self.opts.compression
-                    ),
+                    &self.layer_options(),
                 ]);
                 if let Some((layer, file, _)) = self.cached_layer(&key) {
                     s.layers.push(Layer::New(layer, file));
@@ -1375,11 +1372,7 @@ impl Run {
                 };
                 let env = serde_json::to_string(&s.expansion_env()).unwrap_or_default();
                 let workdir = s.workdir();
-                // What the layer's bytes depend on besides the files.
-                let layer_opts = format!(
-                    "{:?} {:?}",
-                    self.opts.source_date_epoch, self.opts.compression
-                );
+                let layer_opts = self.layer_options();
                 let key = key_of(&[
                     s.key.as_str(),
                     &step.original,
@@ -1416,6 +1409,14 @@ impl Run {
             Instruction::Run(r) => return run::run(self, s, r, done, stage),
         }
         Ok(false)
+    }
+
+    /// What a layer's bytes depend on besides its files, for cache keys.
+    pub(crate) fn layer_options(&self) -> String {
+        format!(
+            "{:?} {:?}",
+            self.opts.source_date_epoch, self.opts.compression
+        )
     }
 
     /// Remembers the layer the step keyed `key` just wrote (the stage's newest), for the cache.

@@ -281,10 +281,7 @@ pub(super) fn run(
         .iter()
         .map(|(n, c)| format!("{n}\n{}", String::from_utf8_lossy(c)))
         .collect();
-    let layer_opts = format!(
-        "{:?} {:?}",
-        run.opts.source_date_epoch, run.opts.compression
-    );
+    let layer_opts = run.layer_options();
     let key = key_of(&[
         s.key.as_str(),
         "run",
