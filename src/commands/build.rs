@@ -259,7 +259,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
         .map_err(anyhow::Error::msg)?;
     let cache_mounts = store.root().join("cache-mounts");
-    std::fs::create_dir_all(&cache_mounts)
+    wharf_common::store::private_dir(&cache_mounts)
         .with_context(|| format!("creating {}", cache_mounts.display()))?;
     let opts = BuildOptions {
         dockerfile,

@@ -73,7 +73,10 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let chain = img.chain();
     let snapshots = Snapshots::new(store.root().join("snapshots")).map_err(anyhow::Error::msg)?;
     let id = hex::encode(rand::random::<[u8; 32]>());
-    let dir = ContainerDir(store.root().join("containers").join(&id));
+    let containers = store.root().join("containers");
+    wharf_common::store::private_dir(&containers)
+        .with_context(|| format!("creating {}", containers.display()))?;
+    let dir = ContainerDir(containers.join(&id));
     for d in ["upper", "work", "merged"] {
         std::fs::create_dir_all(dir.0.join(d))
             .with_context(|| format!("creating {}", dir.0.join(d).display()))?;
@@ -111,12 +114,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let passwd = base.read("/etc/passwd");
     let group = base.read("/etc/group");
-    let mut identity = sandbox::resolve_user(&passwd, &group, &user).map_err(anyhow::Error::msg)?;
-    // docker run lists the primary group among the supplementary ones (BuildKit's RUN does
-    // not).
-    if !identity.groups.contains(&identity.gid) {
-        identity.groups.insert(0, identity.gid);
-    }
+    let identity = sandbox::resolve_user(&passwd, &group, &user).map_err(anyhow::Error::msg)?;
     let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
     let env = container::environment(
         config,

@@ -9,6 +9,7 @@ mod faults;
 mod layout;
 mod registry;
 mod run;
+mod security;
 mod serve;
 mod store;
 mod support;

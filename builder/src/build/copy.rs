@@ -131,11 +131,13 @@ fn apply_chmod(spec: &str, current: u32, is_dir: bool) -> Result<u32, String> {
     Ok(mode)
 }
 
-/// Creates `path` and its missing parents in the root; returns the entries for those created.
+/// Creates `path` and its missing parents in the root with `mode` (no umask); returns the
+/// entries for those created.
 pub(crate) fn mkdir_p(
     s: &mut StageState,
     path: &str,
     owner: Option<Owner>,
+    mode: u32,
 ) -> std::io::Result<Vec<LayerEntry>> {
     let mut entries = Vec::new();
     let mut current = String::new();
@@ -152,10 +154,11 @@ pub(crate) fn mkdir_p(
             Err(_) => {}
         }
         std::fs::create_dir(&disk)?;
-        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(mode))?;
         let o = owner.unwrap_or(Owner::ROOT);
         chown(&disk, o);
         entries.push(LayerEntry {
+            mode,
             uid: u64::from(o.uid),
             gid: u64::from(o.gid),
             ..LayerEntry::new(&image_path(&s.rootfs, &disk), LayerSource::Dir)
@@ -263,9 +266,11 @@ pub(crate) fn copy(
         Some(m) => Some(lexer.process_word(m, &env).map_err(|e| e.to_string())?),
         None => None,
     };
-    if let Some(m) = &chmod {
-        apply_chmod(m, 0o644, false)?;
-    }
+    // Directories the copy creates get --chmod's mode too, as BuildKit (v0.32) makes them.
+    let dir_mode = match &chmod {
+        Some(m) => apply_chmod(m, 0o755, true)?,
+        None => 0o755,
+    };
     // The sources, as (context-relative path, root they are in).
     let plain;
     let ctx: &Context = match from {
@@ -360,9 +365,9 @@ pub(crate) fn copy(
             .unwrap_or_default()
     };
     if dest_is_dir {
-        entries.extend(mkdir_p(s, &dest, owner).map_err(|e| e.to_string())?);
+        entries.extend(mkdir_p(s, &dest, owner, dir_mode).map_err(|e| e.to_string())?);
     } else {
-        entries.extend(mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?);
+        entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode).map_err(|e| e.to_string())?);
     }
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     // A file from a URL: mode 0600 (unless --chmod), the server's Last-Modified, never unpacked.
@@ -426,7 +431,7 @@ pub(crate) fn copy(
                         parent_of(&item.dest)
                     };
                     let d = clean_abs(&format!("{dest}/{sub}"));
-                    entries.extend(mkdir_p(s, &d, owner).map_err(|e| e.to_string())?);
+                    entries.extend(mkdir_p(s, &d, owner, dir_mode).map_err(|e| e.to_string())?);
                     d
                 } else {
                     dest.clone()
@@ -439,7 +444,8 @@ pub(crate) fn copy(
                         resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?;
                     if !std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
                         entries.extend(
-                            mkdir_p(s, &parent_of(&dest), owner).map_err(|e| e.to_string())?,
+                            mkdir_p(s, &parent_of(&dest), owner, dir_mode)
+                                .map_err(|e| e.to_string())?,
                         );
                         let _ = std::fs::remove_file(&on_disk);
                         std::fs::create_dir(&on_disk).map_err(|e| format!("{dest}: {e}"))?;
@@ -559,7 +565,7 @@ fn extract_archive(
     };
     wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &opts)
         .map_err(|e| format!("unpacking {}: {e}", archive.display()))?;
-    entries.extend(mkdir_p(s, dest, None).map_err(|e| e.to_string())?);
+    entries.extend(mkdir_p(s, dest, None, 0o755).map_err(|e| e.to_string())?);
     let mut links = HashMap::new();
     walk(
         s,

@@ -10,7 +10,7 @@ mod copy;
 mod output;
 mod run;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
@@ -535,6 +535,35 @@ pub(crate) struct StageState {
     pub args: Vec<(String, String)>,
     /// The number (`#N`) of the step running, for its output.
     pub step_id: usize,
+    /// Where each ENV name sits in the config's `Env` list; `None` until first used (and after
+    /// the config is replaced). Keeps a Dockerfile of many ENV lines linear.
+    pub env_index: Option<HashMap<String, usize>>,
+}
+
+/// The variables in scope for expansion: ENV over ARGs, as [`StageState::expansion_env`]
+/// lists them, looked up without copying.
+pub(crate) struct Scope<'a> {
+    args: &'a [(String, String)],
+    env: &'a [Value],
+    index: &'a HashMap<String, usize>,
+}
+
+impl crate::dockerfile::shell::Env for Scope<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        if let Some(&i) = self.index.get(name) {
+            return self
+                .env
+                .get(i)
+                .and_then(Value::as_str)
+                .and_then(|e| e.split_once('='))
+                .map(|(_, v)| v);
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A stage's mounted root and the number of layers it shows; never cloned (a stage built on
@@ -625,6 +654,71 @@ impl StageState {
         }
         c.as_object_mut()
             .unwrap_or_else(|| unreachable!("made an object above"))
+    }
+
+    /// The config's `Env` list, and an index of it by name.
+    fn env_list(&mut self) -> (&mut Vec<Value>, &mut HashMap<String, usize>) {
+        let config = self
+            .image
+            .entry("config")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !config.is_object() {
+            *config = Value::Object(Map::new());
+        }
+        let list = config
+            .as_object_mut()
+            .unwrap_or_else(|| unreachable!("made an object above"))
+            .entry("Env")
+            .or_insert_with(|| json!([]));
+        if !list.is_array() {
+            *list = json!([]);
+            self.env_index = None;
+        }
+        let list = list
+            .as_array_mut()
+            .unwrap_or_else(|| unreachable!("made an array above"));
+        let index = self.env_index.get_or_insert_with(|| {
+            let mut index = HashMap::new();
+            for (i, e) in list.iter().enumerate() {
+                if let Some((k, _)) = e.as_str().and_then(|e| e.split_once('=')) {
+                    index.insert(k.to_owned(), i);
+                }
+            }
+            index
+        });
+        (list, index)
+    }
+
+    /// Sets an ENV variable in place (or appends it), as docker does.
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
+        let (list, index) = self.env_list();
+        let entry = json!(format!("{key}={value}"));
+        match index.get(key) {
+            Some(&i) if i < list.len() => list[i] = entry,
+            _ => {
+                index.insert(key.to_owned(), list.len());
+                list.push(entry);
+            }
+        }
+    }
+
+    /// The variables words are expanded with (see [`Scope`]).
+    pub(crate) fn scope(&mut self) -> Scope<'_> {
+        self.env_list();
+        let env = self
+            .image
+            .get("config")
+            .and_then(|c| c.get("Env"))
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        Scope {
+            args: &self.args,
+            env,
+            index: self
+                .env_index
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("env_list made the index")),
+        }
     }
 
     /// The environment variables words are expanded with: ARGs, then ENV over them.
@@ -835,6 +929,7 @@ impl Run {
                     view: ViewSlot::default(),
                     args: Vec::new(),
                     step_id: from_id,
+                    env_index: None,
                 }
             }
             None => {
@@ -877,6 +972,7 @@ impl Run {
                     view: ViewSlot::default(),
                     args: Vec::new(),
                     step_id: from_id,
+                    env_index: None,
                 };
                 for t in triggers {
                     let parsed = instructions::parse(&format!("FROM scratch\n{t}\n"), "ONBUILD")
@@ -909,7 +1005,7 @@ impl Run {
                     .any(|e| e.as_str().is_some_and(|s| s.starts_with("PATH=")))
             });
         if !has_path {
-            set_env(state.config(), "PATH", DEFAULT_PATH);
+            state.set_env("PATH", DEFAULT_PATH);
         }
         // Proxy ARGs need no declaration.
         for (k, v) in &self.opts.build_args {
@@ -978,9 +1074,8 @@ impl Run {
     }
 
     fn expand(&self, s: &mut StageState, word: &str) -> Result<String, String> {
-        let env = s.expansion_env();
         self.lexer
-            .process_word(word, &env)
+            .process_word(word, &s.scope())
             .map_err(|e| e.to_string())
     }
 
@@ -992,29 +1087,25 @@ impl Run {
         done: &BTreeMap<usize, StageState>,
         stage: usize,
     ) -> Result<bool, String> {
+        let (args_before, layers_before) = (s.args.len(), s.layers.len());
         let cached = self.step_inner(s, step, done, stage)?;
-        // Everything a later step could depend on goes into the chain.
-        let config = s
-            .image
-            .get("config")
-            .map(Value::to_string)
+        // Everything a later step could depend on goes into the chain: the step as written, the
+        // ARG values it set (`--build-arg`s are not in the text) and the layers it made. The
+        // config follows from those and the base's, which the stage's first key holds; adding
+        // only what this step changed keeps the key's cost independent of the stage's length.
+        let args = serde_json::to_string(s.args.get(args_before..).unwrap_or_default())
             .unwrap_or_default();
-        let args = serde_json::to_string(&s.args).unwrap_or_default();
         let layers: Vec<&str> = s
             .layers
+            .get(layers_before..)
+            .unwrap_or_default()
             .iter()
             .map(|l| match l {
                 Layer::Base(b, _, _) => b.digest.as_str(),
                 Layer::New(w, _) => w.diff_id.as_str(),
             })
             .collect();
-        s.key = key_of(&[
-            s.key.as_str(),
-            &step.original,
-            &config,
-            &args,
-            &layers.join(","),
-        ]);
+        s.key = key_of(&[s.key.as_str(), &step.original, &args, &layers.join(",")]);
         Ok(cached)
     }
 
@@ -1069,9 +1160,9 @@ impl Run {
             }
             Instruction::Env(pairs) => {
                 // Every pair sees the environment from before this ENV, as Docker documents.
-                let env = s.expansion_env();
                 let mut expanded = Vec::new();
                 let mut values = Vec::new();
+                let env = s.scope();
                 for (k, v) in pairs {
                     let k = self
                         .lexer
@@ -1085,7 +1176,7 @@ impl Run {
                     values.push((k, v));
                 }
                 for (k, v) in values {
-                    set_env(s.config(), &k, &v);
+                    s.set_env(&k, &v);
                 }
                 self.history(s, format!("ENV {}", expanded.join(" ")), true);
             }
@@ -1232,12 +1323,15 @@ impl Run {
             Instruction::Workdir(w) => {
                 let w = self.expand(s, w)?;
                 let current = s.workdir();
-                let path = if w.starts_with('/') {
-                    clean_abs(&w)
+                // BuildKit records an absolute path as written (`/app/` keeps its slash) and
+                // joins a relative one onto the current directory, cleaned.
+                let recorded = if w.starts_with('/') {
+                    w.clone()
                 } else {
                     clean_abs(&format!("{current}/{w}"))
                 };
-                s.config().insert("WorkingDir".into(), json!(path));
+                let path = clean_abs(&recorded);
+                s.config().insert("WorkingDir".into(), json!(recorded));
                 // Created as the image's USER, as BuildKit does.
                 let user = s
                     .config()
@@ -1248,23 +1342,23 @@ impl Run {
                 let key = key_of(&[
                     s.key.as_str(),
                     "workdir",
-                    &path,
+                    &recorded,
                     user.as_deref().unwrap_or(""),
                     &self.layer_options(),
                 ]);
                 if let Some((layer, file, _)) = self.cached_layer(&key) {
                     s.layers.push(Layer::New(layer, file));
-                    self.history(s, format!("WORKDIR {path}"), false);
+                    self.history(s, format!("WORKDIR {recorded}"), false);
                     return Ok(true);
                 }
                 self.mount_root(s)?;
                 let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
-                let created = copy::mkdir_p(s, &path, owner).map_err(|e| e.to_string())?;
+                let created = copy::mkdir_p(s, &path, owner, 0o755).map_err(|e| e.to_string())?;
                 // A layer even when the directory was there (an empty one), as BuildKit makes.
                 copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
                 self.record(&key, s);
                 self.commit_root(s)?;
-                self.history(s, format!("WORKDIR {path}"), false);
+                self.history(s, format!("WORKDIR {recorded}"), false);
             }
             Instruction::Healthcheck(h) => {
                 let value = match h {
@@ -1680,7 +1774,7 @@ impl Run {
 }
 
 /// Context files' remembered digests: absolute path → (stamp, digest).
-type ContextDigests = std::collections::HashMap<String, (wharf_common::store::FileStamp, Digest)>;
+type ContextDigests = HashMap<String, (wharf_common::store::FileStamp, Digest)>;
 
 /// A layer a build wrote: the key of its step, the layer, its file, and when it was made.
 pub type NewLayer = (Digest, WrittenLayer, PathBuf, i64);
@@ -1706,24 +1800,6 @@ fn hash_file(path: &Path) -> std::io::Result<Digest> {
             return Ok(h.finish());
         }
         h.update(&buf[..n]);
-    }
-}
-
-fn set_env(config: &mut Map<String, Value>, key: &str, value: &str) {
-    let list = config.entry("Env").or_insert_with(|| json!([]));
-    if !list.is_array() {
-        *list = json!([]);
-    }
-    if let Some(a) = list.as_array_mut() {
-        let prefix = format!("{key}=");
-        let entry = json!(format!("{key}={value}"));
-        match a
-            .iter_mut()
-            .find(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)))
-        {
-            Some(slot) => *slot = entry,
-            None => a.push(entry),
-        }
     }
 }
 

@@ -463,11 +463,10 @@ pub(super) fn run(
             }
         }
     }
-    // Mount points the image lacks are made now and taken out of the layer after.
-    let mut points: Vec<(String, bool)> = ["/proc", "/dev", "/sys"]
-        .iter()
-        .map(|p| ((*p).to_owned(), true))
-        .collect();
+    // Mount points the image lacks are made now and taken out of the layer after, except
+    // /proc, /dev and /sys: those stay in the layer (0755, root), as BuildKit (v0.32) leaves
+    // them.
+    let mut points: Vec<(String, bool)> = Vec::new();
     for m in &sandbox_mounts {
         let is_dir = match m {
             Mount::Bind { source, .. } => source.is_dir(),
@@ -481,6 +480,14 @@ pub(super) fn run(
     if let Some((view, _)) = s.view.0.as_mut() {
         view.begin_change()?;
     }
+    make_mount_points(
+        &root,
+        &[
+            ("/proc".into(), true),
+            ("/dev".into(), true),
+            ("/sys".into(), true),
+        ],
+    )?;
     let created = make_mount_points(&root, &points)?;
     // Output streams to progress, line by line.
     let (out_r, out_w) = sandbox::pipe().map_err(|e| e.to_string())?;
@@ -635,7 +642,9 @@ fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<Strin
                     .open(&disk)
                     .map(|_| ())
             } else {
-                std::fs::create_dir(&disk)
+                std::fs::create_dir(&disk).and_then(|()| {
+                    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755))
+                })
             };
             made.map_err(|e| format!("mount point {cur}: {e}"))?;
             let rel = disk

@@ -52,6 +52,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
+/// The most bytes one word may expand to. Linux passes no argument or environment string
+/// longer than 128 KiB to a program, so nothing legitimate comes near; without a bound, a few
+/// lines that each double a variable take gigabytes.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
+/// The most steps a pattern match may take (a step is one token tried at one place).
+const MATCH_FUEL: u64 = 1 << 26;
+
 /// The variables a word is expanded against.
 pub trait Env {
     /// The value of `name`, or `None` when it is unset. An empty value is set.
@@ -141,6 +149,19 @@ pub enum ShellErrorKind {
         name: String,
         /// The expanded message, if one was written.
         message: Option<String>,
+    },
+    /// The expansion grew past [`MAX_EXPANSION`] bytes (`ARG B=$A$A`, repeated, doubles it each
+    /// time).
+    #[error("the expansion is longer than {limit} bytes")]
+    TooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// Matching a `#`, `%` or `/` pattern against the value would take too much work.
+    #[error("matching the pattern in '${{{name}…}}' takes too much work")]
+    TooComplex {
+        /// The variable.
+        name: String,
     },
     /// A `#`, `%` or `/` pattern that is not a valid glob.
     #[error("invalid pattern {pattern:?} in '${{{name}…}}': {reason}")]
@@ -392,15 +413,19 @@ impl<'a> Expander<'a> {
                 });
             }
             if ch == '$' {
+                let at = self.pos;
                 let value = self.dollar()?;
+                bounded(text.len() + value.len(), at)?;
                 text.push_str(&value);
                 words.push_str(&value);
             } else if quotes && (ch == '\'' || ch == '"') {
+                let at = self.pos;
                 let quoted = if ch == '\'' {
                     self.single_quoted()?
                 } else {
                     self.double_quoted()?
                 };
+                bounded(text.len() + quoted.len(), at)?;
                 text.push_str(&quoted);
                 words.push_raw_str(&quoted);
             } else {
@@ -467,7 +492,9 @@ impl<'a> Expander<'a> {
                     return Ok(out);
                 }
                 Some('$') => {
+                    let at = self.pos;
                     let value = self.dollar()?;
+                    bounded(out.len() + value.len(), at)?;
                     out.push_str(&value);
                 }
                 Some(mut ch) => {
@@ -636,16 +663,18 @@ impl<'a> Expander<'a> {
                 } else {
                     trim_suffix(&pattern, &value, greedy)
                 };
-                trimmed.or_else(|reason| {
-                    fault(
+                match trimmed {
+                    Ok(Some(trimmed)) => Ok(trimmed),
+                    Ok(None) => fault(ShellErrorKind::TooComplex { name }, start),
+                    Err(reason) => fault(
                         ShellErrorKind::InvalidPattern {
                             name,
                             pattern: pattern.iter().collect(),
                             reason,
                         },
                         start,
-                    )
-                })
+                    ),
+                }
             }
             _ => fault(
                 ShellErrorKind::UnsupportedModifier { name, modifier },
@@ -689,13 +718,45 @@ impl<'a> Expander<'a> {
             }
         };
         let chars: Vec<char> = value.chars().collect();
-        let mut matcher = Matcher::new(&glob, &chars);
-        Ok(if all {
+        let Some(mut matcher) = Matcher::new(&glob, &chars) else {
+            return fault(ShellErrorKind::TooComplex { name }, start);
+        };
+        let replaced = if all {
             matcher.replace_all(&replacement)
         } else {
             matcher.replace_first(&replacement)
-        })
+        };
+        match replaced {
+            Replaced::Done(out) => Ok(out),
+            Replaced::TooLong => fault(
+                ShellErrorKind::TooLong {
+                    limit: MAX_EXPANSION,
+                },
+                start,
+            ),
+            Replaced::TooComplex => fault(ShellErrorKind::TooComplex { name }, start),
+        }
     }
+}
+
+/// Fails with [`ShellErrorKind::TooLong`] when a result would grow to `len` bytes.
+fn bounded(len: usize, at: usize) -> Step<()> {
+    if len > MAX_EXPANSION {
+        return fault(
+            ShellErrorKind::TooLong {
+                limit: MAX_EXPANSION,
+            },
+            at,
+        );
+    }
+    Ok(())
+}
+
+/// What a replacement gave.
+enum Replaced {
+    Done(String),
+    TooLong,
+    TooComplex,
 }
 
 /// Go's `unicode.IsDigit`, approximately (see the module docs).
@@ -756,29 +817,52 @@ impl Glob {
 }
 
 /// Matches a glob against one string the way a backtracking regex engine would (leftmost, then
-/// the first alternative in preference order), memoised.
+/// the first alternative in preference order), memoised, within a bounded number of steps.
 struct Matcher<'g, 's> {
     glob: &'g Glob,
     text: &'s [char],
-    /// `memo[token * (len + 1) + position]`: not computed, or the end of the preferred match.
-    memo: Vec<Option<Option<usize>>>,
+    /// `memo[token * (len + 1) + position]`: [`Matcher::UNKNOWN`], [`Matcher::NO_MATCH`] or the
+    /// end of the preferred match.
+    memo: Vec<u32>,
+    /// Steps left; at zero every match fails and `exhausted` is set.
+    fuel: u64,
+    exhausted: bool,
 }
 
 impl<'g, 's> Matcher<'g, 's> {
-    fn new(glob: &'g Glob, text: &'s [char]) -> Self {
-        Self {
+    const UNKNOWN: u32 = u32::MAX;
+    const NO_MATCH: u32 = u32::MAX - 1;
+    /// The most memo slots (4 bytes each) a match may use.
+    const MAX_MEMO: usize = 1 << 25;
+
+    /// `None` when the table the match needs would be too large.
+    fn new(glob: &'g Glob, text: &'s [char]) -> Option<Self> {
+        let slots = (glob.tokens.len() + 1).checked_mul(text.len() + 1)?;
+        if slots > Self::MAX_MEMO || glob.tokens.len() > 4096 {
+            return None;
+        }
+        Some(Self {
             glob,
             text,
-            memo: vec![None; (glob.tokens.len() + 1) * (text.len() + 1)],
-        }
+            memo: vec![Self::UNKNOWN; slots],
+            fuel: MATCH_FUEL,
+            exhausted: false,
+        })
     }
 
     /// The end of the preferred match of tokens `token..` starting at `at`.
     fn match_at(&mut self, token: usize, at: usize) -> Option<usize> {
         let slot = token * (self.text.len() + 1) + at;
-        if let Some(known) = self.memo.get(slot).copied().flatten() {
-            return known;
+        match self.memo.get(slot).copied() {
+            Some(Self::UNKNOWN) | None => {}
+            Some(Self::NO_MATCH) => return None,
+            Some(end) => return Some(end as usize),
         }
+        if self.fuel == 0 {
+            self.exhausted = true;
+            return None;
+        }
+        self.fuel -= 1;
         let end = match self.glob.tokens.get(token) {
             None => Some(at),
             Some(GlobToken::Char(want)) => match self.text.get(at) {
@@ -806,8 +890,13 @@ impl<'g, 's> Matcher<'g, 's> {
                 }
             }
         };
-        if let Some(memo) = self.memo.get_mut(slot) {
-            *memo = Some(end);
+        if let Some(memo) = self.memo.get_mut(slot)
+            && !self.exhausted
+        {
+            // Positions fit: texts are at most MAX_EXPANSION characters.
+            *memo = end.map_or(Self::NO_MATCH, |e| {
+                u32::try_from(e).unwrap_or(Self::NO_MATCH)
+            });
         }
         end
     }
@@ -821,8 +910,8 @@ impl<'g, 's> Matcher<'g, 's> {
         self.text.get(range).unwrap_or_default().iter().collect()
     }
 
-    fn replace_first(&mut self, replacement: &str) -> String {
-        match self.find(0) {
+    fn replace_first(&mut self, replacement: &str) -> Replaced {
+        let out = match self.find(0) {
             Some((start, end)) => {
                 let mut out = self.slice(0..start);
                 out.push_str(replacement);
@@ -830,12 +919,23 @@ impl<'g, 's> Matcher<'g, 's> {
                 out
             }
             None => self.slice(0..self.text.len()),
+        };
+        self.result(out)
+    }
+
+    fn result(&self, out: String) -> Replaced {
+        if self.exhausted {
+            Replaced::TooComplex
+        } else if out.len() > MAX_EXPANSION {
+            Replaced::TooLong
+        } else {
+            Replaced::Done(out)
         }
     }
 
     /// Every non-overlapping match replaced, with Go's `ReplaceAllString` rules: an empty match
     /// right after a match is not replaced, and the search always moves on by a character.
-    fn replace_all(&mut self, template: &str) -> String {
+    fn replace_all(&mut self, template: &str) -> Replaced {
         let len = self.text.len();
         let mut out = String::new();
         let mut last_end = 0;
@@ -848,6 +948,9 @@ impl<'g, 's> Matcher<'g, 's> {
             if end > last_end || start == 0 {
                 out.push_str(&expand_template(template, &self.slice(start..end)));
             }
+            if out.len() > MAX_EXPANSION || self.exhausted {
+                return self.result(out);
+            }
             last_end = end;
             search = if search < len {
                 (search + 1).max(end)
@@ -856,7 +959,7 @@ impl<'g, 's> Matcher<'g, 's> {
             };
         }
         out.push_str(&self.slice(last_end..len));
-        out
+        self.result(out)
     }
 }
 
@@ -901,23 +1004,30 @@ fn expand_template(template: &str, matched: &str) -> String {
     out
 }
 
-/// `value` without the shortest (or, `greedy`, longest) prefix matching `pattern`.
-fn trim_prefix(pattern: &[char], value: &str, greedy: bool) -> Result<String, String> {
+/// `value` without the shortest (or, `greedy`, longest) prefix matching `pattern`; `None` when
+/// matching would take too much work.
+fn trim_prefix(pattern: &[char], value: &str, greedy: bool) -> Result<Option<String>, String> {
     let glob = Glob::parse(pattern, greedy)?;
     let chars: Vec<char> = value.chars().collect();
-    let mut matcher = Matcher::new(&glob, &chars);
-    Ok(match matcher.match_at(0, 0) {
+    let Some(mut matcher) = Matcher::new(&glob, &chars) else {
+        return Ok(None);
+    };
+    let end = matcher.match_at(0, 0);
+    if matcher.exhausted {
+        return Ok(None);
+    }
+    Ok(Some(match end {
         Some(end) => matcher.slice(end..chars.len()),
         None => value.to_owned(),
-    })
+    }))
 }
 
 /// `value` without the shortest (or, `greedy`, longest) suffix matching `pattern`: a prefix
 /// trim of the reversed value by the reversed pattern.
-fn trim_suffix(pattern: &[char], value: &str, greedy: bool) -> Result<String, String> {
+fn trim_suffix(pattern: &[char], value: &str, greedy: bool) -> Result<Option<String>, String> {
     let reversed: String = value.chars().rev().collect();
     let trimmed = trim_prefix(&reverse_pattern(pattern), &reversed, greedy)?;
-    Ok(trimmed.chars().rev().collect())
+    Ok(trimmed.map(|t| t.chars().rev().collect()))
 }
 
 /// `pattern` back to front, each `\x` pair kept in order. A lone `\` at the end moves to the

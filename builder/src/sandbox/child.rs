@@ -121,18 +121,11 @@ pub(super) fn spawn(plan: &Plan, flags: c_int) -> std::io::Result<libc::pid_t> {
     let mut env: Vec<*const c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
     env.push(std::ptr::null());
     let groups: Vec<libc::gid_t> = plan.groups.clone();
+    let clone_flags = clone_flags(flags)?;
     // SAFETY: a fork-like clone (no new stack): the child gets a copy of this memory and runs
     // `pid1`, which never returns and only makes system calls on data prepared above.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            c_ulong::try_from(flags | libc::SIGCHLD).unwrap_or(0),
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone, clone_flags, 0usize, 0usize, 0usize, 0usize) };
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -140,7 +133,23 @@ pub(super) fn spawn(plan: &Plan, flags: c_int) -> std::io::Result<libc::pid_t> {
         // SAFETY: we are the child of a fork-like clone; see above.
         unsafe { pid1(plan, &argv, &env, &groups) }
     }
-    Ok(libc::pid_t::try_from(pid).unwrap_or(-1))
+    child_pid(pid)
+}
+
+/// `clone(2)`'s flags with SIGCHLD as the exit signal. Flags that do not convert are refused:
+/// falling back to 0 would start the sandbox in no namespaces at all.
+pub(super) fn clone_flags(flags: c_int) -> std::io::Result<c_ulong> {
+    c_ulong::try_from(flags | libc::SIGCHLD)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The pid `clone(2)` returned to the parent. Anything but a positive pid is an error: a -1
+/// reaching kill(2) would signal every process.
+pub(super) fn child_pid(pid: libc::c_long) -> std::io::Result<libc::pid_t> {
+    libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| std::io::Error::other(format!("clone returned pid {pid}")))
 }
 
 /// Reports `step` with the current errno and exits.

@@ -677,7 +677,7 @@ impl Running {
     /// Sends `signal` to the sandbox's PID 1, which passes INT, TERM, HUP, QUIT, USR1 and USR2
     /// on to the command (KILL ends the sandbox).
     pub fn signal(&self, signal: i32) {
-        if !self.waited {
+        if !self.waited && self.pid > 0 {
             // SAFETY: kill has no memory preconditions; pid is our child until waited for.
             unsafe { libc::kill(self.pid, signal) };
         }
@@ -805,7 +805,8 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Resolves a docker `USER` (`name`, `uid`, `name:group`, `uid:gid`) against the root's
-/// /etc/passwd and /etc/group, with the user's supplementary groups, as docker does.
+/// /etc/passwd and /etc/group, with the user's supplementary groups (the primary one first), as
+/// docker and BuildKit do.
 pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, String> {
     let (user, grp) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -850,8 +851,9 @@ pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, S
             })?,
         };
     }
-    // Supplementary groups: those that list the user as a member, as runc sets them.
-    let mut extra = Vec::new();
+    // Supplementary groups: the primary group, then those that list the user as a member, as
+    // containerd and BuildKit (since the fix for CVE-2023-25173) set them.
+    let mut extra = vec![gid];
     if grp.is_none()
         && let Some(name) = name
     {

@@ -108,10 +108,11 @@ fn users_and_groups_come_from_the_image() {
         Identity {
             uid: 1000,
             gid: 1000,
-            groups: vec![2000]
+            groups: vec![1000, 2000]
         }
     );
-    assert_eq!(resolve_user(&passwd, &group, "5:7").unwrap().gid, 7);
+    let explicit = resolve_user(&passwd, &group, "5:7").unwrap();
+    assert_eq!((explicit.gid, explicit.groups), (7, vec![7]));
     assert!(resolve_user(&passwd, &group, "nobody").is_err());
     let (code, out, err) = sh(root.path(), "id -u; id -g; id -G; touch /root/x", |s| {
         s.user = who.clone();
@@ -254,4 +255,20 @@ fn bind_and_tmpfs_mounts() {
         !root.path().join("scratch/t").exists(),
         "tmpfs contents stay out of the root"
     );
+}
+
+#[test]
+fn issue_10_clone_fallbacks_fail_closed() {
+    // A flag word that does not convert must not become "no namespaces".
+    assert!(child::clone_flags(i32::MIN).is_err());
+    assert_eq!(
+        child::clone_flags(libc::CLONE_NEWNS).unwrap(),
+        (libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong
+    );
+    // A pid that does not fit, or is not positive, must never become -1 (kill(-1) signals
+    // every process).
+    for bad in [i64::from(i32::MAX) + 1, -1, 0] {
+        assert!(child::child_pid(bad).is_err(), "{bad}");
+    }
+    assert_eq!(child::child_pid(42).unwrap(), 42);
 }

@@ -52,6 +52,8 @@ impl Snapshots {
     /// The snapshots under `root` (created when missing).
     pub fn new(root: impl Into<PathBuf>) -> Result<Snapshots, String> {
         let root = root.into();
+        // Snapshots keep image files' owners and setuid bits: other users must not reach them.
+        wharf_common::store::private_dir(&root).map_err(io(root.display()))?;
         std::fs::create_dir_all(root.join("tmp")).map_err(io(root.display()))?;
         let copy = match std::env::var("WHARF_SNAPSHOTTER").as_deref() {
             Ok("copy") => true,

@@ -10,6 +10,12 @@
 //!   wharf.lock                  flock'ed while the schema is created or migrated
 //! ```
 //!
+//! The root is closed to other users (mode 0700, tightened when an older store is opened), as
+//! docker closes `/var/lib/docker` since CVE-2021-41091: snapshots under it hold image files with
+//! their setuid bits and root ownership, which another user must not be able to reach. The
+//! directories builds and `run` add (`snapshots/`, `containers/`, `cache-mounts/`) are made with
+//! [`private_dir`] too.
+//!
 //! Several wharf processes may use one store at once: blobs are immutable and appear by atomic
 //! rename, a blob being written has one writer (the flock on its partial file), and SQLite
 //! serialises metadata writes. Garbage collection runs inside a write transaction and spares
@@ -114,6 +120,39 @@ impl StoreError {
     }
 }
 
+/// Makes `path` a directory only its owner can enter: creates it with mode 0700 (missing
+/// parents get the default mode), or takes the group's and others' bits off an existing one
+/// this process owns. A directory owned by another user is left as it is.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotADirectory));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == me && mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))?;
+    }
+    Ok(())
+}
+
 /// The local image store. Cheap to clone; all clones share one database pool.
 #[derive(Clone)]
 pub struct LocalStore {
@@ -134,6 +173,7 @@ impl LocalStore {
     /// Opens (creating if needed) the store at `root`, and clears what dead processes left:
     /// their leases and their unfinished temporary files.
     pub async fn open(root: &Path) -> Result<LocalStore, StoreError> {
+        private_dir(root).map_err(StoreError::io("creating the store directory", root))?;
         for dir in ["blobs/sha256", "blobs/sha512", "ingest"] {
             let p = root.join(dir);
             tokio::fs::create_dir_all(&p)
