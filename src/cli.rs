@@ -128,6 +128,9 @@ pub struct RunArgs {
     /// The container's hostname (default: its id)
     #[arg(short = 'H', long)]
     pub hostname: Option<String>,
+    /// Security options: seccomp=unconfined (no seccomp filter), no-new-privileges (always on)
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// The image
     pub image: String,
     /// The command and its arguments (default: the image's CMD)

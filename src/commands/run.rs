@@ -54,11 +54,31 @@ fn copy_winsize(from: i32, to: i32) {
     }
 }
 
+/// Whether `--security-opt` leaves docker's seccomp profile on.
+fn seccomp_enabled(options: &[String]) -> anyhow::Result<bool> {
+    let mut on = true;
+    for opt in options {
+        // docker takes `seccomp:unconfined` too (the old separator).
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map_or((opt.as_str(), None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => on = false,
+            ("no-new-privileges", None | Some("true")) => {}
+            _ => anyhow::bail!(
+                "--security-opt {opt:?}: wharf knows seccomp=unconfined and no-new-privileges"
+            ),
+        }
+    }
+    Ok(on)
+}
+
 pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let network: Network = args
         .network
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--network: {e}"))?;
+    let seccomp = seccomp_enabled(&args.security_opt)?;
     let store = ctx.store().await?;
     let images = StoreImages {
         ctx,
@@ -195,6 +215,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             stderr: dup(2)?,
             tty: args.tty,
             init: args.init,
+            seccomp,
         })
     };
     let mut running = match sandbox::start(spec(&base)?) {

@@ -142,3 +142,124 @@ fn issue_10_the_busybox_fixture_root_is_0755() {
         assert_eq!(modes.get(dir), Some(&want), "{dir} in {modes:?}");
     }
 }
+
+/// Compiles fixtures/probe/probe.c (static) into `dir/probe`.
+pub(crate) fn build_probe(dir: &Path) -> Option<PathBuf> {
+    if !have("gcc") {
+        return None;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probe/probe.c");
+    let out = dir.join("probe");
+    let made = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "compiling the probe (gcc -static needs libc6-dev): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    Some(out)
+}
+
+/// A key in the calling user's keyring, unlinked when dropped.
+struct HostKey(i64);
+
+impl HostKey {
+    fn add(desc: &str) -> HostKey {
+        let d = std::ffi::CString::new(desc).unwrap();
+        // SAFETY: valid C strings and a payload of the length given.
+        let id = unsafe {
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                d.as_ptr(),
+                c"host secret".as_ptr(),
+                11usize,
+                -4i32, // KEY_SPEC_USER_KEYRING
+            )
+        };
+        assert!(id > 0, "add_key: {}", std::io::Error::last_os_error());
+        HostKey(id)
+    }
+
+    /// Whether the user keyring holds a "user" key `desc`.
+    fn exists(desc: &str) -> bool {
+        let d = std::ffi::CString::new(desc).unwrap();
+        // SAFETY: valid C strings.
+        unsafe { libc::syscall(libc::SYS_keyctl, 10, -4i32, c"user".as_ptr(), d.as_ptr(), 0) > 0 }
+    }
+}
+
+impl Drop for HostKey {
+    fn drop(&mut self) {
+        // SAFETY: KEYCTL_UNLINK (9) of our key from the user keyring.
+        unsafe { libc::syscall(libc::SYS_keyctl, 9, self.0, -4i32) };
+    }
+}
+
+#[test]
+fn issue_10_seccomp_confines_run_and_wharf_run() {
+    if !ready() {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let Some(_) = build_probe(ctx.path()) else {
+        return;
+    };
+    let host_key = format!("wharf-host-{}", std::process::id());
+    let planted = format!("wharf-planted-{}", std::process::id());
+    let _key = HostKey::add(&host_key);
+    let checks = format!("status key-read {host_key} key-add {planted} unshare-user");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM busybox\nCOPY probe /probe\nRUN /probe {checks} > /from-run\n"),
+    )
+    .unwrap();
+    let w = Wharf::new();
+    w.load_busybox();
+    w.run(&["build", "-t", "probe", ctx.path().to_str().unwrap()])
+        .ok();
+    let expected =
+        "NoNewPrivs:\t1\nSeccomp:\t2\nkey-read errno=1\nkey-add errno=1\nunshare-user errno=1\n";
+    let from_run = w.run(&["run", "--rm", "probe", "cat", "/from-run"]).ok();
+    assert_eq!(from_run.stdout, expected, "RUN");
+    let args: Vec<&str> = checks.split(' ').collect();
+    let mut cmd = vec!["run", "--rm", "probe", "/probe"];
+    cmd.extend(&args);
+    assert_eq!(w.run(&cmd).ok().stdout, expected, "wharf run");
+    assert!(
+        !HostKey::exists(&planted),
+        "a key planted from inside reached the host"
+    );
+    // docker's switch turns it off.
+    let off = w
+        .run(&[
+            "run",
+            "--rm",
+            "--security-opt",
+            "seccomp=unconfined",
+            "probe",
+            "/probe",
+            "status",
+        ])
+        .ok();
+    assert!(off.stdout.contains("Seccomp:\t0"), "{}", off.stdout);
+    let bad = w
+        .run(&[
+            "run",
+            "--rm",
+            "--security-opt",
+            "apparmor=x",
+            "probe",
+            "true",
+        ])
+        .fails();
+    assert!(
+        bad.stderr.contains("--security-opt \"apparmor=x\""),
+        "{}",
+        bad.stderr
+    );
+}

@@ -521,6 +521,7 @@ pub(super) fn run(
         stderr: err_w,
         tty: false,
         init: true,
+        seccomp: true,
     });
     let code = match started {
         Ok(running) => {

@@ -57,6 +57,8 @@ pub(super) struct Plan {
     pub console: c_int,
     pub drop_caps: Vec<u32>,
     pub keep_mask: u64,
+    /// The seccomp program the command runs under, if any.
+    pub seccomp: Option<&'static [libc::sock_filter]>,
 }
 
 const STEP_PRIVATE: u32 = 1;
@@ -71,6 +73,7 @@ const STEP_CAPS: u32 = 9;
 const STEP_USER: u32 = 10;
 const STEP_CWD: u32 = 11;
 const STEP_TTY: u32 = 12;
+const STEP_SECCOMP: u32 = 13;
 /// The command could not be executed.
 pub(super) const STEP_EXEC: u32 = 99;
 
@@ -89,6 +92,7 @@ pub(super) fn step_name(step: u32) -> &'static str {
         STEP_USER => "switching to the image's user",
         STEP_CWD => "entering the working directory",
         STEP_TTY => "making the terminal the controlling one",
+        STEP_SECCOMP => "installing the seccomp filter",
         _ => "setting up",
     }
 }
@@ -670,6 +674,23 @@ unsafe fn command(
             fail(st, STEP_CWD);
         }
         libc::umask(0o022);
+        // Last before exec (which the profile allows, as it does everything below), as runc
+        // installs it.
+        if let Some(filter) = plan.seccomp {
+            let prog = libc::sock_fprog {
+                len: filter.len() as libc::c_ushort,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+            {
+                fail(st, STEP_SECCOMP);
+            }
+        }
         let mut err = libc::ENOENT;
         for cand in &plan.candidates {
             let mut e = libc::ETXTBSY;

@@ -14,6 +14,8 @@
 //! `docker run`.
 
 mod child;
+mod seccomp;
+mod syscalls;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -134,6 +136,9 @@ pub struct Spec {
     /// controlling terminal); its master side is [`Running::terminal`]. The three streams
     /// above are then unused.
     pub tty: bool,
+    /// Filter the command's system calls with docker's default seccomp profile (off only for
+    /// `run --security-opt seccomp=unconfined`).
+    pub seccomp: bool,
 }
 
 /// Why a sandbox could not run its command.
@@ -603,6 +608,16 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
             .map_or(-1, |(_, theirs)| theirs.as_raw_fd()),
         drop_caps,
         keep_mask,
+        seccomp: if spec.seccomp {
+            Some(
+                seccomp::default_filter(keep_mask).map_err(|e| SandboxError::Prepare {
+                    what: "compiling the seccomp profile".into(),
+                    source: std::io::Error::other(e),
+                })?,
+            )
+        } else {
+            None
+        },
     };
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;

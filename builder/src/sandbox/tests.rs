@@ -62,6 +62,7 @@ fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut Spec)) -> (i32, String,
         stderr: err_w,
         tty: false,
         init: true,
+        seccomp: true,
     };
     tweak(&mut spec);
     let running = start(spec).unwrap();
@@ -214,6 +215,7 @@ fn contained_processes_network_and_mounts() {
         stderr: w2,
         tty: false,
         init: true,
+        seccomp: true,
     })
     .unwrap_err();
     assert!(e.to_string().starts_with("no-such-command: "), "{e}");
