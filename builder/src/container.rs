@@ -2,7 +2,7 @@
 //! and CMD combined as docker does), the environment, the user, and files read from the
 //! image's layers without mounting them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -87,19 +87,30 @@ pub fn environment(
 
 /// A file of the image, read from its layer snapshots (top first) as the overlay would show
 /// it: the topmost that has the path wins, a whiteout or an opaque directory on the way hides
-/// what is below.
+/// what is below. Nothing is followed: a path through a symbolic link reads as missing (a
+/// link in an image must never lead to the host's files).
 pub fn read_file(lowers_top_first: &[PathBuf], path: &str) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
-    let rel = path.trim_start_matches('/');
+    use std::io::Read;
+    let rel = Path::new(path.trim_start_matches('/'));
     for lower in lowers_top_first {
-        let p = lower.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() => return None,
-            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
-            Ok(_) => return None,
-            Err(_) => {}
+        let root = wharf_common::root::Root::open(lower).ok()?;
+        match root.parent_without_links(rel) {
+            Ok(p) => match p.lstat().ok()? {
+                Some(m) if m.mode & libc::S_IFMT == libc::S_IFREG => {
+                    let mut s = String::new();
+                    p.open_file().ok()?.read_to_string(&mut s).ok()?;
+                    return Some(s);
+                }
+                // A whiteout, a directory, a link: not a file the image has.
+                Some(_) => return None,
+                None => {}
+            },
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(_) => return None,
         }
-        // An opaque parent hides every layer below.
+        // An opaque parent hides every layer below (the parents up to the missing one are
+        // real directories: the walk refused links).
+        let p = lower.join(rel);
         let mut dir = p.parent();
         while let Some(d) = dir {
             if d == lower.as_path() {

@@ -9,6 +9,7 @@
 //! - [`archive`]: docker-archive, OCI layout and OCI archive reading and writing, `import`.
 //! - [`copy`]: the copy engine (`Source`, `Dest`, `copy_image`) every transfer goes through.
 //! - [`progress`]: the events copies report (`CopyEvent`, `Reporter`).
+//! - [`root`]: paths resolved inside a root directory, as a chroot would (`Root`, `Parent`).
 //!
 //! `common` knows nothing about Dockerfiles, HTTP servers or terminals.
 
@@ -24,5 +25,6 @@ pub mod image;
 pub mod media_type;
 pub mod progress;
 pub mod reference;
+pub mod root;
 pub mod store;
 pub mod time;

@@ -263,3 +263,202 @@ fn issue_10_seccomp_confines_run_and_wharf_run() {
         bad.stderr
     );
 }
+
+/// A tar member: raw name, type, mode, mtime, link target.
+type Member<'a> = (&'a [u8], tar::EntryType, u32, u64, Option<&'a [u8]>);
+
+fn tar_bytes(members: &[Member]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mode, mtime, link) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_mtime(*mtime);
+        h.set_entry_type(*kind);
+        h.set_size(0);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+        }
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn issue_10_hostile_layers_and_archives_change_nothing_outside() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let host = tempfile::tempdir().unwrap();
+    let victim = host.path().join("victim");
+    std::fs::create_dir_all(victim.join("target")).unwrap();
+    let victim_file = host.path().join("victim-file");
+    std::fs::write(&victim_file, "host").unwrap();
+    std::fs::set_permissions(&victim_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = mtime(&victim.join("target"));
+    let v = victim.to_str().unwrap().as_bytes();
+    let vf = victim_file.to_str().unwrap().as_bytes();
+    // x/ and x/target/ (1977), then x becomes a link to the host directory.
+    let times = tar_bytes(&[
+        (b"x/", tar::EntryType::Directory, 0o755, 1000, None),
+        (
+            b"x/target/",
+            tar::EntryType::Directory,
+            0o755,
+            222_222_222,
+            None,
+        ),
+        (b"x", tar::EntryType::Symlink, 0o777, 1000, Some(v)),
+    ]);
+    // A link to a host file, and a setuid hard link to that link.
+    let chmod = tar_bytes(&[
+        (b"s", tar::EntryType::Symlink, 0o777, 1000, Some(vf)),
+        (b"h", tar::EntryType::Link, 0o4777, 1000, Some(b"s")),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("evil.tar"), &times).unwrap();
+    let check = |how: &str| {
+        assert_eq!(
+            mtime(&victim.join("target")),
+            before,
+            "{how} dated a host directory"
+        );
+        let mode = std::fs::metadata(&victim_file).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o644, "{how} made a host file {mode:o}");
+    };
+    // ADD of an archive.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nADD evil.tar /dst/\n").unwrap();
+    w.run(&["build", "-t", "added", ctx.to_str().unwrap()]).ok();
+    check("ADD");
+    // A context on stdin (the tar is the context).
+    let mut stdin_ctx = tar::Builder::new(Vec::new());
+    let df = b"FROM busybox\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_path("Dockerfile").unwrap();
+    h.set_size(df.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    stdin_ctx.append(&h, &df[..]).unwrap();
+    let mut stdin_tar = stdin_ctx.into_inner().unwrap();
+    stdin_tar.truncate(stdin_tar.len() - 1024);
+    stdin_tar.extend_from_slice(&times);
+    w.run_stdin(&["build", "-"], &stdin_tar).ok();
+    check("a context on stdin");
+    // Image layers: FROM (snapshots), -o type=local, and run.
+    for (name, layer) in [("times", &times), ("chmod", &chmod)] {
+        let f = dir.path().join(format!("{name}.tar"));
+        std::fs::write(&f, layer).unwrap();
+        w.run(&["import", f.to_str().unwrap(), &format!("evil-{name}:1")])
+            .ok();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM evil-{name}:1\nWORKDIR /w\n"),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("out-{name}"));
+        w.run(&[
+            "build",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ])
+        .ok();
+        check(&format!("FROM and -o type=local of {name}"));
+        let _ = w.run(&["run", "--rm", &format!("evil-{name}:1"), "/x"]);
+        check(&format!("run of {name}"));
+        let copy = w
+            .cmd()
+            .env("WHARF_SNAPSHOTTER", "copy")
+            .args(["build", "--no-cache", ctx.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            copy.status.success(),
+            "{}",
+            String::from_utf8_lossy(&copy.stderr)
+        );
+        check(&format!("a copied root of {name}"));
+    }
+}
+
+#[test]
+fn issue_10_mount_points_and_image_files_never_lead_to_the_host() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let host = tempfile::tempdir().unwrap();
+    // Empty, as a mount point wharf made and would clean up.
+    let hostdir = host.path().join("hostdir");
+    std::fs::create_dir_all(hostdir.join("b")).unwrap();
+    let hostdir2 = host.path().join("hostdir2");
+    std::fs::create_dir_all(&hostdir2).unwrap();
+    std::fs::write(hostdir2.join("b"), "").unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("f"), "").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\n\
+             RUN --mount=type=tmpfs,target=/mp/b mv /mp /mp2 && ln -s {} /mp\n\
+             RUN --mount=type=bind,source=f,target=/mq/b mv /mq /mq2 && ln -s {} /mq\n",
+            hostdir.display(),
+            hostdir2.display()
+        ),
+    )
+    .unwrap();
+    for snapshotter in ["overlay", "copy"] {
+        let r = w
+            .cmd()
+            .env("WHARF_SNAPSHOTTER", snapshotter)
+            .args(["build", "--no-cache", ctx.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            hostdir.join("b").is_dir(),
+            "{snapshotter}: a host directory was removed"
+        );
+        assert!(
+            hostdir2.join("b").is_file(),
+            "{snapshotter}: a host file was removed"
+        );
+    }
+    // An image whose /etc is a link to a host directory: `run -u` must not read the host's
+    // passwd.
+    let hostetc = host.path().join("hostetc");
+    std::fs::create_dir_all(&hostetc).unwrap();
+    std::fs::write(hostetc.join("passwd"), "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+    let layer = tar_bytes(&[(
+        b"etc",
+        tar::EntryType::Symlink,
+        0o777,
+        1000,
+        Some(hostetc.to_str().unwrap().as_bytes()),
+    )]);
+    let f = host.path().join("etc.tar");
+    std::fs::write(&f, layer).unwrap();
+    w.run(&["import", f.to_str().unwrap(), "etclink:1"]).ok();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nCOPY --from=etclink:1 /etc /etc-link\n",
+    )
+    .unwrap();
+    let r = w.run(&["run", "--rm", "-u", "hostonly", "etclink:1", "/bin/true"]);
+    assert!(
+        r.stderr.contains("unable to find user hostonly"),
+        "a user from the host's passwd: {} {}",
+        r.status,
+        r.stderr
+    );
+}

@@ -8,7 +8,9 @@
 
 pub mod ignore;
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use wharf_common::root::Root;
 
 use ignore::Patterns;
 
@@ -42,9 +44,6 @@ pub struct Context {
     root: PathBuf,
     ignore: Patterns,
 }
-
-/// Symlinks followed while resolving one path, at most.
-const MAX_LINKS: usize = 255;
 
 impl Context {
     /// Opens `root` with the ignore file for `dockerfile`: `<Dockerfile>.dockerignore` next to
@@ -190,59 +189,29 @@ fn has_wildcards(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// Joins `path` onto `root` resolving `..` and symlinks lexically within `root`, the way a
-/// chroot would: nothing resolves outside it.
+/// Where `path` is under `root`, resolved as a chroot would resolve it (`..` stops at the
+/// root, links are followed inside it; the last one only with `follow_last`): the one resolver
+/// every root goes through, [`wharf_common::root::Root`]. Missing components are kept as
+/// written, so the result also says where a new file would go.
 pub fn resolve_in_root(
     root: &Path,
     path: &str,
     follow_last: bool,
 ) -> Result<PathBuf, ContextError> {
-    let mut pending: Vec<String> = Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".to_owned()),
-            _ => None,
-        })
-        .rev()
-        .collect();
-    let mut current: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            current.pop();
-            continue;
-        }
-        let candidate = current
-            .iter()
-            .fold(root.to_path_buf(), |p, c| p.join(c))
-            .join(&part);
-        let is_last = pending.is_empty();
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(ContextError::Loop(path.to_owned()));
-                }
-                let target = std::fs::read_link(&candidate).map_err(|source| ContextError::Io {
-                    path: candidate.clone(),
-                    source,
-                })?;
-                if target.is_absolute() {
-                    current.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
-                        Component::ParentDir => pending.push("..".to_owned()),
-                        _ => {}
-                    }
-                }
+    let r = Root::open(root).map_err(|source| ContextError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    r.locate(Path::new(path), follow_last).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            ContextError::Loop(path.to_owned())
+        } else {
+            ContextError::Io {
+                path: root.join(path.trim_start_matches('/')),
+                source,
             }
-            _ => current.push(part),
         }
-    }
-    Ok(current.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+    })
 }
 
 #[cfg(test)]

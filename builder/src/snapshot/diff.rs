@@ -205,16 +205,22 @@ pub fn scan_changes(before: &Scan, root: &Path) -> std::io::Result<Vec<LayerEntr
 }
 
 /// Takes out of `dir` the mount points made for a step (image paths, parents first), if they
-/// are still empty (the step may have put files under a parent it needed).
+/// are still empty (the step may have put files under a parent it needed). A path the step
+/// turned into a symbolic link is left alone: it could point anywhere on the host.
 pub fn remove_made(dir: &Path, made: &[String]) {
+    let Ok(root) = wharf_common::root::Root::open(dir) else {
+        return;
+    };
     for rel in made.iter().rev() {
-        let p = dir.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir(&p);
+        let Ok(p) = root.parent_without_links(Path::new(rel)) else {
+            continue;
+        };
+        match p.lstat() {
+            Ok(Some(m)) if m.is_dir() => {
+                let _ = p.unlink(true);
             }
-            Ok(m) if m.is_file() && m.size() == 0 => {
-                let _ = std::fs::remove_file(&p);
+            Ok(Some(m)) if m.mode & libc::S_IFMT == libc::S_IFREG && m.size == 0 => {
+                let _ = p.unlink(false);
             }
             _ => {}
         }

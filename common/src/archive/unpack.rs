@@ -5,10 +5,15 @@
 //! are refused unless asked for.
 
 use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::root::{Parent, Root, list_dir};
 
 /// Prefix of a whiteout member.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -105,77 +110,20 @@ pub struct Unpacked {
     pub whiteouts: usize,
 }
 
-/// The member's path as clean, relative components; `..` cannot climb above the root.
-fn clean_member(name: &str) -> Vec<String> {
-    let mut parts: Vec<String> = Vec::new();
-    for c in Path::new(name).components() {
+/// The member's path as clean, relative components (bytes, as the archive has them); `..`
+/// cannot climb above the root.
+fn clean_member(name: &[u8]) -> Vec<OsString> {
+    let mut parts: Vec<OsString> = Vec::new();
+    for c in name.split(|b| *b == b'/') {
         match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir => {
+            b"" | b"." => {}
+            b".." => {
                 parts.pop();
             }
-            _ => {}
+            c => parts.push(OsString::from_vec(c.to_vec())),
         }
     }
     parts
-}
-
-/// Resolves already-existing parents of `parts` within `root` (following symlinks as a chroot
-/// would) and returns where the last component goes.
-/// `None` when symlinks nest too deep to resolve (the member is then refused).
-fn place(root: &Path, parts: &[String]) -> Option<PathBuf> {
-    let Some((last, parents)) = parts.split_last() else {
-        return Some(root.to_path_buf());
-    };
-    let mut dir: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = parents.iter().rev().cloned().collect();
-    let mut links = 0;
-    while let Some(p) = pending.pop() {
-        if p == ".." {
-            dir.pop();
-            continue;
-        }
-        let candidate = dir
-            .iter()
-            .fold(root.to_path_buf(), |a, c| a.join(c))
-            .join(&p);
-        match fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 255 {
-                    return None;
-                }
-                let Ok(target) = fs::read_link(&candidate) else {
-                    return None;
-                };
-                if target.is_absolute() {
-                    dir.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => dir.push(p),
-        }
-    }
-    Some(
-        dir.iter()
-            .fold(root.to_path_buf(), |a, c| a.join(c))
-            .join(last),
-    )
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Applies the layer file at `path` (plain, gzip or zstd) onto `root`.
@@ -193,12 +141,21 @@ pub fn apply_layer_file(
     apply_layer(root, d.reader, opts)
 }
 
-/// Applies the tar stream `layer` onto `root`.
+/// Applies the tar stream `layer` onto `root`. Every member is placed through one
+/// [`Root`]: its parent directory resolved inside the root, the member itself created,
+/// changed and timed with calls that never follow it; directory times, set last, are resolved
+/// again the same way, so a later member that turned a parent into a link cannot send them
+/// outside.
 pub fn apply_layer(
     root: &Path,
     layer: impl Read,
     opts: &UnpackOptions,
 ) -> Result<Unpacked, UnpackError> {
+    let dir = Root::open(root).map_err(|source| UnpackError::Io {
+        at: "(root)".into(),
+        path: root.to_owned(),
+        source,
+    })?;
     let mut archive = tar::Archive::new(layer);
     let entries = archive.entries().map_err(|source| UnpackError::Corrupt {
         at: "(header)".into(),
@@ -213,159 +170,143 @@ pub fn apply_layer(
             at: "(header)".into(),
             source,
         })?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let io_err = |path: &Path| {
-            let at = name.clone();
-            let path = path.to_path_buf();
-            move |source: io::Error| UnpackError::Io { at, path, source }
-        };
-        let parts = clean_member(&name);
+        let name_bytes = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&name_bytes).into_owned();
+        let parts = clean_member(&name_bytes);
         let Some(base) = parts.last().cloned() else {
             continue; // the root itself ("./")
         };
-        let Some(target) = place(root, &parts) else {
-            return Err(UnpackError::Refused {
-                at: name,
-                reason: "symbolic links nest too deep to resolve inside the root".into(),
-            });
+        let rel: PathBuf = parts.iter().collect();
+        let io_err = |source: io::Error| {
+            if source.raw_os_error() == Some(libc::ELOOP) {
+                return UnpackError::Refused {
+                    at: name.clone(),
+                    reason: "symbolic links nest too deep to resolve inside the root".into(),
+                };
+            }
+            UnpackError::Io {
+                at: name.clone(),
+                path: root.join(&rel),
+                source,
+            }
         };
-        if !target.starts_with(root) {
-            return Err(UnpackError::Refused {
-                at: name,
-                reason: "resolves outside the root".into(),
-            });
-        }
-        let parent = target.parent().unwrap_or(root).to_path_buf();
-        if base == WHITEOUT_OPAQUE && opts.whiteouts && opts.overlay {
-            fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-            xattr::set(&parent, "trusted.overlay.opaque", b"y").map_err(io_err(&parent))?;
-            done.whiteouts += 1;
-            continue;
-        }
-        if base == WHITEOUT_OPAQUE && opts.whiteouts {
-            if let Ok(children) = fs::read_dir(&parent) {
-                for c in children.flatten() {
-                    let p = c.path();
-                    if !written.iter().any(|w| w.starts_with(&p)) {
-                        remove_any(&p).map_err(io_err(&p))?;
-                        done.whiteouts += 1;
-                    }
+        let base = base.as_bytes();
+        if base == WHITEOUT_OPAQUE.as_bytes() && opts.whiteouts {
+            let parent = dir.parent(&rel, Some(0o755)).map_err(io_err)?;
+            if opts.overlay {
+                set_dir_xattr(parent.dir.as_fd(), "trusted.overlay.opaque", b"y")
+                    .map_err(io_err)?;
+                done.whiteouts += 1;
+                continue;
+            }
+            let here = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            for child in list_dir(parent.dir.as_fd()).map_err(io_err)? {
+                let p = here.join(&child);
+                if !written.iter().any(|w| w.starts_with(&p)) {
+                    let victim = Parent {
+                        dir: parent.dir.try_clone().map_err(io_err)?,
+                        name: child,
+                    };
+                    victim.remove_all().map_err(io_err)?;
+                    done.whiteouts += 1;
                 }
             }
             continue;
         }
         if let Some(hidden) = base
-            .strip_prefix(WHITEOUT_PREFIX)
+            .strip_prefix(WHITEOUT_PREFIX.as_bytes())
             .filter(|_| opts.whiteouts)
         {
-            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(UnpackError::Refused {
-                    at: name,
+                    at: name.clone(),
                     reason: format!(
-                        "whiteout names {hidden:?}, which is not a file in this directory"
+                        "whiteout names {:?}, which is not a file in this directory",
+                        String::from_utf8_lossy(hidden)
                     ),
                 });
             }
-            let victim = parent.join(hidden);
-            remove_any(&victim).map_err(io_err(&victim))?;
-            if opts.overlay {
-                fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-                let c = std::ffi::CString::new(victim.as_os_str().as_encoded_bytes()).map_err(
-                    |_| UnpackError::Refused {
-                        at: name.clone(),
-                        reason: "NUL in path".into(),
-                    },
-                )?;
-                // SAFETY: `c` is a valid NUL-terminated path; mknod only reads it.
-                if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
-                    return Err(io_err(&victim)(io::Error::last_os_error()));
+            let victim_rel = rel.with_file_name(OsStr::from_bytes(hidden));
+            let victim = match dir.parent(&victim_rel, opts.overlay.then_some(0o755)) {
+                Ok(v) => v,
+                // Nothing below to hide.
+                Err(e) if !opts.overlay && e.kind() == io::ErrorKind::NotFound => {
+                    done.whiteouts += 1;
+                    continue;
                 }
+                Err(e) => return Err(io_err(e)),
+            };
+            victim.remove_all().map_err(io_err)?;
+            if opts.overlay {
+                victim.mknod(libc::S_IFCHR, 0).map_err(io_err)?;
             }
             done.whiteouts += 1;
             continue;
         }
-        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let place = dir.parent(&rel, Some(0o755)).map_err(io_err)?;
         let header = entry.header().clone();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let kind = header.entry_type();
         // Whatever was there goes, unless both are directories (then it is merged).
-        let existing = fs::symlink_metadata(&target).ok();
-        if existing
-            .as_ref()
-            .is_some_and(|m| !(m.is_dir() && kind.is_dir()))
-        {
-            remove_any(&target).map_err(io_err(&target))?;
+        let existing = place.lstat().map_err(io_err)?;
+        if existing.is_some_and(|m| !(m.is_dir() && kind.is_dir())) {
+            place.remove_all().map_err(io_err)?;
         }
         match kind {
             k if k.is_dir() => {
-                if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                    fs::create_dir(&target).map_err(io_err(&target))?;
+                if existing.is_none_or(|m| !m.is_dir()) {
+                    place.mkdir(mode).map_err(io_err)?;
+                } else {
+                    place.chmod(mode).map_err(io_err)?;
                 }
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(io_err(&target))?;
                 if let Ok(t) = header.mtime() {
-                    dir_times.push((target.clone(), i64::try_from(t).unwrap_or(0)));
+                    dir_times.push((rel.clone(), i64::try_from(t).unwrap_or(0)));
                 }
             }
             k if k.is_file() || k == tar::EntryType::Continuous => {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(io_err(&target))?;
+                let mut f = place.create_file(mode).map_err(io_err)?;
                 io::copy(&mut entry, &mut f).map_err(|source| UnpackError::Corrupt {
                     at: name.clone(),
                     source,
                 })?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(io_err(&target))?;
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io_err)?;
             }
             k if k.is_symlink() => {
-                let link =
-                    header
-                        .link_name()
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| UnpackError::Refused {
-                            at: name.clone(),
-                            reason: "symlink without a target".into(),
-                        })?;
-                symlink(&link, &target).map_err(io_err(&target))?;
+                let link = header
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::Refused {
+                        at: name.clone(),
+                        reason: "symlink without a target".into(),
+                    })?;
+                place.symlink(OsStr::from_bytes(&link)).map_err(io_err)?;
             }
             k if k.is_hard_link() => {
-                let link =
-                    header
-                        .link_name()
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| UnpackError::Refused {
-                            at: name.clone(),
-                            reason: "hard link without a target".into(),
-                        })?;
-                let link_parts = clean_member(&link.to_string_lossy());
-                let source = place(root, &link_parts).ok_or_else(|| UnpackError::Refused {
+                let link = header
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::Refused {
+                        at: name.clone(),
+                        reason: "hard link without a target".into(),
+                    })?;
+                let shown = String::from_utf8_lossy(&link).into_owned();
+                let link_rel: PathBuf = clean_member(&link).iter().collect();
+                let refused = |why: &str| UnpackError::Refused {
                     at: name.clone(),
-                    reason: "hard link target nests symbolic links too deep".into(),
-                })?;
-                let meta = fs::symlink_metadata(&source).map_err(|_| UnpackError::Refused {
-                    at: name.clone(),
-                    reason: format!(
-                        "hard link to {} which is not in the layer's root",
-                        link.display()
-                    ),
-                })?;
-                if !source.starts_with(root) || meta.is_dir() {
-                    return Err(UnpackError::Refused {
-                        at: name,
-                        reason: format!(
-                            "hard link to {} points outside the root or at a directory",
-                            link.display()
-                        ),
-                    });
+                    reason: format!("hard link to {shown} {why}"),
+                };
+                let source = match dir.parent(&link_rel, None) {
+                    Ok(s) => s,
+                    Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                        return Err(refused("nests symbolic links too deep"));
+                    }
+                    Err(_) => return Err(refused("which is not in the layer's root")),
+                };
+                match source.lstat().map_err(io_err)? {
+                    None => return Err(refused("which is not in the layer's root")),
+                    Some(m) if m.is_dir() => return Err(refused("points at a directory")),
+                    Some(_) => {}
                 }
-                fs::hard_link(&source, &target).map_err(io_err(&target))?;
+                place.hard_link_from(&source).map_err(io_err)?;
             }
             k if matches!(
                 k,
@@ -387,16 +328,7 @@ pub fn apply_layer(
                     header.device_major().ok().flatten().unwrap_or(0),
                     header.device_minor().ok().flatten().unwrap_or(0),
                 );
-                let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(
-                    |_| UnpackError::Refused {
-                        at: name.clone(),
-                        reason: "NUL in path".into(),
-                    },
-                )?;
-                // SAFETY: `c` is a valid NUL-terminated path; mknod only reads it.
-                if unsafe { libc::mknod(c.as_ptr(), kind_bits | mode, dev) } != 0 {
-                    return Err(io_err(&target)(io::Error::last_os_error()));
-                }
+                place.mknod(kind_bits | mode, dev).map_err(io_err)?;
             }
             tar::EntryType::XGlobalHeader
             | tar::EntryType::XHeader
@@ -412,12 +344,16 @@ pub fn apply_layer(
         if opts.owners {
             let uid = header.uid().unwrap_or(0);
             let gid = header.gid().unwrap_or(0);
-            std::os::unix::fs::lchown(&target, u32::try_from(uid).ok(), u32::try_from(gid).ok())
-                .map_err(io_err(&target))?;
-            if !kind.is_symlink() && mode & 0o7000 != 0 {
-                // chown clears set-id bits: put them back.
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(io_err(&target))?;
+            place
+                .lchown(
+                    u32::try_from(uid).unwrap_or(u32::MAX),
+                    u32::try_from(gid).unwrap_or(u32::MAX),
+                )
+                .map_err(io_err)?;
+            if mode & 0o7000 != 0 {
+                // chown clears set-id bits: put them back (never through a link, not even
+                // one this member hard-linked).
+                place.chmod(mode).map_err(io_err)?;
             }
         }
         if opts.owners
@@ -431,11 +367,11 @@ pub fn apply_layer(
                     && let Some(attr) = key.strip_prefix("SCHILY.xattr.")
                     && !attr.starts_with("trusted.overlay.")
                 {
-                    match xattr::set(&target, attr, value) {
+                    match place.set_xattr(attr, value) {
                         Ok(()) => {}
                         // A filesystem without that namespace: the file is still right.
                         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-                        Err(e) => return Err(io_err(&target)(e)),
+                        Err(e) => return Err(io_err(e)),
                     }
                 }
             }
@@ -443,36 +379,45 @@ pub fn apply_layer(
         if !kind.is_dir()
             && let Ok(t) = header.mtime()
         {
-            set_mtime(&target, i64::try_from(t).unwrap_or(0));
+            let _ = place.set_mtime(i64::try_from(t).unwrap_or(0));
         }
-        written.insert(target);
+        written.insert(rel);
         done.entries += 1;
     }
-    // Directory times last: writing into a directory changes its mtime.
-    for (dir, t) in dir_times.into_iter().rev() {
-        set_mtime(&dir, t);
+    // Directory times last (writing into a directory changes its mtime), each directory found
+    // again inside the root: whatever a later member made of its path, it stays inside.
+    for (rel, t) in dir_times.into_iter().rev() {
+        if let Ok(p) = dir.parent(&rel, None)
+            && p.lstat().ok().flatten().is_some_and(|m| m.is_dir())
+        {
+            let _ = p.set_mtime(t);
+        }
     }
     Ok(done)
 }
 
-fn set_mtime(path: &Path, secs: i64) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
+/// Sets an extended attribute on the directory `dir` (an `O_PATH` descriptor).
+fn set_dir_xattr(dir: std::os::fd::BorrowedFd, key: &str, value: &[u8]) -> io::Result<()> {
+    let proc = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let (p, k) = (
+        std::ffi::CString::new(proc).map_err(io::Error::other)?,
+        std::ffi::CString::new(key).map_err(io::Error::other)?,
+    );
+    // SAFETY: valid NUL-terminated strings and a value of the length given; the path is this
+    // process's own descriptor of the directory, which setxattr follows to it.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
-    let t = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [t, t];
-    // SAFETY: valid path and a two-element timespec array; utimensat does not keep them.
-    unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        );
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Opens `path` for reading without following a final symlink.
@@ -621,5 +566,136 @@ mod tests {
         };
         apply_layer(&root, &tar_of(&[M::File(".wh.keep", b"k")])[..], &plain).unwrap();
         assert_eq!(fs::read(root.join(".wh.keep")).unwrap(), b"k");
+    }
+
+    /// A tar member with a raw name, type, mode, mtime and link target.
+    fn member(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &[u8],
+        kind: tar::EntryType,
+        mode: u32,
+        mtime: u64,
+        link: Option<&[u8]>,
+    ) {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_mtime(mtime);
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+        }
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+    }
+
+    #[test]
+    fn issue_10_deferred_directory_times_stay_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let victim = t.path().join("victim");
+        fs::create_dir_all(victim.join("target")).unwrap();
+        let before = fs::metadata(victim.join("target"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        // x/ and x/target/ (dated 1977), then x becomes a link to the victim.
+        let mut b = tar::Builder::new(Vec::new());
+        member(&mut b, b"x/", tar::EntryType::Directory, 0o755, 1000, None);
+        member(
+            &mut b,
+            b"x/target/",
+            tar::EntryType::Directory,
+            0o755,
+            222_222_222,
+            None,
+        );
+        let link = victim.to_str().unwrap().as_bytes().to_vec();
+        member(
+            &mut b,
+            b"x",
+            tar::EntryType::Symlink,
+            0o777,
+            1000,
+            Some(&link),
+        );
+        let layer = b.into_inner().unwrap();
+        for opts in [UnpackOptions::default(), UnpackOptions::image_layers()] {
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir(&root).unwrap();
+            apply_layer(&root, &layer[..], &opts).unwrap();
+            let after = fs::metadata(victim.join("target"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            assert_eq!(after, before, "a directory time reached outside the root");
+        }
+    }
+
+    #[test]
+    fn issue_10_a_hard_link_to_a_link_is_never_chmodded_through() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root under CI"
+            );
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let host = t.path().join("host-file");
+        fs::write(&host, "host").unwrap();
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let link = host.to_str().unwrap().as_bytes().to_vec();
+        member(
+            &mut b,
+            b"s",
+            tar::EntryType::Symlink,
+            0o777,
+            1000,
+            Some(&link),
+        );
+        member(&mut b, b"h", tar::EntryType::Link, 0o4777, 1000, Some(b"s"));
+        let layer = b.into_inner().unwrap();
+        apply_layer(&root, &layer[..], &UnpackOptions::image_layers()).unwrap();
+        let mode = fs::metadata(&host).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644, "the layer made a host file {mode:o}");
+        assert!(
+            fs::symlink_metadata(root.join("h"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn issue_10_names_are_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        member(
+            &mut b,
+            b"caf\xe9/",
+            tar::EntryType::Directory,
+            0o755,
+            1000,
+            None,
+        );
+        member(
+            &mut b,
+            b"caf\xe9/n\xff",
+            tar::EntryType::Regular,
+            0o644,
+            1000,
+            None,
+        );
+        let layer = b.into_inner().unwrap();
+        apply_layer(t.path(), &layer[..], &UnpackOptions::default()).unwrap();
+        let dir = t.path().join(OsStr::from_bytes(b"caf\xe9"));
+        assert!(dir.join(OsStr::from_bytes(b"n\xff")).is_file());
     }
 }
