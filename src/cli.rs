@@ -116,9 +116,12 @@ pub struct RunArgs {
     /// The user: name|uid[:group|gid]
     #[arg(short, long)]
     pub user: Option<String>,
-    /// The network: host (the default) or none
-    #[arg(long, default_value = "host")]
+    /// The network: bridge (the default: its own, with outbound NAT), none, or host
+    #[arg(long, default_value = "bridge")]
     pub network: String,
+    /// Add a line to /etc/hosts: NAME:ADDRESS
+    #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
+    pub add_hosts: Vec<String>,
     /// Bind mount a host path: HOST:CONTAINER[:ro]
     #[arg(short, long = "volume", value_name = "HOST:CONTAINER[:ro]")]
     pub volumes: Vec<String>,
@@ -185,9 +188,16 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<String>,
-    /// RUN's network unless a RUN says otherwise: default (the host's), host or none
+    /// RUN's network unless a RUN says otherwise: default (its own, with outbound NAT), none,
+    /// or host (which also allows RUN --network=host)
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Grant an entitlement: network.host (RUN --network=host may use the host's network)
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// Add a line to RUN's /etc/hosts: NAME:ADDRESS
+    #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
+    pub add_hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

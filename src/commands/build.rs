@@ -254,6 +254,22 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         .network
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--network: {e}"))?;
+    // Asking for the host's network on the command line grants it, as `docker build` does.
+    let mut allow_network_host = network == wharf_builder::sandbox::Network::Host;
+    for a in &args.allow {
+        match a.as_str() {
+            "network.host" => allow_network_host = true,
+            other => anyhow::bail!(
+                "--allow {other}: wharf grants only network.host (security.insecure is not available)"
+            ),
+        }
+    }
+    let add_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| wharf_builder::sandbox::parse_host_entry(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--add-host {e}"))?;
     let store = ctx.store().await?;
     let staging = store.staging_dir_blocking()?;
     let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
@@ -285,6 +301,8 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         cache_mounts,
         secrets,
         network,
+        allow_network_host,
+        add_hosts,
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let json = ctx.global.progress == crate::cli::ProgressMode::Json;

@@ -79,6 +79,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--network: {e}"))?;
     let seccomp = seccomp_enabled(&args.security_opt)?;
+    let add_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| sandbox::parse_host_entry(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--add-host {e}"))?;
     let store = ctx.store().await?;
     let images = StoreImages {
         ctx,
@@ -157,8 +163,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     // The files the container gets at /etc.
-    let mut mounts =
-        sandbox::etc_files(&dir.0, &hostname).context("writing the container's /etc files")?;
+    let mut mounts = sandbox::etc_files(&dir.0, &hostname, network, &add_hosts)
+        .context("writing the container's /etc files")?;
     for v in &args.volumes {
         let parts: Vec<&str> = v.split(':').collect();
         let (host, target, readonly) = match parts.as_slice() {
@@ -218,6 +224,26 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             seccomp,
         })
     };
+    // Signals are caught from before the command starts: one that arrives while the sandbox
+    // is being set up is passed on, not taken for wharf's own death.
+    let mut streams = Vec::new();
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::hangup(), libc::SIGHUP),
+            (SignalKind::quit(), libc::SIGQUIT),
+            (SignalKind::user_defined1(), libc::SIGUSR1),
+            (SignalKind::user_defined2(), libc::SIGUSR2),
+            (SignalKind::window_change(), libc::SIGWINCH),
+        ];
+        for (k, n) in kinds {
+            if let Ok(s) = signal(k) {
+                streams.push((s, n));
+            }
+        }
+    }
     let mut running = match sandbox::start(spec(&base)?) {
         Ok(r) => r,
         Err(e) if matches!(base, Base::Lowers(_)) && e.is_root_mount() => {
@@ -274,22 +300,6 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     // Signals go to the container (its PID 1 passes them to the command).
     let master_fd = pty_master.as_ref().map(AsRawFd::as_raw_fd);
     let forward = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let kinds = [
-            (SignalKind::interrupt(), libc::SIGINT),
-            (SignalKind::terminate(), libc::SIGTERM),
-            (SignalKind::hangup(), libc::SIGHUP),
-            (SignalKind::quit(), libc::SIGQUIT),
-            (SignalKind::user_defined1(), libc::SIGUSR1),
-            (SignalKind::user_defined2(), libc::SIGUSR2),
-            (SignalKind::window_change(), libc::SIGWINCH),
-        ];
-        let mut streams = Vec::new();
-        for (k, n) in kinds {
-            if let Ok(s) = signal(k) {
-                streams.push((s, n));
-            }
-        }
         loop {
             let futs = streams.iter_mut().map(|(s, n)| {
                 let n = *n;

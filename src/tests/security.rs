@@ -462,3 +462,262 @@ fn issue_10_mount_points_and_image_files_never_lead_to_the_host() {
         r.stderr
     );
 }
+
+/// A host of the test's own: a network namespace joined to this one by a veth pair, with an
+/// HTTP server (busybox httpd) in it. What a RUN must reach through its NAT; never an outside
+/// address. Removed when dropped.
+struct PeerHost {
+    ns: String,
+    addr: String,
+    server: std::process::Child,
+    _www: tempfile::TempDir,
+}
+
+impl PeerHost {
+    fn start() -> PeerHost {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n;
+        let (ns, host_if, peer_if) = (format!("wt{id}"), format!("wt{id}h"), format!("wt{id}p"));
+        let subnet = 100 + (id % 150);
+        let addr = format!("10.213.{subnet}.2");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("running ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", &ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{subnet}.1/24"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &peer_if,
+        ]);
+        ip(&["-n", &ns, "link", "set", &peer_if, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("hello.txt"), "hello from the peer\n").unwrap();
+        std::fs::write(www.path().join("index.html"), "index\n").unwrap();
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p"])
+            .arg(format!("{addr}:8080"))
+            .arg("-h")
+            .arg(www.path())
+            .spawn()
+            .unwrap();
+        let peer = PeerHost {
+            ns,
+            addr,
+            server,
+            _www: www,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(format!("{}:8080", peer.addr)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the peer's httpd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        peer
+    }
+}
+
+impl Drop for PeerHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Deleting the namespace removes the veth pair with it.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Services only the host's own network namespace has: a TCP server on 127.0.0.1 and an
+/// abstract unix socket, both answering; and a client that keeps sending `marker` (as a
+/// password would travel) to the TCP server over loopback until dropped.
+struct HostServices {
+    port: u16,
+    abstract_name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HostServices {
+    fn start(marker: &str) -> HostServices {
+        use std::io::{Read, Write};
+        use std::os::linux::net::SocketAddrExt;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in tcp.incoming().flatten() {
+                let mut c = c;
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost loopback\n");
+            }
+        });
+        let abstract_name = format!("wharf-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
+        let unix = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        std::thread::spawn(move || for _ in unix.incoming() {});
+        let (s, m) = (stop.clone(), marker.to_owned());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = write!(c, "GET / HTTP/1.0\r\nAuthorization: Basic {m}\r\n\r\n");
+                    let mut sink = Vec::new();
+                    let _ = c.read_to_end(&mut sink);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        HostServices {
+            port,
+            abstract_name,
+            stop,
+        }
+    }
+}
+
+impl Drop for HostServices {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn issue_10_run_gets_its_own_network_with_nat() {
+    if !ready() || !have("ip") || !have("slirp4netns") {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let Some(_) = build_probe(ctx.path()) else {
+        return;
+    };
+    let marker = format!("c2VjcmV0-{}", std::process::id());
+    let host = HostServices::start(&marker);
+    let peer = PeerHost::start();
+    let checks = format!(
+        "tcp 10.0.2.2:{port} tcp 127.0.0.1:{port} abstract {name} sniff 2 {marker} tcp {peer}:8080",
+        port = host.port,
+        name = host.abstract_name,
+        peer = peer.addr,
+    );
+    // Each line of what the probe and wget print, as it must read: the host's loopback (through
+    // the NAT's gateway or its own) and abstract socket unreachable, no host traffic seen, the
+    // test's own host reached by address and by an --add-host name.
+    type Check<'a> = Box<dyn Fn(&str) -> bool + 'a>;
+    let want: Vec<Check> = vec![
+        Box::new(|l| l.starts_with(&format!("tcp 10.0.2.2:{} errno=", host.port))),
+        Box::new(|l| l == format!("tcp 127.0.0.1:{} errno=111", host.port)),
+        Box::new(|l| l == "abstract errno=111"),
+        Box::new(|l| l == "sniff quiet"),
+        Box::new(|l| l == format!("tcp {}:8080 answered HTTP/1.1 200 OK", peer.addr)),
+        Box::new(|l| l == "hello from the peer"),
+    ];
+    let check = |how: &str, out: &str| {
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), want.len(), "{how}: {out}");
+        for (l, ok) in lines.iter().zip(&want) {
+            assert!(ok(l), "{how}: {l:?} in\n{out}");
+        }
+    };
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nCOPY probe /probe\n\
+             RUN (/probe {checks}; wget -qO- http://peer.test:8080/hello.txt) > /from-run 2>&1\n"
+        ),
+    )
+    .unwrap();
+    let w = Wharf::new();
+    w.load_busybox();
+    let add_host = format!("peer.test:{}", peer.addr);
+    w.run(&[
+        "build",
+        "--add-host",
+        &add_host,
+        "-t",
+        "net",
+        ctx.path().to_str().unwrap(),
+    ])
+    .ok();
+    let from_run = w
+        .run(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "net",
+            "cat",
+            "/from-run",
+        ])
+        .ok();
+    check("RUN", &from_run.stdout);
+    // wharf run, by default.
+    let mut cmd = vec!["run", "--rm", "--add-host", &add_host, "net", "sh", "-c"];
+    let script = format!("/probe {checks}; wget -qO- http://peer.test:8080/hello.txt");
+    cmd.push(&script);
+    check("wharf run", &w.run(&cmd).ok().stdout);
+    // The host's network only when asked for, and for RUN only with the entitlement.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM busybox\nRUN --network=host wget -qO- http://127.0.0.1:{}/\n",
+            host.port
+        ),
+    )
+    .unwrap();
+    let refused = w.run(&["build", ctx.path().to_str().unwrap()]).fails();
+    assert!(
+        refused.stderr.contains("--allow network.host"),
+        "{}",
+        refused.stderr
+    );
+    let allowed = w
+        .run(&[
+            "build",
+            "--allow",
+            "network.host",
+            "--no-cache",
+            ctx.path().to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        allowed.stderr.contains("host loopback"),
+        "{}",
+        allowed.stderr
+    );
+    let url = format!("http://127.0.0.1:{}/", host.port);
+    let host_run = w
+        .run(&[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "busybox",
+            "wget",
+            "-qO-",
+            &url,
+        ])
+        .ok();
+    assert_eq!(host_run.stdout, "host loopback\n");
+}

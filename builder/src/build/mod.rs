@@ -102,6 +102,10 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// `--network`: RUN's network unless a RUN says otherwise.
     pub network: Network,
+    /// `--allow network.host`: a RUN may use the host's network (BuildKit's entitlement).
+    pub allow_network_host: bool,
+    /// `--add-host NAME:ADDRESS`: extra `/etc/hosts` lines for RUN, as (name, address).
+    pub add_hosts: Vec<(String, String)>,
 }
 
 /// The local store as the build cache, reached from the build's blocking thread.

@@ -248,10 +248,17 @@ pub(super) fn run(
             .process_word(w, &env_words)
             .map_err(|e| e.to_string())
     };
-    let network = match &r.network {
+    let network = match r.network.as_deref() {
+        None | Some("default") => run.opts.network,
         Some(n) => n.parse::<Network>()?,
-        None => run.opts.network,
     };
+    if network == Network::Host && !run.opts.allow_network_host {
+        return Err(
+            "RUN --network=host is not allowed: it needs `wharf build --allow network.host` \
+             (BuildKit's network.host entitlement)"
+                .into(),
+        );
+    }
     let mut mounts = Vec::new();
     for m in &r.mounts {
         mounts.push(parse_mount(&expand(m)?)?);
@@ -325,7 +332,8 @@ pub(super) fn run(
         Ok(p)
     };
     let mut sandbox_mounts =
-        sandbox::etc_files(scratch.path(), HOSTNAME).map_err(|e| e.to_string())?;
+        sandbox::etc_files(scratch.path(), HOSTNAME, network, &run.opts.add_hosts)
+            .map_err(|e| e.to_string())?;
     for (name, content) in &pipes {
         sandbox_mounts.push(Mount::Bind {
             source: write(&format!("pipe-{}", sandbox_mounts.len()), content, 0o755)?,

@@ -59,6 +59,9 @@ pub(super) struct Plan {
     pub keep_mask: u64,
     /// The seccomp program the command runs under, if any.
     pub seccomp: Option<&'static [libc::sock_filter]>,
+    /// A pipe to wait on (one byte) before the command starts: the network is being set up
+    /// from outside. -1: none.
+    pub go: c_int,
 }
 
 const STEP_PRIVATE: u32 = 1;
@@ -74,6 +77,7 @@ const STEP_USER: u32 = 10;
 const STEP_CWD: u32 = 11;
 const STEP_TTY: u32 = 12;
 const STEP_SECCOMP: u32 = 13;
+const STEP_NETWORK: u32 = 14;
 /// The command could not be executed.
 pub(super) const STEP_EXEC: u32 = 99;
 
@@ -93,6 +97,7 @@ pub(super) fn step_name(step: u32) -> &'static str {
         STEP_CWD => "entering the working directory",
         STEP_TTY => "making the terminal the controlling one",
         STEP_SECCOMP => "installing the seccomp filter",
+        STEP_NETWORK => "waiting for the network",
         _ => "setting up",
     }
 }
@@ -399,6 +404,20 @@ unsafe fn pid1(
         }
         if plan.network_none {
             loopback_up();
+        }
+        if plan.go >= 0 {
+            let mut b = 0u8;
+            loop {
+                let n = libc::read(plan.go, (&mut b as *mut u8).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && errno() == libc::EINTR {
+                    continue;
+                }
+                fail(st, STEP_NETWORK);
+            }
+            libc::close(plan.go);
         }
         for p in &plan.cwd_parents {
             libc::mkdir(p.as_ptr(), 0o755);

@@ -1,5 +1,6 @@
 //! wharf's own sandbox: runs one command in a root directory (or an overlay it mounts) inside
-//! new mount, PID, UTS and IPC namespaces (and a network namespace with [`Network::None`]),
+//! new mount, PID, UTS, IPC and network namespaces (the network reached through slirp4netns,
+//! see [`nat`], or loopback only; the host's only with [`Network::Host`]),
 //! entered by `pivot_root`, with a fresh /proc, a minimal /dev, docker's masked and read-only
 //! /proc paths, docker's default capability set, `no_new_privs`, and a PID 1 that reaps
 //! children and forwards signals. No daemon and no runtime binary: the parent prepares every
@@ -14,6 +15,7 @@
 //! `docker run`.
 
 mod child;
+mod nat;
 mod seccomp;
 mod syscalls;
 
@@ -25,8 +27,13 @@ use std::path::{Path, PathBuf};
 /// The network a sandbox gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Network {
-    /// The host's network (docker build's default for RUN).
+    /// A network namespace of its own with outbound connections through a userspace NAT
+    /// (slirp4netns) and no way to the host's loopback: what docker gives RUN and
+    /// `docker run` by default (there through a bridge).
     #[default]
+    Nat,
+    /// The host's network namespace (BuildKit's `network.host` entitlement; `run --network
+    /// host`).
     Host,
     /// A new network namespace with only loopback.
     None,
@@ -36,10 +43,11 @@ impl std::str::FromStr for Network {
     type Err = String;
     fn from_str(s: &str) -> Result<Network, String> {
         match s {
-            "host" | "default" => Ok(Network::Host),
+            "default" | "bridge" => Ok(Network::Nat),
+            "host" => Ok(Network::Host),
             "none" => Ok(Network::None),
             other => Err(format!(
-                "network {other:?} is not supported: use \"host\" or \"none\""
+                "network {other:?} is not supported: use \"default\" (or \"bridge\"), \"host\" or \"none\""
             )),
         }
     }
@@ -191,6 +199,8 @@ pub struct Running {
     command: String,
     /// The terminal's master side, with `tty`.
     terminal: Option<OwnedFd>,
+    /// The NAT of [`Network::Nat`], let go when the sandbox ends.
+    nat: Option<nat::Nat>,
     waited: bool,
 }
 
@@ -520,6 +530,15 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         what: "creating a pipe".into(),
         source,
     })?;
+    // With the NAT: the child waits on this before it starts the command.
+    let go = if spec.network == Network::Nat {
+        Some(pipe().map_err(|source| SandboxError::Prepare {
+            what: "creating a pipe".into(),
+            source,
+        })?)
+    } else {
+        None
+    };
     let cap_last = cap_last();
     let mut drop_caps = Vec::new();
     for c in 0..=cap_last {
@@ -566,6 +585,9 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     if let Some((_, theirs)) = &console {
         keep_fds.push(theirs.as_raw_fd());
     }
+    if let Some((r, _)) = &go {
+        keep_fds.push(r.as_raw_fd());
+    }
     keep_fds.extend([
         stdin.as_raw_fd(),
         spec.stdout.as_raw_fd(),
@@ -608,6 +630,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
             .map_or(-1, |(_, theirs)| theirs.as_raw_fd()),
         drop_caps,
         keep_mask,
+        go: go.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
         seccomp: if spec.seccomp {
             Some(
                 seccomp::default_filter(keep_mask).map_err(|e| SandboxError::Prepare {
@@ -621,13 +644,39 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     };
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if spec.network == Network::None {
+    if spec.network != Network::Host {
         flags |= libc::CLONE_NEWNET;
     }
     let pid = child::spawn(&plan, flags).map_err(|e| SandboxError::Prepare {
         what: "creating the sandbox's namespaces (clone)".into(),
         source: e,
     })?;
+    // The NAT attaches while the child sets up its mounts; the child waits for the go
+    // before it starts the command.
+    let nat = match go {
+        Some((go_r, go_w)) => {
+            drop(go_r);
+            match nat::attach(pid) {
+                Ok(n) => {
+                    // SAFETY: one byte from a valid buffer to a pipe we own.
+                    unsafe { libc::write(go_w.as_raw_fd(), b"1".as_ptr().cast(), 1) };
+                    Some(n)
+                }
+                Err(e) => {
+                    // SAFETY: our child, not yet waited for.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    }
+                    return Err(SandboxError::Prepare {
+                        what: "giving the sandbox its network".into(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        None => None,
+    };
     drop(status_w);
     drop(keep);
     drop(stdin);
@@ -646,6 +695,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         status: status_r,
         command: argv0,
         terminal,
+        nat,
         waited: false,
     })
 }
@@ -753,6 +803,7 @@ impl Running {
             }
         }
         self.waited = true;
+        self.nat = None;
         if libc::WIFEXITED(st) {
             libc::WEXITSTATUS(st)
         } else if libc::WIFSIGNALED(st) {
@@ -777,22 +828,39 @@ pub fn run(spec: Spec) -> Result<i32, SandboxError> {
     start(spec)?.wait()
 }
 
-/// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for a sandbox named `hostname`:
-/// written into `dir` (the host's resolv.conf copied), as bind mounts.
-pub fn etc_files(dir: &Path, hostname: &str) -> std::io::Result<Vec<Mount>> {
+/// `/etc/hosts` (with `extra_hosts`, docker's `--add-host` as (name, address)),
+/// `/etc/hostname` and `/etc/resolv.conf` for a sandbox named `hostname` on `network`:
+/// written into `dir`, as bind mounts. resolv.conf is the host's; with [`Network::Nat`] its
+/// name servers are replaced by the NAT's forwarder (which asks the host's, loopback ones
+/// included).
+pub fn etc_files(
+    dir: &Path,
+    hostname: &str,
+    network: Network,
+    extra_hosts: &[(String, String)],
+) -> std::io::Result<Vec<Mount>> {
+    let mut hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
+    );
+    for (name, address) in extra_hosts {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = if network == Network::Nat {
+        let mut out: String = host_resolv
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("nameserver"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("nameserver {}\n", nat::DNS));
+        out
+    } else {
+        host_resolv
+    };
     let files = [
-        (
-            "hosts",
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
-            )
-            .into_bytes(),
-        ),
+        ("hosts", hosts.into_bytes()),
         ("hostname", format!("{hostname}\n").into_bytes()),
-        (
-            "resolv.conf",
-            std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-        ),
+        ("resolv.conf", resolv.into_bytes()),
     ];
     let mut mounts = Vec::new();
     for (name, content) in files {
@@ -806,6 +874,22 @@ pub fn etc_files(dir: &Path, hostname: &str) -> std::io::Result<Vec<Mount>> {
         });
     }
     Ok(mounts)
+}
+
+/// docker's `--add-host NAME:ADDRESS` (or `NAME=ADDRESS`): (name, address); the address
+/// must be an IP address (IPv6 ones may be in brackets).
+pub fn parse_host_entry(spec: &str) -> Result<(String, String), String> {
+    let (name, address) = spec
+        .split_once(['=', ':'])
+        .ok_or_else(|| format!("{spec:?}: expected NAME:ADDRESS"))?;
+    let address = address.trim_start_matches('[').trim_end_matches(']');
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("{spec:?}: {name:?} is not a host name"));
+    }
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| format!("{spec:?}: {address:?} is not an IP address"))?;
+    Ok((name.to_owned(), ip.to_string()))
 }
 
 /// A pipe: (read end, write end), close-on-exec.
