@@ -34,6 +34,22 @@ pub struct Root {
     path: PathBuf,
 }
 
+/// Whether an entry (its canonical in-root path, whether it is a directory) is to be seen.
+pub type Visible<'a> = &'a dyn Fn(&Path, bool) -> bool;
+
+/// Why a filtered resolution found nothing: the entry on the way that the filter hides (its
+/// canonical in-root path).
+#[derive(Debug)]
+pub struct Hidden(pub PathBuf);
+
+impl std::fmt::Display for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is hidden", self.0.display())
+    }
+}
+
+impl std::error::Error for Hidden {}
+
 /// The directory holding a path's last component, and that component.
 #[derive(Debug)]
 pub struct Parent {
@@ -308,6 +324,30 @@ impl Root {
             .fold(self.path.clone(), |p, n| p.join(n)))
     }
 
+    /// As [`Root::locate`], seeing only what `visible` lets through: an entry it refuses (asked
+    /// with its canonical in-root path and whether it is a directory, for every directory on
+    /// the way, every link before it is followed, and the last entry) makes the path missing,
+    /// an error of kind `NotFound` carrying [`Hidden`]. What a filtered view of a directory
+    /// (a build context less its `.dockerignore`d files) would show.
+    pub fn locate_visible(
+        &self,
+        path: &Path,
+        follow_last: bool,
+        visible: Visible<'_>,
+    ) -> io::Result<PathBuf> {
+        let walked = self.walk_visible(
+            path.as_os_str().as_bytes(),
+            follow_last,
+            true,
+            Missing::Keep,
+            Some(visible),
+        )?;
+        Ok(walked
+            .names
+            .iter()
+            .fold(self.path.clone(), |p, n| p.join(n)))
+    }
+
     /// The in-root path (relative, canonical) `path` resolves to, as [`Root::locate`].
     pub fn canonical(&self, path: &Path, follow_last: bool) -> io::Result<PathBuf> {
         let walked = self.walk(
@@ -489,6 +529,20 @@ impl Root {
         links: bool,
         missing: Missing,
     ) -> io::Result<Walked> {
+        self.walk_visible(path, follow_last, links, missing, None)
+    }
+
+    /// The walk, asking `visible` about every entry it lands on (its canonical in-root path,
+    /// whether it is a directory): each directory on the way, each link before it is
+    /// followed, and the last entry. One it refuses ends the walk with [`Hidden`].
+    fn walk_visible(
+        &self,
+        path: &[u8],
+        follow_last: bool,
+        links: bool,
+        missing: Missing,
+        visible: Option<Visible<'_>>,
+    ) -> io::Result<Walked> {
         let mut stack: Vec<OwnedFd> = vec![self.fd.try_clone()?];
         let mut names: Vec<OsString> = Vec::new();
         let mut pending = components(path);
@@ -542,6 +596,12 @@ impl Root {
                 Err(e) => return Err(e),
             };
             let st = fstat(fd.as_fd())?;
+            if let Some(visible) = visible {
+                let here = rel(&names, &c);
+                if !visible(&here, st.is_dir()) {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, Hidden(here)));
+                }
+            }
             if st.is_symlink() && (!last || follow_last) {
                 if !links {
                     return Err(io::Error::from_raw_os_error(libc::ELOOP));

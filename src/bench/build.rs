@@ -1,7 +1,8 @@
 //! `build`: `wharf build` against docker's BuildKit and buildah on the same context, in one
 //! run: the Dockerfile of the no-RUN fixture plus ten small RUN steps and one writing 100 MiB.
 //! Cold build (no cache, base image present), no-op rebuild, and rebuild after one COPYed file
-//! changed; then the time to start `run IMAGE true` against `docker run --rm` and
+//! changed; the cost of one `RUN true` step (twenty of them, less the same build without them)
+//! against BuildKit's; then the time to start `run IMAGE true` against `docker run --rm` and
 //! `podman run --rm`. Ratios are the peer's time over wharf's.
 
 use std::path::Path;
@@ -212,6 +213,48 @@ pub fn bench(args: &Args) {
         }
         .print();
     }
+
+    // One `RUN true` step: twenty of them, less the same build without them, per step. wharf's
+    // RUN has its default network (its own namespace and slirp4netns); BuildKit's has none,
+    // because this dockerd runs without a bridge.
+    let steps = dir.path().join("steps");
+    std::fs::create_dir_all(steps.join("with")).unwrap();
+    std::fs::create_dir_all(steps.join("without")).unwrap();
+    let runs: String = (1..=20).map(|i| format!("RUN true # {i}\n")).collect();
+    std::fs::write(
+        steps.join("with/Dockerfile"),
+        format!("FROM busybox\n{runs}"),
+    )
+    .unwrap();
+    std::fs::write(
+        steps.join("without/Dockerfile"),
+        "FROM busybox\nLABEL x=1\n",
+    )
+    .unwrap();
+    let mut per_step = [Vec::new(), Vec::new()];
+    for _ in 0..args.rounds {
+        let mut t = [[Duration::ZERO; 2]; 2];
+        for (i, which) in ["with", "without"].iter().enumerate() {
+            let c = steps.join(which);
+            let c = c.to_str().unwrap();
+            super::settle();
+            t[0][i] = run(wharf_cmd(&root).args(["build", "--no-cache", "-q", c]));
+            super::settle();
+            t[1][i] = run(d
+                .command(&["build", "-q", "--no-cache", "--network", "none", c])
+                .env("DOCKER_BUILDKIT", "1"));
+        }
+        for tool in 0..2 {
+            per_step[tool].push(t[tool][0].saturating_sub(t[tool][1]) / 20);
+        }
+    }
+    let [w, b] = per_step;
+    Line {
+        name: "RUN true (one step)",
+        wharf: median(w),
+        peers: vec![("buildkit", median(b))],
+    }
+    .print();
 
     // Starting a container: `run IMAGE true`, ten times each, median.
     let mut starts = [Vec::new(), Vec::new(), Vec::new()];

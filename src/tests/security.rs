@@ -721,3 +721,95 @@ fn issue_10_run_gets_its_own_network_with_nat() {
         .ok();
     assert_eq!(host_run.stdout, "host loopback\n");
 }
+
+#[test]
+fn issue_10_dockerignore_cannot_be_bypassed() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    std::fs::write(c.join(".dockerignore"), "secret.env\nprivate\n").unwrap();
+    std::fs::write(c.join("secret.env"), "TOPSECRET\n").unwrap();
+    std::fs::write(c.join("ok.txt"), "fine\n").unwrap();
+    std::fs::create_dir_all(c.join("private")).unwrap();
+    std::fs::write(c.join("private/key"), "KEY\n").unwrap();
+    std::fs::create_dir_all(c.join("sub")).unwrap();
+    std::os::unix::fs::symlink("secret.env", c.join("harmless.txt")).unwrap();
+    std::os::unix::fs::symlink("..", c.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("private", c.join("p")).unwrap();
+    let build = |df: &str| {
+        std::fs::write(c.join("Dockerfile"), df).unwrap();
+        w.run(&["build", "--no-cache", "-t", "ign", c.to_str().unwrap()])
+    };
+    // Sources that reach excluded files through links: not found, as in BuildKit.
+    for (df, source) in [
+        ("FROM busybox\nCOPY harmless.txt /a\n", "harmless.txt"),
+        (
+            "FROM busybox\nCOPY sub/up/secret.env /b\n",
+            "sub/up/secret.env",
+        ),
+        ("FROM busybox\nCOPY p/key /k\n", "p/key"),
+        // A wildcard lists the link, which then leads nowhere (BuildKit: a dangling link).
+        ("FROM busybox\nCOPY *.txt /x/\n", "harmless.txt"),
+        (
+            "FROM busybox\nRUN --mount=type=bind,source=harmless.txt,target=/m cat /m\n",
+            "harmless.txt",
+        ),
+    ] {
+        let r = build(df).fails();
+        assert!(
+            r.stderr
+                .contains(&format!("{source}: not found in the build context")),
+            "{df}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("TOPSECRET") && !r.stderr.contains("KEY"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A directory through a link, a wildcard through it, and bind mounts of the context
+    // (read-only and rw) show only what is in the context.
+    build(
+        "FROM busybox\n\
+         COPY sub/up/ /d/\n\
+         COPY sub/up/*.env sub/up/o*.txt /w/\n\
+         RUN --mount=type=bind,target=/ctx ls -a /ctx > /ls; \
+             cat /ctx/secret.env /ctx/harmless.txt /ctx/private/key /ctx/p/key > /leak 2>/dev/null; \
+             cat /ctx/ok.txt /ctx/sub/up/ok.txt > /seen\n\
+         RUN --mount=type=bind,target=/ctx,rw ls -a /ctx > /ls-rw; cat /ctx/secret.env >> /leak 2>/dev/null; true\n",
+    )
+    .ok();
+    let show = |cmd: &str| {
+        w.run(&["run", "--rm", "--network", "none", "ign", "sh", "-c", cmd])
+            .ok()
+            .stdout
+    };
+    assert_eq!(
+        show("cat /leak"),
+        "",
+        "excluded files were read through the bind mount"
+    );
+    assert_eq!(show("cat /seen"), "fine\nfine\n");
+    for listing in ["/ls", "/ls-rw"] {
+        let ls = show(&format!("cat {listing}"));
+        assert!(ls.contains("ok.txt") && ls.contains("harmless.txt"), "{ls}");
+        assert!(
+            !ls.contains("secret.env") && !ls.contains("private"),
+            "{listing}: {ls}"
+        );
+    }
+    let copied = show("find /d /w | sort");
+    assert!(
+        copied.contains("/d/ok.txt") && copied.contains("/w/ok.txt"),
+        "{copied}"
+    );
+    assert!(
+        !copied.contains("secret.env") && !copied.contains("private"),
+        "{copied}"
+    );
+}

@@ -463,10 +463,10 @@ pub(crate) fn copy(
                         });
                     }
                     // --exclude patterns are relative to the source directory; .dockerignore
-                    // rules to the context.
-                    let ignore = from_root
-                        .is_none()
-                        .then(|| (ctx.ignore(), item.dest.as_str()));
+                    // rules to the context, where the directory really is (it may have been
+                    // reached through a link).
+                    let base = ctx.relative(&disk);
+                    let ignore = from_root.is_none().then(|| (ctx.ignore(), base.as_str()));
                     walk(
                         s,
                         &disk,

@@ -415,6 +415,7 @@ pub async fn build(
         context_memo: std::sync::Mutex::new(BTreeMap::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
         from_views: std::sync::Mutex::new(BTreeMap::new()),
+        context_view: std::sync::OnceLock::new(),
     };
     // The build's own thread, in a mount namespace of its own: the overlays it mounts are
     // seen by nobody else and go away with it, whatever happens.
@@ -780,6 +781,9 @@ struct Run {
     step_ids: std::sync::atomic::AtomicUsize,
     /// Read-only roots of stages and images that COPY --from and RUN --mount read.
     from_views: std::sync::Mutex<BTreeMap<String, View>>,
+    /// The context less what `.dockerignore` leaves out, for RUN's bind mounts: made on the
+    /// first one that needs it.
+    context_view: std::sync::OnceLock<Result<crate::context::view::FilteredView, String>>,
 }
 
 impl Run {
@@ -1674,17 +1678,16 @@ impl Run {
             if !excludes.is_empty() && excludes.excludes(excluded_by_flag) {
                 continue;
             }
-            // A source itself is followed if it is a link (COPY copies what it points at).
-            let disk = ctx
-                .resolve(&rel, src_rel.is_empty())
-                .map_err(|e| e.to_string())?;
+            // A source itself is followed if it is a link (COPY copies what it points at); what
+            // .dockerignore leaves out is not there, wherever a link led.
+            let disk = match ctx.resolve(&rel, src_rel.is_empty()) {
+                Ok(d) => d,
+                Err(crate::context::ContextError::NotFound { .. }) if !src_rel.is_empty() => {
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
-            if !src_rel.is_empty()
-                && ctx.ignore().excludes(&rel)
-                && (!meta.is_dir() || !ctx.ignore().has_exclusions())
-            {
-                continue;
-            }
             let mode = meta.mode() & 0o7777;
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&disk).map_err(|e| e.to_string())?;
@@ -1774,6 +1777,21 @@ impl Run {
 
     pub(crate) fn context(&self) -> &Context {
         &self.opts.context
+    }
+
+    /// Where the context's entry `rel` (canonical, from [`Context::resolve`]) is for a bind
+    /// mount: in the filtered view when `.dockerignore` leaves anything out.
+    pub(crate) fn context_for_mount(&self, disk: &Path) -> Result<PathBuf, String> {
+        let ctx = self.context();
+        if ctx.ignore().is_empty() {
+            return Ok(disk.to_owned());
+        }
+        let view = self
+            .context_view
+            .get_or_init(|| crate::context::view::FilteredView::new(ctx, &self.opts.work_dir))
+            .as_ref()
+            .map_err(|e| format!("a filtered view of the build context: {e}"))?;
+        Ok(view.root().join(ctx.relative(disk)))
     }
 }
 

@@ -624,7 +624,18 @@ fn bind_source(
             let root = run.other_root(f, stage, done)?;
             crate::context::resolve_in_root(&root, &rel, true).map_err(|e| e.to_string())
         }
-        None => run.context().resolve(&rel, true).map_err(|e| e.to_string()),
+        None => {
+            // The filtered context: what .dockerignore leaves out is not there, wherever a
+            // link points, and the mount shows none of it.
+            let disk = run
+                .context()
+                .resolve(&rel, true)
+                .map_err(|e| e.to_string())?;
+            if std::fs::symlink_metadata(&disk).is_err() {
+                return Err(format!("{rel}: not found in the build context"));
+            }
+            run.context_for_mount(&disk)
+        }
     }
 }
 

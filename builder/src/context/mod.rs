@@ -7,10 +7,11 @@
 //!   no path can leave the context.
 
 pub mod ignore;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 
-use wharf_common::root::Root;
+use wharf_common::root::{Hidden, Root};
 
 use ignore::Patterns;
 
@@ -90,12 +91,56 @@ impl Context {
         &self.ignore
     }
 
+    /// Whether an entry (its canonical path from the root) is in the context the build sees:
+    /// not excluded by `.dockerignore`, or an excluded directory that `!` exceptions may
+    /// reach into. As BuildKit's context transfer filters, so everything a build reads is
+    /// filtered: links are followed inside the filtered context, never to what it left out.
+    pub fn visible(&self, rel: &Path, is_dir: bool) -> bool {
+        if self.ignore.is_empty() {
+            return true;
+        }
+        let rel = rel.to_string_lossy();
+        !self.ignore.excludes(&rel) || (is_dir && self.ignore.has_exclusions())
+    }
+
     /// Resolves `path` (relative to the root, or absolute meaning the root) to a path on disk
-    /// inside the root, following symlinks (each resolved within the root). The last
-    /// component's link is followed only with `follow_last`. Missing components are fine: the
-    /// result says where the file would be.
+    /// inside the root, following symlinks (each resolved within the root) and seeing only
+    /// the context's visible entries ([`Context::visible`]): a path through an excluded entry,
+    /// or a link to one, is not found. The last component's link is followed only with
+    /// `follow_last`. Missing components are fine: the result says where the file would be.
     pub fn resolve(&self, path: &str, follow_last: bool) -> Result<PathBuf, ContextError> {
-        resolve_in_root(&self.root, path, follow_last)
+        let root = Root::open(&self.root).map_err(|source| ContextError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        root.locate_visible(Path::new(path), follow_last, &|rel, dir| {
+            self.visible(rel, dir)
+        })
+        .map_err(|source| {
+            if source
+                .get_ref()
+                .is_some_and(|e| e.downcast_ref::<Hidden>().is_some())
+            {
+                ContextError::NotFound {
+                    source_path: path.to_owned(),
+                    excluded: true,
+                }
+            } else if source.raw_os_error() == Some(libc::ELOOP) {
+                ContextError::Loop(path.to_owned())
+            } else {
+                ContextError::Io {
+                    path: self.root.join(path.trim_start_matches('/')),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// `disk`'s path from the root (for a path [`Context::resolve`] gave).
+    pub fn relative(&self, disk: &Path) -> String {
+        disk.strip_prefix(&self.root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// The context-relative paths a COPY/ADD source names: the path itself, or what a pattern
@@ -114,17 +159,17 @@ impl Context {
         };
         let rel = if rel.is_empty() { ".".to_owned() } else { rel };
         if !has_wildcards(&rel) {
-            let disk = self.resolve(&rel, true)?;
-            let meta = std::fs::symlink_metadata(&disk).ok();
-            let exists = meta.is_some();
-            let is_dir = meta.as_ref().is_some_and(std::fs::Metadata::is_dir);
-            let excluded = rel != "." && self.ignore.excludes(&rel);
-            // An excluded directory may still hold `!` exceptions; an excluded file is gone.
-            if !exists || (excluded && (!is_dir || !self.ignore.has_exclusions())) {
-                return Err(ContextError::NotFound {
-                    source_path: source.to_owned(),
-                    excluded: exists && excluded,
-                });
+            let not_found = |excluded| ContextError::NotFound {
+                source_path: source.to_owned(),
+                excluded,
+            };
+            let disk = match self.resolve(&rel, true) {
+                Ok(d) => d,
+                Err(ContextError::NotFound { excluded, .. }) => return Err(not_found(excluded)),
+                Err(e) => return Err(e),
+            };
+            if std::fs::symlink_metadata(&disk).is_err() {
+                return Err(not_found(false));
             }
             return Ok(vec![rel]);
         }
@@ -141,7 +186,12 @@ impl Context {
         out: &mut Vec<String>,
     ) -> Result<(), ContextError> {
         let Some((seg, rest)) = segs.split_first() else {
-            if !prefix.is_empty() && !self.ignore.excludes(&prefix) {
+            // The match itself must be visible where it really is.
+            if !prefix.is_empty()
+                && self
+                    .resolve(&prefix, false)
+                    .is_ok_and(|d| std::fs::symlink_metadata(d).is_ok())
+            {
                 out.push(prefix);
             }
             return Ok(());
@@ -155,12 +205,18 @@ impl Context {
         };
         if !has_wildcards(seg) {
             let next = join(seg);
-            if std::fs::symlink_metadata(self.resolve(&next, !rest.is_empty())?).is_ok() {
-                self.glob(rest, next, out)?;
+            match self.resolve(&next, !rest.is_empty()) {
+                Ok(d) if std::fs::symlink_metadata(&d).is_ok() => self.glob(rest, next, out)?,
+                Ok(_) | Err(ContextError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
             return Ok(());
         }
-        let dir = self.resolve(if prefix.is_empty() { "." } else { &prefix }, true)?;
+        let dir = match self.resolve(if prefix.is_empty() { "." } else { &prefix }, true) {
+            Ok(d) => d,
+            Err(ContextError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e)
