@@ -222,6 +222,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
             tty: args.tty,
             init: args.init,
             seccomp,
+            shared_network: None,
         })
     };
     // Signals are caught from before the command starts: one that arrives while the sandbox

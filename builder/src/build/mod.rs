@@ -416,6 +416,7 @@ pub async fn build(
         step_ids: std::sync::atomic::AtomicUsize::new(0),
         from_views: std::sync::Mutex::new(BTreeMap::new()),
         context_view: std::sync::OnceLock::new(),
+        network: std::sync::OnceLock::new(),
     };
     // The build's own thread, in a mount namespace of its own: the overlays it mounts are
     // seen by nobody else and go away with it, whatever happens.
@@ -784,6 +785,9 @@ struct Run {
     /// The context less what `.dockerignore` leaves out, for RUN's bind mounts: made on the
     /// first one that needs it.
     context_view: std::sync::OnceLock<Result<crate::context::view::FilteredView, String>>,
+    /// The network namespace (and NAT) RUN steps on the default network share, made on the
+    /// first one.
+    network: std::sync::OnceLock<Result<std::sync::Arc<crate::sandbox::SharedNetwork>, String>>,
 }
 
 impl Run {
@@ -1777,6 +1781,19 @@ impl Run {
 
     pub(crate) fn context(&self) -> &Context {
         &self.opts.context
+    }
+
+    /// The network namespace RUN steps with the default network join.
+    pub(crate) fn shared_network(
+        &self,
+    ) -> Result<std::sync::Arc<crate::sandbox::SharedNetwork>, String> {
+        self.network
+            .get_or_init(|| {
+                crate::sandbox::SharedNetwork::new()
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| format!("giving RUN its network: {e}"))
+            })
+            .clone()
     }
 
     /// Where the context's entry `rel` (canonical, from [`Context::resolve`]) is for a bind

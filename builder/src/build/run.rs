@@ -530,6 +530,11 @@ pub(super) fn run(
         tty: false,
         init: true,
         seccomp: true,
+        shared_network: if network == Network::Nat {
+            Some(run.shared_network()?)
+        } else {
+            None
+        },
     });
     let code = match started {
         Ok(running) => {

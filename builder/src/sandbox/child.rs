@@ -62,6 +62,8 @@ pub(super) struct Plan {
     /// A pipe to wait on (one byte) before the command starts: the network is being set up
     /// from outside. -1: none.
     pub go: c_int,
+    /// A network namespace to join (set up already). -1: none.
+    pub netns: c_int,
 }
 
 const STEP_PRIVATE: u32 = 1;
@@ -97,7 +99,7 @@ pub(super) fn step_name(step: u32) -> &'static str {
         STEP_CWD => "entering the working directory",
         STEP_TTY => "making the terminal the controlling one",
         STEP_SECCOMP => "installing the seccomp filter",
-        STEP_NETWORK => "waiting for the network",
+        STEP_NETWORK => "joining or waiting for the network",
         _ => "setting up",
     }
 }
@@ -203,6 +205,13 @@ unsafe fn pid1(
         }
         libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0u32);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // A network namespace to join: first, so that sysfs (mounted below) shows it.
+        if plan.netns >= 0 {
+            if libc::setns(plan.netns, libc::CLONE_NEWNET) != 0 {
+                fail(st, STEP_NETWORK);
+            }
+            libc::close(plan.netns);
+        }
         libc::umask(0);
         if libc::mount(
             NONE,

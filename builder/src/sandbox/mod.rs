@@ -16,6 +16,8 @@
 
 mod child;
 mod nat;
+
+pub use nat::SharedNetwork;
 mod seccomp;
 mod syscalls;
 
@@ -147,6 +149,8 @@ pub struct Spec {
     /// Filter the command's system calls with docker's default seccomp profile (off only for
     /// `run --security-opt seccomp=unconfined`).
     pub seccomp: bool,
+    /// With [`Network::Nat`]: join this namespace (and its NAT) instead of making one.
+    pub shared_network: Option<std::sync::Arc<SharedNetwork>>,
 }
 
 /// Why a sandbox could not run its command.
@@ -530,8 +534,13 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         what: "creating a pipe".into(),
         source,
     })?;
-    // With the NAT: the child waits on this before it starts the command.
-    let go = if spec.network == Network::Nat {
+    // With the NAT: the child waits on this before it starts the command (unless it joins a
+    // namespace whose NAT is running already).
+    let shared = spec
+        .shared_network
+        .as_ref()
+        .filter(|_| spec.network == Network::Nat);
+    let go = if spec.network == Network::Nat && shared.is_none() {
         Some(pipe().map_err(|source| SandboxError::Prepare {
             what: "creating a pipe".into(),
             source,
@@ -588,6 +597,9 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     if let Some((r, _)) = &go {
         keep_fds.push(r.as_raw_fd());
     }
+    if let Some(s) = shared {
+        keep_fds.push(s.fd().as_raw_fd());
+    }
     keep_fds.extend([
         stdin.as_raw_fd(),
         spec.stdout.as_raw_fd(),
@@ -631,6 +643,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
         drop_caps,
         keep_mask,
         go: go.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        netns: shared.map_or(-1, |s| s.fd().as_raw_fd()),
         seccomp: if spec.seccomp {
             Some(
                 seccomp::default_filter(keep_mask).map_err(|e| SandboxError::Prepare {
@@ -644,7 +657,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     };
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if spec.network != Network::Host {
+    if spec.network != Network::Host && shared.is_none() {
         flags |= libc::CLONE_NEWNET;
     }
     let pid = child::spawn(&plan, flags).map_err(|e| SandboxError::Prepare {

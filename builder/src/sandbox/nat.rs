@@ -82,12 +82,53 @@ fn read_byte(fd: &OwnedFd, within: Duration) -> Option<u8> {
 /// Starts slirp4netns on the network namespace of process `pid` and waits until the
 /// namespace is configured.
 pub(super) fn attach(pid: libc::pid_t) -> std::io::Result<Nat> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    match start(&OwnedFd::from(ns.try_clone()?), true) {
+    let ns = OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/net"))?);
+    attach_ns(&ns)
+}
+
+/// Starts slirp4netns on the network namespace `ns` and waits until it is configured.
+fn attach_ns(ns: &OwnedFd) -> std::io::Result<Nat> {
+    match start(ns, true) {
         Ok(nat) => Ok(nat),
         // Its own sandbox needs /etc/resolv.conf inside /etc or /run; without it, it still
         // works (what it can reach does not change).
-        Err(first) => start(&OwnedFd::from(ns), false).map_err(|_| first),
+        Err(first) => start(ns, false).map_err(|_| first),
+    }
+}
+
+/// A network namespace with its NAT, made once and joined by many sandboxes: the RUN steps of
+/// one build share one, as they share one trust (the Dockerfile), so a step does not pay for
+/// starting the NAT. Nothing a step does outlives it there: its processes die with its PID
+/// namespace, and without `CAP_NET_ADMIN` it cannot change the namespace's addresses or
+/// routes. Dropping it lets the NAT go; the namespace goes with its last user.
+#[derive(Debug)]
+pub struct SharedNetwork {
+    ns: OwnedFd,
+    _nat: Nat,
+}
+
+impl SharedNetwork {
+    /// A new namespace (made on a thread of its own, which leaves it at once) with slirp4netns
+    /// attached and ready.
+    pub fn new() -> std::io::Result<SharedNetwork> {
+        let ns = std::thread::spawn(|| -> std::io::Result<OwnedFd> {
+            // SAFETY: unshare affects this short-lived thread only.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(OwnedFd::from(std::fs::File::open(
+                "/proc/thread-self/ns/net",
+            )?))
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the thread making a network namespace panicked"))??;
+        let nat = attach_ns(&ns)?;
+        Ok(SharedNetwork { ns, _nat: nat })
+    }
+
+    /// The namespace's descriptor.
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.ns)
     }
 }
 

@@ -63,6 +63,7 @@ fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut Spec)) -> (i32, String,
         tty: false,
         init: true,
         seccomp: true,
+        shared_network: None,
     };
     tweak(&mut spec);
     let running = start(spec).unwrap();
@@ -216,6 +217,7 @@ fn contained_processes_network_and_mounts() {
         tty: false,
         init: true,
         seccomp: true,
+        shared_network: None,
     })
     .unwrap_err();
     assert!(e.to_string().starts_with("no-such-command: "), "{e}");
