@@ -53,11 +53,22 @@ impl Ctx {
     }
 
     pub fn client(&self, chunk_size: Option<u64>) -> anyhow::Result<Client> {
+        let defaults = ClientConfig::default();
+        // How long a download may deliver nothing before it is resumed (seconds).
+        let stall_timeout = match std::env::var("WHARF_STALL_TIMEOUT") {
+            Ok(v) => std::time::Duration::from_secs_f64(
+                v.parse::<f64>().ok().filter(|s| *s > 0.0).ok_or_else(|| {
+                    anyhow::anyhow!("WHARF_STALL_TIMEOUT={v:?}: expected a number of seconds")
+                })?,
+            ),
+            Err(_) => defaults.stall_timeout,
+        };
         Ok(Client::new(ClientConfig {
             insecure_registries: self.global.insecure_registries.clone(),
             credentials: Some(self.credentials()),
             chunk_size,
-            ..ClientConfig::default()
+            stall_timeout,
+            ..defaults
         })?)
     }
 

@@ -26,6 +26,11 @@ pub enum Blobs {
     BreakOnce,
     /// In small chunks with pauses (to be killed midway).
     Slow,
+    /// The first GET of each layer sends half the bytes, then nothing, the connection kept
+    /// open; later ones are served.
+    StallOnce,
+    /// Every GET of a layer sends its headers, then nothing, the connection kept open.
+    StallAlways,
 }
 
 #[derive(Default)]
@@ -274,6 +279,13 @@ async fn dispatch(
             );
             Body::from_stream(stream)
         }
+        Blobs::StallOnce
+            if is_layer && !fake.0.broken.lock().unwrap().contains(&digest.to_owned()) =>
+        {
+            fake.0.broken.lock().unwrap().push(digest.to_owned());
+            Body::from_stream(stalling(Some(body_bytes.slice(..len / 2))))
+        }
+        Blobs::StallAlways if is_layer => Body::from_stream(stalling(None)),
         Blobs::Slow if is_layer => {
             let chunks: Vec<Result<Bytes, std::io::Error>> = body_bytes
                 .chunks(16 * 1024)
@@ -306,6 +318,21 @@ fn futures_stream(
         }
     });
     tokio_stream_from(rx)
+}
+
+/// `first` (if any), then nothing for a very long time, the stream left open.
+fn stalling(
+    first: Option<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(first, |first| async move {
+        match first {
+            Some(b) => Some((Ok(b), None)),
+            None => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        }
+    })
 }
 
 /// A storage host a registry redirects blob downloads to; it records Authorization headers.

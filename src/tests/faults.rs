@@ -177,3 +177,221 @@ fn issue_2_malformed_references_are_shown() {
         r.stderr
     );
 }
+
+#[test]
+fn issue_10_a_stalled_download_resumes_with_range_then_fails_clearly() {
+    let layer = random(2_000_000);
+    let fake = Fake::new("stall/app:1", layer.clone(), Blobs::StallOnce);
+    let server = fake.start();
+    let w = Wharf::new();
+    let started = Instant::now();
+    let r = w
+        .cmd()
+        .env("WHARF_STALL_TIMEOUT", "1")
+        .args(["pull", &format!("{}/stall/app:1", server.addr)])
+        .output()
+        .unwrap();
+    let r = run_output(r).ok();
+    assert!(started.elapsed() < Duration::from_secs(60), "{}", r.stderr);
+    let ranges: Vec<String> = fake.log(|l| {
+        l.requests
+            .iter()
+            .filter_map(|(_, r, _)| r.clone())
+            .collect()
+    });
+    assert_eq!(
+        ranges,
+        [format!("bytes={}-", layer.len() / 2)],
+        "resumed where it stalled"
+    );
+    // A registry that never sends anything: five resumes, then a clear error.
+    let fake = Fake::new("dead/app:1", random(500_000), Blobs::StallAlways);
+    let server = fake.start();
+    let r = w
+        .cmd()
+        .env("WHARF_STALL_TIMEOUT", "0.5")
+        .args(["pull", &format!("{}/dead/app:1", server.addr)])
+        .output()
+        .unwrap();
+    let r = run_output(r).fails();
+    assert!(
+        r.stderr.contains("no data for 0.5s at byte 0 of 500000")
+            && r.stderr.contains("5 resumes with Range"),
+        "{}",
+        r.stderr
+    );
+    assert!(w.ingest_files().is_empty(), "{:?}", w.ingest_files());
+}
+
+/// A registry whose manifest is served chunked (no Content-Length) and endless.
+fn huge_manifest_registry() -> Server {
+    use axum::body::{Body, Bytes};
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let app = axum::Router::new()
+        .route("/v2/", axum::routing::get(|| async { "{}" }))
+        .route(
+            "/v2/{*rest}",
+            axum::routing::get(|| async {
+                let chunk = Bytes::from(vec![b' '; 64 << 10]);
+                let body = futures_util::stream::repeat_with(move || {
+                    Ok::<_, std::io::Error>(chunk.clone())
+                })
+                .take(6400);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/vnd.oci.image.manifest.v1+json",
+                    )],
+                    Body::from_stream(body),
+                )
+                    .into_response()
+            }),
+        );
+    serve(app)
+}
+
+#[test]
+fn issue_10_manifests_are_capped_while_they_are_read() {
+    let server = huge_manifest_registry();
+    let w = Wharf::new();
+    let started = Instant::now();
+    let r = w
+        .run(&["pull", &format!("{}/big/app:1", server.addr)])
+        .fails();
+    assert!(
+        r.stderr.contains("manifest larger than 4194304 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// What a hostile registry's upload host saw: the Authorization header of every request.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A registry that wants basic credentials and sends every upload to `elsewhere`.
+fn redirecting_registry(elsewhere: String, seen_home: Seen) -> Server {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    let auth_ok = |h: &HeaderMap| {
+        h.get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic "))
+    };
+    let challenge = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"home\"")],
+        )
+            .into_response()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v2/",
+            axum::routing::get(move |h: HeaderMap| async move {
+                if auth_ok(&h) {
+                    "{}".into_response()
+                } else {
+                    challenge()
+                }
+            }),
+        )
+        .route(
+            "/v2/{*rest}",
+            axum::routing::any(
+                move |method: axum::http::Method,
+                      axum::extract::Path(rest): axum::extract::Path<String>,
+                      h: HeaderMap| {
+                    let elsewhere = elsewhere.clone();
+                    let seen_home = seen_home.clone();
+                    async move {
+                        seen_home.lock().unwrap().push(
+                            h.get(header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
+                        );
+                        if !auth_ok(&h) {
+                            return challenge();
+                        }
+                        if method == axum::http::Method::HEAD && rest.contains("/blobs/") {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        if method == axum::http::Method::POST && rest.ends_with("/blobs/uploads/") {
+                            return (
+                                StatusCode::ACCEPTED,
+                                [(header::LOCATION, format!("{elsewhere}/steal/upload"))],
+                            )
+                                .into_response();
+                        }
+                        StatusCode::CREATED.into_response()
+                    }
+                },
+            ),
+        );
+    serve(app)
+}
+
+#[test]
+fn issue_10_credentials_stay_with_the_registry_they_were_given_for() {
+    if !have_busybox() {
+        return;
+    }
+    // The upload host records every Authorization header and asks for basic credentials,
+    // which a careless client would answer with the registry's.
+    let stolen: Seen = Default::default();
+    let s2 = stolen.clone();
+    let thief = serve(
+        axum::Router::new().fallback(move |h: axum::http::HeaderMap| {
+            let s2 = s2.clone();
+            async move {
+                use axum::response::IntoResponse;
+                s2.lock().unwrap().push(
+                    h.get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                );
+                (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    [(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        "Basic realm=\"steal\"",
+                    )],
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let home: Seen = Default::default();
+    let registry = redirecting_registry(format!("http://{}", thief.addr), home.clone());
+    let w = Wharf::new();
+    w.load_busybox();
+    w.run_stdin(
+        &[
+            "login",
+            "-u",
+            "alice",
+            "--password-stdin",
+            &registry.addr.to_string(),
+        ],
+        b"s3cret\n",
+    )
+    .ok();
+    let image = format!("{}/team/app:1", registry.addr);
+    w.run(&["tag", "busybox", &image]).ok();
+    let r = w.run(&["push", &image]).fails();
+    let stolen = stolen.lock().unwrap().clone();
+    assert!(
+        !stolen.is_empty(),
+        "the upload went to the other host: {}",
+        r.stderr
+    );
+    assert!(
+        stolen.iter().all(Option::is_none),
+        "credentials reached another host: {stolen:?}"
+    );
+    assert!(
+        home.lock().unwrap().iter().any(Option::is_some),
+        "the registry itself got them"
+    );
+}

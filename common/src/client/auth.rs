@@ -1,6 +1,7 @@
 //! Authentication: credentials from docker's config, bearer tokens through oci-client's token
 //! flow, HTTP basic where a registry asks for it. Authorization headers are cached per
-//! (host, repository, operation).
+//! (registry origin, repository, operation): `http://reg` and `https://reg` never share one.
+//! They are only ever sent to that origin (see `Repository::send`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +14,7 @@ use reqwest::header::HeaderValue;
 
 use crate::reference::RepoName;
 
-use super::{Client, ClientConfig, ClientError, CredentialStore, Credentials, is_insecure};
+use super::{Client, ClientConfig, ClientError, CredentialStore, Credentials, read_capped};
 
 /// What a request needs access for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,10 +38,12 @@ type Key = (String, String, Operation);
 
 pub(crate) struct Authenticator {
     credentials: Option<CredentialStore>,
-    insecure: Vec<String>,
     headers: Mutex<HashMap<Key, HeaderValue>>,
-    oci: Mutex<HashMap<String, oci_client::Client>>,
+    oci: Mutex<HashMap<(String, bool), oci_client::Client>>,
 }
+
+/// How much of a login check's error body is read.
+const BODY_LIMIT: u64 = 1 << 20;
 
 fn basic(creds: &Credentials) -> HeaderValue {
     let raw = base64::engine::general_purpose::STANDARD
@@ -53,16 +56,21 @@ impl Authenticator {
     pub(crate) fn new(config: &ClientConfig) -> Result<Authenticator, ClientError> {
         Ok(Authenticator {
             credentials: config.credentials.clone(),
-            insecure: config.insecure_registries.clone(),
             headers: Mutex::new(HashMap::new()),
             oci: Mutex::new(HashMap::new()),
         })
     }
 
-    /// A cached Authorization header for the request, if one was obtained before.
-    pub(crate) fn cached(&self, host: &str, repo: &RepoName, op: Operation) -> Option<HeaderValue> {
+    /// A cached Authorization header for a request to the registry `origin`, if one was
+    /// obtained before.
+    pub(crate) fn cached(
+        &self,
+        origin: &str,
+        repo: &RepoName,
+        op: Operation,
+    ) -> Option<HeaderValue> {
         let map = self.headers.lock().ok()?;
-        let key = |op| (host.to_owned(), repo.path().to_owned(), op);
+        let key = |op| (origin.to_owned(), repo.path().to_owned(), op);
         map.get(&key(op))
             .or_else(|| {
                 (op == Operation::Pull)
@@ -72,20 +80,20 @@ impl Authenticator {
             .cloned()
     }
 
-    fn remember(&self, host: &str, repo: &RepoName, op: Operation, value: HeaderValue) {
+    fn remember(&self, origin: &str, repo: &RepoName, op: Operation, value: HeaderValue) {
         if let Ok(mut map) = self.headers.lock() {
-            map.insert((host.to_owned(), repo.path().to_owned(), op), value);
+            map.insert((origin.to_owned(), repo.path().to_owned(), op), value);
         }
     }
 
-    fn oci_client(&self, host: &str) -> oci_client::Client {
+    fn oci_client(&self, host: &str, plain_http: bool) -> oci_client::Client {
         let mut map = match self.oci.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        map.entry(host.to_owned())
+        map.entry((host.to_owned(), plain_http))
             .or_insert_with(|| {
-                let protocol = if is_insecure(host, &self.insecure) {
+                let protocol = if plain_http {
                     ClientProtocol::Http
                 } else {
                     ClientProtocol::Https
@@ -105,11 +113,15 @@ impl Authenticator {
         }
     }
 
-    /// Answers a 401: gets a bearer token (or settles on basic auth) for the scope.
+    /// Answers a 401 of the registry at `origin` (`host`, over plain HTTP or not): gets a
+    /// bearer token (or settles on basic auth) for the scope.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn authenticate(
         &self,
         _client: &Client,
         host: &str,
+        origin: &str,
+        plain_http: bool,
         repo: &RepoName,
         op: Operation,
         challenge: Option<&str>,
@@ -129,7 +141,7 @@ impl Authenticator {
                     "the registry wants a user name and password; run `wharf login`".into(),
                 )
             })?;
-            self.remember(host, repo, op, basic(&creds));
+            self.remember(origin, repo, op, basic(&creds));
             return Ok(());
         }
         let reference = oci_client::Reference::with_tag(
@@ -145,17 +157,17 @@ impl Authenticator {
             Operation::Pull => RegistryOperation::Pull,
             Operation::Push => RegistryOperation::Push,
         };
-        let oci = self.oci_client(host);
+        let oci = self.oci_client(host, plain_http);
         match oci.auth(&reference, &registry_auth, operation).await {
             Ok(Some(token)) => {
                 let value = HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| unauthorized("the token server sent an unusable token".into()))?;
-                self.remember(host, repo, op, value);
+                self.remember(origin, repo, op, value);
                 Ok(())
             }
             Ok(None) => match creds {
                 Some(c) => {
-                    self.remember(host, repo, op, basic(&c));
+                    self.remember(origin, repo, op, basic(&c));
                     Ok(())
                 }
                 None => Err(unauthorized(
@@ -190,7 +202,9 @@ impl Authenticator {
         }
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             let status = resp.status().as_u16();
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = read_capped(resp, BODY_LIMIT, url, "an error body", true)
+                .await
+                .unwrap_or_default();
             return Err(ClientError::status("GET", url, status, &body));
         }
         let challenge = resp
@@ -227,7 +241,9 @@ impl Authenticator {
             Ok(())
         } else {
             let status = check.status().as_u16();
-            let body = check.bytes().await.unwrap_or_default();
+            let body = read_capped(check, BODY_LIMIT, url, "an error body", true)
+                .await
+                .unwrap_or_default();
             let detail = super::error::parse_envelope(&body)
                 .into_iter()
                 .map(|e| e.message)

@@ -30,8 +30,12 @@ pub use auth::Operation;
 pub use credentials::{CredentialStore, Credentials, DOCKER_HUB_KEY, server_key};
 pub use error::{ClientError, RegistryErrorEntry, parse_envelope};
 
-/// Manifests larger than this are refused (the distribution spec's servers cap at 4 MiB).
-pub const MANIFEST_LIMIT: u64 = 8 << 20;
+/// Manifests larger than this are refused while they are read, whatever `Content-Length`
+/// says (4 MiB, as skopeo and containerd, and the distribution spec's servers).
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
+/// How much of an error body is read (the rest is dropped).
+const ERROR_BODY_LIMIT: u64 = 64 << 10;
+/// How many times a blob download is resumed without any progress in between.
 const BLOB_RETRIES: u32 = 5;
 
 /// How the client behaves.
@@ -45,6 +49,8 @@ pub struct ClientConfig {
     pub chunk_size: Option<u64>,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// A blob download that delivers nothing for this long is resumed with `Range`.
+    pub stall_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +60,7 @@ impl Default for ClientConfig {
             credentials: None,
             chunk_size: None,
             user_agent: format!("wharf/{}", env!("CARGO_PKG_VERSION")),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -68,16 +75,61 @@ struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
     auth: auth::Authenticator,
+    /// The scheme decided for each registry host.
+    schemes: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
 }
 
-/// Whether `host` is reached over plain HTTP: loopback names, or listed as insecure.
-pub fn is_insecure(host: &str, listed: &[String]) -> bool {
+/// Whether `host` is reached over plain HTTP, as docker decides it: listed as insecure, or a
+/// loopback registry: `localhost`, or an address or a name that resolves to a loopback
+/// address (127.0.0.0/8, ::1). A name that merely looks like one (`127.example.com`) is
+/// looked up like any other, and a name that does not resolve is not insecure.
+pub async fn is_insecure(host: &str, listed: &[String]) -> bool {
     let bare = host_without_port(host);
-    bare == "localhost"
-        || bare.starts_with("127.")
-        || bare == "::1"
-        || bare == "[::1]"
-        || listed.iter().any(|l| l == host || l == bare)
+    if listed.iter().any(|l| l == host || l == bare) || bare.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let addresses: Vec<std::net::IpAddr> = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match tokio::net::lookup_host((bare, 0)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    addresses.iter().any(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Reads a response body into memory, never more than `limit` bytes whatever
+/// `Content-Length` says: more is an error naming `what`, or with `truncate`, dropped.
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: u64,
+    url: &str,
+    what: &str,
+    truncate: bool,
+) -> Result<Bytes, ClientError> {
+    let too_big = || ClientError::Protocol {
+        url: url.to_owned(),
+        reason: format!("{what} larger than {limit} bytes"),
+    };
+    if !truncate && resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_big());
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|source| ClientError::Http {
+        url: url.to_owned(),
+        source,
+    })? {
+        let room = (limit as usize).saturating_sub(buf.len());
+        if chunk.len() > room {
+            if truncate {
+                buf.extend_from_slice(&chunk[..room]);
+                break;
+            }
+            return Err(too_big());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn host_without_port(host: &str) -> &str {
@@ -115,7 +167,12 @@ impl Client {
             .map_err(ClientError::Setup)?;
         let auth = auth::Authenticator::new(&config)?;
         Ok(Client {
-            inner: Arc::new(Inner { http, config, auth }),
+            inner: Arc::new(Inner {
+                http,
+                config,
+                auth,
+                schemes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
         })
     }
 
@@ -165,27 +222,42 @@ impl Client {
         Ok((hasher.finish(), size, last_modified))
     }
 
-    /// The scheme used for `domain`.
-    pub fn scheme(&self, domain: &str) -> &'static str {
-        if is_insecure(domain, &self.inner.config.insecure_registries) {
+    /// The scheme used for `domain` (decided once per client).
+    pub async fn scheme(&self, domain: &str) -> &'static str {
+        let known = self
+            .inner
+            .schemes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(domain).copied());
+        if let Some(s) = known {
+            return s;
+        }
+        let s = if is_insecure(domain, &self.inner.config.insecure_registries).await {
             "http"
         } else {
             "https"
+        };
+        if let Ok(mut m) = self.inner.schemes.lock() {
+            m.insert(domain.to_owned(), s);
         }
+        s
     }
 
     /// A handle on one repository.
-    pub fn repository(&self, name: &RepoName) -> Repository {
+    pub async fn repository(&self, name: &RepoName) -> Repository {
         let host = api_host(name.domain()).to_owned();
-        let base = format!(
-            "{}://{}/v2/{}",
-            self.scheme(name.domain()),
-            host,
-            name.path()
-        );
+        let scheme = self.scheme(name.domain()).await;
+        let base = format!("{scheme}://{host}/v2/{}", name.path());
+        let origin = url::Url::parse(&base)
+            .map(|u| u.origin())
+            .unwrap_or_else(|_| url::Origin::new_opaque());
         Repository {
             client: self.clone(),
             name: name.clone(),
+            origin_key: origin.ascii_serialization(),
+            origin,
+            plain_http: scheme == "http",
             host,
             base,
         }
@@ -194,7 +266,7 @@ impl Client {
     /// Checks credentials against a registry (what `login` does before saving them).
     pub async fn check_login(&self, domain: &str, creds: &Credentials) -> Result<(), ClientError> {
         let host = api_host(domain);
-        let url = format!("{}://{}/v2/", self.scheme(domain), host);
+        let url = format!("{}://{}/v2/", self.scheme(domain).await, host);
         self.inner
             .auth
             .check_login(&self.inner.http, &url, host, creds)
@@ -209,6 +281,10 @@ pub struct Repository {
     name: RepoName,
     host: String,
     base: String,
+    /// Where the registry is (scheme, host, port): credentials go there and nowhere else.
+    origin: url::Origin,
+    origin_key: String,
+    plain_http: bool,
 }
 
 /// How an upload ended.
@@ -243,7 +319,11 @@ impl Repository {
         }
     }
 
-    /// Sends a request built by `build`, authenticating and retrying once on a 401.
+    /// Sends a request built by `build`, authenticating and retrying once on a 401. The
+    /// registry's credentials go only to its own origin (scheme, host and port), as
+    /// containerd drops its authorizer when a Location changes either: a URL the registry
+    /// names elsewhere (an upload location, a page link) gets the request without them, and a
+    /// 401 from elsewhere is an answer, not a reason to authenticate.
     async fn send(
         &self,
         op: Operation,
@@ -252,17 +332,22 @@ impl Repository {
         method: Method,
     ) -> Result<reqwest::Response, ClientError> {
         let auth = &self.client.inner.auth;
+        let home = url::Url::parse(url).is_ok_and(|u| u.origin() == self.origin);
         let mut attempt = 0;
         loop {
             let mut req = build(self.http().request(method.clone(), url));
-            if let Some(h) = auth.cached(&self.host, &self.name, op) {
+            if home && let Some(h) = auth.cached(&self.origin_key, &self.name, op) {
                 req = req.header(reqwest::header::AUTHORIZATION, h);
             }
             let resp = req.send().await.map_err(|source| ClientError::Http {
                 url: url.to_owned(),
                 source,
             })?;
-            if resp.status() != StatusCode::UNAUTHORIZED || attempt > 0 {
+            if resp.status() != StatusCode::UNAUTHORIZED
+                || attempt > 0
+                || !home
+                || resp.url().origin() != self.origin
+            {
                 return Ok(resp);
             }
             attempt += 1;
@@ -274,6 +359,8 @@ impl Repository {
             auth.authenticate(
                 &self.client,
                 &self.host,
+                &self.origin_key,
+                self.plain_http,
                 &self.name,
                 op,
                 challenge.as_deref(),
@@ -289,7 +376,9 @@ impl Repository {
         resp: reqwest::Response,
     ) -> ClientError {
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_capped(resp, ERROR_BODY_LIMIT, url, "an error body", true)
+            .await
+            .unwrap_or_default();
         if status == 401 || status == 403 {
             let detail = parse_envelope(&body)
                 .into_iter()
@@ -336,16 +425,7 @@ impl Repository {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<Digest>().ok());
-        if resp.content_length().is_some_and(|n| n > MANIFEST_LIMIT) {
-            return Err(ClientError::Protocol {
-                url,
-                reason: format!("manifest larger than {MANIFEST_LIMIT} bytes"),
-            });
-        }
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = read_capped(resp, MANIFEST_LIMIT, &url, "manifest", false).await?;
         let expected = selector.parse::<Digest>().ok().or(announced);
         let digest = match expected {
             Some(e) => {
@@ -427,16 +507,30 @@ impl Repository {
         }
     }
 
-    /// Opens a blob from `offset`. A connection that breaks is resumed with `Range` (up to five
-    /// times); the bytes are not verified here (wrap in [`crate::copy::verified`] or ingest).
+    /// Opens a blob from `offset`. A connection that breaks, ends early or delivers nothing for
+    /// the stall timeout is resumed with `Range`, up to five times in a row without progress;
+    /// then the stream fails saying where and why. The bytes are not verified here (wrap in
+    /// [`crate::copy::verified`] or ingest).
     pub async fn get_blob(&self, blob: &BlobRef, offset: u64) -> Result<BlobStream, ClientError> {
-        let first = self.open_blob_at(blob, offset).await?;
+        let idle = self.client.inner.config.stall_timeout;
+        let first = match tokio::time::timeout(idle, self.open_blob_at(blob, offset)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ClientError::Protocol {
+                    url: format!("{}/blobs/{}", self.base, blob.digest),
+                    reason: format!("no answer within {}s", idle.as_secs_f64()),
+                });
+            }
+        };
         struct State {
             repo: Repository,
             blob: BlobRef,
             pos: u64,
             body: Option<(BlobStream, u64)>,
             retries: u32,
+            idle: Duration,
+            /// Why the last attempt ended, for the error when there are no more.
+            last: String,
         }
         let state = State {
             repo: self.clone(),
@@ -444,34 +538,57 @@ impl Repository {
             pos: offset,
             body: Some(first),
             retries: BLOB_RETRIES,
+            idle,
+            last: String::new(),
         };
-        let s = stream::unfold(state, |mut st| async move {
+        let give_up = |st: &State| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "downloading {}: {} at byte {} of {}, and {BLOB_RETRIES} resumes with Range brought nothing more",
+                    st.blob.digest, st.last, st.pos, st.blob.size
+                ),
+            )
+        };
+        let s = stream::unfold(state, move |mut st| async move {
             loop {
                 if st.body.is_none() {
                     if st.pos >= st.blob.size {
                         return None;
                     }
+                    if st.retries == 0 {
+                        let e = give_up(&st);
+                        st.pos = u64::MAX;
+                        return Some((Err(e), st));
+                    }
+                    st.retries -= 1;
                     tokio::time::sleep(Duration::from_millis(
-                        200 * u64::from(BLOB_RETRIES - st.retries),
+                        200 * u64::from(BLOB_RETRIES - st.retries - 1),
                     ))
                     .await;
-                    match st.repo.open_blob_at(&st.blob, st.pos).await {
-                        Ok(b) => st.body = Some(b),
-                        Err(e) if e.is_transient() && st.retries > 0 => {
-                            st.retries -= 1;
+                    match tokio::time::timeout(st.idle, st.repo.open_blob_at(&st.blob, st.pos))
+                        .await
+                    {
+                        Ok(Ok(b)) => st.body = Some(b),
+                        Ok(Err(e)) if e.is_transient() => {
+                            st.last = e.to_string();
                             continue;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             st.pos = u64::MAX;
                             return Some((Err(std::io::Error::other(e)), st));
+                        }
+                        Err(_) => {
+                            st.last = format!("no answer for {}s", st.idle.as_secs_f64());
+                            continue;
                         }
                     }
                 }
                 let Some((body, skip)) = st.body.as_mut() else {
                     continue;
                 };
-                match body.next().await {
-                    Some(Ok(mut chunk)) => {
+                match tokio::time::timeout(st.idle, body.next()).await {
+                    Ok(Some(Ok(mut chunk))) => {
                         if *skip > 0 {
                             // The server ignored Range: drop what we already have.
                             let n = (*skip).min(chunk.len() as u64) as usize;
@@ -482,20 +599,26 @@ impl Repository {
                             }
                         }
                         st.pos += chunk.len() as u64;
+                        // Progress: the next trouble gets all its retries again.
+                        st.retries = BLOB_RETRIES;
                         return Some((Ok(chunk), st));
                     }
-                    Some(Err(e)) if st.retries > 0 && st.pos < st.blob.size => {
+                    Ok(Some(Err(e))) => {
                         tracing::debug!(digest = %st.blob.digest, pos = st.pos, error = %e, "blob download broke; resuming");
-                        st.retries -= 1;
+                        st.last = format!("the connection broke ({e})");
                         st.body = None;
                     }
-                    Some(Err(e)) => return Some((Err(e), st)),
-                    None if st.pos < st.blob.size && st.retries > 0 => {
+                    Ok(None) if st.pos < st.blob.size => {
                         tracing::debug!(digest = %st.blob.digest, pos = st.pos, "blob download ended early; resuming");
-                        st.retries -= 1;
+                        st.last = "the connection ended early".into();
                         st.body = None;
                     }
-                    None => return None,
+                    Ok(None) => return None,
+                    Err(_) => {
+                        tracing::debug!(digest = %st.blob.digest, pos = st.pos, "blob download stalled; resuming");
+                        st.last = format!("no data for {}s", st.idle.as_secs_f64());
+                        st.body = None;
+                    }
                 }
             }
         });
@@ -742,9 +865,10 @@ impl Repository {
                         .trim_end_matches('>')
                         .to_owned()
                 });
-            let page: Tags = resp.json().await.map_err(|source| ClientError::Http {
+            let body = read_capped(resp, MANIFEST_LIMIT, &url, "a tag list page", false).await?;
+            let page: Tags = serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
                 url: url.clone(),
-                source,
+                reason: format!("tag list: {e}"),
             })?;
             out.extend(page.tags.unwrap_or_default());
             match next {
@@ -760,27 +884,32 @@ impl Repository {
 mod tests {
     use super::*;
 
-    #[test]
-    fn loopback_and_listed_registries_use_http() {
+    #[tokio::test]
+    async fn loopback_and_listed_registries_use_http() {
         let listed = vec!["reg.internal:5000".to_owned(), "plain.example".to_owned()];
         for host in [
             "localhost",
             "localhost:5000",
+            "LocalHost:5000",
             "127.0.0.1:5000",
             "127.1.2.3",
             "[::1]:5000",
             "reg.internal:5000",
             "plain.example:443",
         ] {
-            assert!(is_insecure(host, &listed), "{host}");
+            assert!(is_insecure(host, &listed).await, "{host}");
         }
+        // Names are resolved, never judged by how they look (issue 10): these do not
+        // resolve here, so they are reached over HTTPS.
         for host in [
-            "docker.io",
+            "docker.io.invalid",
             "reg.internal:5001",
-            "localhost.example.com",
+            "localhost.example.invalid",
+            "127.attacker.invalid",
+            "127.0.0.1.attacker.invalid:5000",
             "128.0.0.1",
         ] {
-            assert!(!is_insecure(host, &listed), "{host}");
+            assert!(!is_insecure(host, &listed).await, "{host}");
         }
         assert_eq!(api_host("docker.io"), "registry-1.docker.io");
         assert_eq!(api_host("quay.io"), "quay.io");
