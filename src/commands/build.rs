@@ -15,16 +15,19 @@ use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
 use wharf_common::media_type::Compression;
 use wharf_common::reference::Reference;
-use wharf_common::store::{CacheEntry, LocalStore};
+use wharf_common::store::{CacheEntry, Lease, LocalStore, StoreError};
 
 use crate::cli::{BuildArgs, BuilderArgs, BuilderCommand, LayerCompression};
 use crate::context::{Ctx, find_image};
 use crate::printer::out;
 
-/// Base images from the local store, pulled when missing.
+/// Base images from the local store, pulled when missing. Everything a base needs is protected
+/// by the lease before it is read, so an `rmi` or a `builder prune` beside the build cannot
+/// take it away while the build uses it.
 pub(crate) struct StoreImages<'a> {
     pub(crate) ctx: &'a Ctx,
     pub(crate) store: LocalStore,
+    pub(crate) lease: Arc<Lease>,
 }
 
 impl StoreImages<'_> {
@@ -33,6 +36,23 @@ impl StoreImages<'_> {
         reference: &str,
         platform: &Platform,
     ) -> anyhow::Result<BaseImage> {
+        // An image removed between finding it and protecting it is found (or pulled) again.
+        let mut tries = 0;
+        loop {
+            match self.try_load(reference, platform).await {
+                Err(e)
+                    if tries < 5
+                        && e.downcast_ref::<StoreError>()
+                            .is_some_and(|s| matches!(s, StoreError::BlobUnknown(_))) =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_load(&self, reference: &str, platform: &Platform) -> anyhow::Result<BaseImage> {
         let rec = match find_image(&self.store, reference).await {
             Ok(r) => r,
             Err(_) => {
@@ -60,6 +80,7 @@ impl StoreImages<'_> {
                 find_image(&self.store, reference).await?
             }
         };
+        self.lease.protect(&rec.digest).await?;
         let bytes = self.store.read_blob(&rec.digest).await?;
         let manifest_bytes = match Manifest::parse(&bytes, &rec.media_type, &rec.digest)? {
             Manifest::Image(_) => bytes,
@@ -80,6 +101,7 @@ impl StoreImages<'_> {
                         )
                     })?;
                 let d: wharf_common::digest::Digest = child.digest().to_string().parse()?;
+                self.lease.protect(&d).await?;
                 self.store.read_blob(&d).await?
             }
         };
@@ -88,7 +110,6 @@ impl StoreImages<'_> {
             .as_str()
             .context("manifest without a config")?
             .parse()?;
-        let config: Value = serde_json::from_slice(&self.store.read_blob(&config_digest).await?)?;
         let mut layers = Vec::new();
         for l in m["layers"].as_array().cloned().unwrap_or_default() {
             let digest: wharf_common::digest::Digest = l["digest"]
@@ -104,6 +125,15 @@ impl StoreImages<'_> {
                 },
                 path,
             ));
+        }
+        let mut all: Vec<_> = layers.iter().map(|(b, _)| b.digest.clone()).collect();
+        all.push(config_digest.clone());
+        self.lease.protect_all(&all).await?;
+        let config: Value = serde_json::from_slice(&self.store.read_blob(&config_digest).await?)?;
+        for (b, _) in &layers {
+            if self.store.blob_size(&b.digest).await.is_none() {
+                return Err(StoreError::BlobUnknown(b.digest.clone()).into());
+            }
         }
         Ok(BaseImage { config, layers })
     }
@@ -271,6 +301,9 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--add-host {e}"))?;
     let store = ctx.store().await?;
+    // Everything the build relies on being in the store (its bases, cached layers, the layers
+    // it writes) is protected by this lease from the first read to the last write.
+    let lease = Arc::new(store.lease().await?);
     let staging = store.staging_dir_blocking()?;
     let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
         .map_err(anyhow::Error::msg)?;
@@ -294,6 +327,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         cache: Some(CacheAccess {
             store: store.clone(),
             runtime: tokio::runtime::Handle::current(),
+            lease: lease.clone(),
         }),
         no_cache: args.no_cache,
         named_contexts,
@@ -376,6 +410,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let images = StoreImages {
         ctx,
         store: store.clone(),
+        lease: lease.clone(),
     };
     // Ctrl-C or SIGTERM stops the build: running RUN steps are killed, their mounts and
     // scratch directories go with the build.
@@ -406,6 +441,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
             size: layer.size,
             media_type: layer.media_type.to_owned(),
         };
+        lease.protect(&blob.digest).await?;
         let (st, p, b) = (store.clone(), path.clone(), blob.clone());
         tokio::task::spawn_blocking(move || st.adopt_verified_blocking(&p, &b)).await??;
         records.push((
@@ -601,23 +637,39 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BuilderCommand::Prune(_) => {
             let store = ctx.store().await?;
+            // Layers a running build holds are spared (its lease), the rest of the cache goes.
             let (mut entries, bytes) = store.cache_prune().await?;
-            // Snapshots and RUN cache mounts are build cache too.
+            // Snapshots and RUN cache mounts are build cache too, removed only while no build or
+            // container uses them (a running one holds the snapshots' lock).
             let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
                 .map_err(anyhow::Error::msg)?;
-            entries += snapshots.prune().map_err(anyhow::Error::msg)? as u64;
+            match snapshots.prune().map_err(anyhow::Error::msg)? {
+                Some(n) => entries += n as u64,
+                None => crate::printer::err_line(
+                    "snapshots and cache mounts are in use by a running build or container: kept",
+                ),
+            }
             let mounts = store.root().join("cache-mounts");
-            if let Ok(list) = std::fs::read_dir(&mounts) {
-                for e in list.flatten() {
-                    let p = e.path();
-                    let gone = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                    gone.with_context(|| format!("removing {}", p.display()))?;
-                    entries += 1;
-                }
+            let removed = snapshots
+                .when_unused(|| -> anyhow::Result<u64> {
+                    let mut n = 0;
+                    if let Ok(list) = std::fs::read_dir(&mounts) {
+                        for e in list.flatten() {
+                            let p = e.path();
+                            let gone = if p.is_dir() {
+                                std::fs::remove_dir_all(&p)
+                            } else {
+                                std::fs::remove_file(&p)
+                            };
+                            gone.with_context(|| format!("removing {}", p.display()))?;
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+                .map_err(anyhow::Error::msg)?;
+            if let Some(n) = removed {
+                entries += n?;
             }
             out(format!(
                 "Deleted build cache objects: {entries}\nTotal reclaimed space: {}",

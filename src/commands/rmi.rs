@@ -32,10 +32,13 @@ async fn remove(store: &LocalStore, spec: &str, force: bool) -> anyhow::Result<(
             let r = r.tagged();
             if let Some(image) = store.untag(&r).await? {
                 out(format!("Untagged: {}", r.familiar()))?;
+                // Deleted only if nothing names it, decided where it is deleted: a pull that
+                // names it again meanwhile keeps it.
                 if let Some(rec) = store.image(&image).await?
                     && rec.names.is_empty()
+                    && let Some(report) = store.delete_image_if_unnamed(&rec.digest).await?
                 {
-                    delete(store, &rec).await?;
+                    deleted(&rec, report)?;
                 }
                 return Ok(());
             }
@@ -73,10 +76,15 @@ async fn remove_record(
 }
 
 async fn delete(store: &LocalStore, rec: &ImageRecord) -> anyhow::Result<()> {
+    let report = store.delete_image(&rec.digest).await?;
+    deleted(rec, report)
+}
+
+/// docker's lines for a deleted image: its repo digests untagged, then what went.
+fn deleted(rec: &ImageRecord, report: wharf_common::store::GcReport) -> anyhow::Result<()> {
     for rd in &rec.repo_digests {
         out(format!("Untagged: {}", rd.familiar()))?;
     }
-    let report = store.delete_image(&rec.digest).await?;
     out(format!("Deleted: {}", rec.id()))?;
     for d in report.removed {
         if &d != rec.id() {

@@ -86,9 +86,12 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--add-host {e}"))?;
     let store = ctx.store().await?;
+    // The image stays while the container runs, whatever rmi or prune do beside it.
+    let lease = std::sync::Arc::new(store.lease().await?);
     let images = StoreImages {
         ctx,
         store: store.clone(),
+        lease: lease.clone(),
     };
     let img = images
         .load(&args.image, &Platform::host())

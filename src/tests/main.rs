@@ -4,6 +4,7 @@
 
 mod archive;
 mod build;
+mod concurrency;
 mod fake;
 mod faults;
 mod layout;

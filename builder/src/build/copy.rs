@@ -182,8 +182,11 @@ pub(crate) fn commit_layer(
 ) -> std::io::Result<()> {
     let dir = opts.work_dir.join("layers");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.layer", s.layers.len() + rand_suffix()));
-    let file = std::fs::File::create(&path)?;
+    // A name of its own, created exclusively: stages write layers at the same time.
+    let tmp = tempfile::Builder::new()
+        .prefix(".layer-")
+        .tempfile_in(&dir)?;
+    let (file, path) = tmp.keep().map_err(|e| e.error)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let written = write_layer(
         entries,
@@ -199,11 +202,6 @@ pub(crate) fn commit_layer(
     std::fs::rename(&path, &final_path)?;
     s.layers.push(Layer::New(written, final_path));
     Ok(())
-}
-
-fn rand_suffix() -> usize {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    1_000_000 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The image path of a file in the root directory (its place after symlinks were resolved).

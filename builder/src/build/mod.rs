@@ -115,6 +115,8 @@ pub struct CacheAccess {
     pub store: wharf_common::store::LocalStore,
     /// The runtime to reach it on.
     pub runtime: tokio::runtime::Handle,
+    /// The build's lease: a cached layer is protected by it before it is used.
+    pub lease: std::sync::Arc<wharf_common::store::Lease>,
 }
 
 /// A build that failed, and where.
@@ -1613,6 +1615,13 @@ impl Run {
         }
         let cache = self.opts.cache.as_ref()?;
         let entry = cache.runtime.block_on(cache.store.cache_get(key)).ok()??;
+        // Protected, then checked: a prune beside the build then spares it, or it was gone
+        // already and this is a miss.
+        cache
+            .runtime
+            .block_on(cache.lease.protect(&entry.layer))
+            .ok()?;
+        cache.store.blob_path(&entry.layer).exists().then_some(())?;
         self.cache_hits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

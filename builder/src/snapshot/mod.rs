@@ -9,6 +9,13 @@
 //!
 //! Views are mounted in the mount namespace of the thread that builds ([`private_mounts`]),
 //! so the host never sees them and none outlives the process.
+//!
+//! Every user of the snapshots (a build, a `run`) holds a shared flock on
+//! `snapshots/.lock` for as long as it lives; `builder prune` removes snapshots (and RUN's cache
+//! mounts) only when it can take that lock exclusively, renaming each into `tmp/` before it
+//! deletes it, so a snapshot that is there is always whole. A new snapshot is renamed into
+//! place only if no other is there (`RENAME_NOREPLACE`): an empty one another stage is using
+//! is never replaced under it.
 
 pub mod diff;
 
@@ -24,6 +31,25 @@ pub struct Snapshots {
     root: PathBuf,
     /// Roots are copies (see [`Mode::Copy`]); shared by the clones a build hands around.
     copy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `snapshots/.lock`, held shared while this lives (see the module docs).
+    lock: std::sync::Arc<std::fs::File>,
+}
+
+/// `flock(2)` on `file`: `how` is `LOCK_SH` or `LOCK_EX`, with `LOCK_NB` or not; `false` when
+/// a non-blocking lock is held by someone else.
+fn flock(file: &std::fs::File, how: libc::c_int) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if how & libc::LOCK_NB != 0 => return Ok(false),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// The chain ids of a stack of layers (their diff ids, bottom first), as the image spec
@@ -55,6 +81,15 @@ impl Snapshots {
         // Snapshots keep image files' owners and setuid bits: other users must not reach them.
         wharf_common::store::private_dir(&root).map_err(io(root.display()))?;
         std::fs::create_dir_all(root.join("tmp")).map_err(io(root.display()))?;
+        let lock_path = root.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(lock_path.display()))?;
+        flock(&lock, libc::LOCK_SH).map_err(io(lock_path.display()))?;
         let copy = match std::env::var("WHARF_SNAPSHOTTER").as_deref() {
             Ok("copy") => true,
             Ok("overlay") | Err(_) => false,
@@ -67,6 +102,7 @@ impl Snapshots {
         Ok(Snapshots {
             root,
             copy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(copy)),
+            lock: std::sync::Arc::new(lock),
         })
     }
 
@@ -110,29 +146,78 @@ impl Snapshots {
     /// another build made it first, theirs is kept.
     pub fn adopt(&self, chain: &Digest, dir: &Path) -> Result<PathBuf, String> {
         let target = self.dir(chain);
-        match std::fs::rename(dir, &target) {
-            Ok(()) => Ok(target),
-            Err(_) if target.is_dir() => {
-                let _ = std::fs::remove_dir_all(dir);
-                Ok(target)
-            }
-            Err(e) => Err(format!("keeping snapshot {}: {e}", target.display())),
+        let (from, to) = (
+            std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?,
+            std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+                .map_err(|e| e.to_string())?,
+        );
+        // Never over another snapshot (a plain rename replaces an empty directory, which
+        // another stage may be using as a lower layer).
+        // SAFETY: NUL-terminated paths.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(target);
         }
+        let e = std::io::Error::last_os_error();
+        if target.is_dir() {
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok(target);
+        }
+        Err(format!("keeping snapshot {}: {e}", target.display()))
     }
 
-    /// Removes every snapshot (`builder prune`); returns how many.
-    pub fn prune(&self) -> Result<usize, String> {
-        let mut n = 0;
-        for e in std::fs::read_dir(&self.root)
-            .map_err(io(self.root.display()))?
-            .flatten()
-        {
-            if e.file_name() != "tmp" {
-                std::fs::remove_dir_all(e.path()).map_err(io(e.path().display()))?;
+    /// Runs `f` if no build or container is using the snapshots (the exclusive lock), then
+    /// goes back to sharing: `None` when they are in use.
+    pub fn when_unused<T>(&self, f: impl FnOnce() -> T) -> Result<Option<T>, String> {
+        let got = flock(&self.lock, libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(io(self.root.join(".lock").display()))?;
+        if !got {
+            return Ok(None);
+        }
+        let out = f();
+        flock(&self.lock, libc::LOCK_SH).map_err(io(self.root.join(".lock").display()))?;
+        Ok(Some(out))
+    }
+
+    /// Removes every snapshot (`builder prune`), unless a build or a container is using them;
+    /// returns how many went (`None`: in use, none removed). Each is renamed into `tmp/`
+    /// first, so no half-removed snapshot is ever found in place.
+    pub fn prune(&self) -> Result<Option<usize>, String> {
+        self.when_unused(|| {
+            let mut n = 0;
+            let tmp = self.root.join("tmp");
+            for e in std::fs::read_dir(&self.root)
+                .map_err(io(self.root.display()))?
+                .flatten()
+            {
+                let name = e.file_name();
+                if name == "tmp" || name == ".lock" {
+                    continue;
+                }
+                let gone = tmp.join(format!("gone-{}", name.to_string_lossy()));
+                std::fs::rename(e.path(), &gone).map_err(io(e.path().display()))?;
+                std::fs::remove_dir_all(&gone).map_err(io(gone.display()))?;
                 n += 1;
             }
-        }
-        Ok(n)
+            // What killed processes left in tmp/ (nobody uses the snapshots now).
+            for e in std::fs::read_dir(&tmp)
+                .map_err(io(tmp.display()))?
+                .flatten()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+            Ok(n)
+        })?
+        .transpose()
     }
 }
 

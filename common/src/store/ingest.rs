@@ -65,8 +65,16 @@ pub(crate) fn remove_orphans(dir: &Path) -> Result<(), StoreError> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let stale = if name.starts_with("tmp-") {
-            true
+        let stale = if let Some(rest) = name.strip_prefix("tmp-") {
+            // tmp-<pid>-<process start>-…: a live writer's is never touched, whatever its
+            // lock says (it may not have taken it yet).
+            let mut f = rest.split('-');
+            let owner = f.next().and_then(|p| p.parse::<u32>().ok());
+            let start = f.next().and_then(|s| s.parse::<i64>().ok());
+            match (owner, start) {
+                (Some(pid), Some(start)) => super::lease::process_start(pid) != Some(start),
+                _ => true,
+            }
         } else if name.ends_with(".partial") {
             entry
                 .metadata()
@@ -241,7 +249,11 @@ impl LocalStore {
         let path = self.new_tmp_path();
         std::fs::create_dir(&path).map_err(StoreError::io("creating staging directory", &path))?;
         let lock = File::open(&path).map_err(StoreError::io("opening staging directory", &path))?;
-        flock(&lock, true).map_err(StoreError::io("locking", &path))?;
+        if !flock(&lock, true).map_err(StoreError::io("locking", &path))? {
+            return Err(StoreError::io("locking", &path)(std::io::Error::from(
+                std::io::ErrorKind::WouldBlock,
+            )));
+        }
         Ok(StagingDir { path, _lock: lock })
     }
 
@@ -272,14 +284,27 @@ impl LocalStore {
         let path =
             self.ingest_dir()
                 .join(format!("{}-{}.partial", digest.algorithm(), digest.hex()));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("creating", &path))?;
-        flock(&file, false).map_err(StoreError::io("locking", &path))?;
+        // Lock, then check that the file locked is still the one at the path: a writer that
+        // gave up may have removed it (under its lock) while we waited.
+        let mut file = loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(StoreError::io("creating", &path))?;
+            flock(&file, false).map_err(StoreError::io("locking", &path))?;
+            let ours = file.metadata().map_err(StoreError::io("reading", &path))?;
+            let linked = std::fs::metadata(&path)
+                .is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+            if linked && ours.nlink() > 0 {
+                break file;
+            }
+            if final_path.exists() {
+                return Ok(IngestStart::Present);
+            }
+        };
         if final_path.exists() {
             // Another writer finished while we waited. Our file is either theirs, renamed into
             // place (leave it), or one we just created (remove it).
@@ -343,7 +368,11 @@ impl LocalStore {
             .write(true)
             .open(&path)
             .map_err(StoreError::io("creating", &path))?;
-        flock(&file, true).map_err(StoreError::io("locking", &path))?;
+        if !flock(&file, true).map_err(StoreError::io("locking", &path))? {
+            return Err(StoreError::io("locking", &path)(std::io::Error::from(
+                std::io::ErrorKind::WouldBlock,
+            )));
+        }
         Ok(Ingest {
             file,
             path,
@@ -363,8 +392,10 @@ impl LocalStore {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+        let pid = std::process::id();
+        let start = super::lease::process_start(pid).unwrap_or(0);
         self.ingest_dir()
-            .join(format!("tmp-{}-{n}-{nanos:08x}", std::process::id()))
+            .join(format!("tmp-{pid}-{start}-{n}-{nanos:08x}"))
     }
 
     /// Takes into the store a file whose content is already verified to be `blob` (it was hashed
@@ -377,6 +408,9 @@ impl LocalStore {
         match std::fs::hard_link(src, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.raw_os_error() != Some(libc::EXDEV) => {
+                return Err(StoreError::io("linking into the store", src)(e));
+            }
             Err(_) => {
                 // Another filesystem: copy through an ingest file, verifying again.
                 let IngestStart::Write(mut ing) = self.ingest_known_blocking(blob)? else {

@@ -67,8 +67,12 @@ impl LocalStore {
                 .is_some_and(|s| s == start);
             if !alive {
                 let _w = self.write_guard().await;
-                sqlx::query("DELETE FROM leases WHERE id = ?")
+                // Only that row: its id may have been cleared by another process meanwhile
+                // and given to a new lease (SQLite reuses the highest rowid).
+                sqlx::query("DELETE FROM leases WHERE id = ? AND pid = ? AND pid_start = ?")
                     .bind(id)
+                    .bind(pid)
+                    .bind(start)
                     .execute(self.db())
                     .await
                     .map_err(StoreError::db("clearing a stale lease"))?;

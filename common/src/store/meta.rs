@@ -250,15 +250,44 @@ impl LocalStore {
 
     /// Forgets an image (its tags and repo digests with it) and collects the blobs only it used.
     pub async fn delete_image(&self, digest: &Digest) -> Result<super::GcReport, StoreError> {
+        self.delete_image_where(digest, false)
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// As [`LocalStore::delete_image`], but only if no name points at the image, decided in
+    /// the same statement that deletes: a pull that names it again meanwhile keeps it. `None`
+    /// when it was named (and kept).
+    pub async fn delete_image_if_unnamed(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<super::GcReport>, StoreError> {
+        self.delete_image_where(digest, true).await
+    }
+
+    async fn delete_image_where(
+        &self,
+        digest: &Digest,
+        unnamed: bool,
+    ) -> Result<Option<super::GcReport>, StoreError> {
         let blobs = self.reachable_from(std::slice::from_ref(digest)).await?;
-        {
+        let deleted = {
             let _w = self.write_guard().await;
-            sqlx::query("DELETE FROM images WHERE digest = ?")
+            let sql = if unnamed {
+                "DELETE FROM images WHERE digest = ?1 AND NOT EXISTS (SELECT 1 FROM refs WHERE image = ?1)"
+            } else {
+                "DELETE FROM images WHERE digest = ?1"
+            };
+            sqlx::query(sql)
                 .bind(digest.as_str())
                 .execute(self.db())
                 .await
-                .map_err(StoreError::db("deleting an image"))?;
+                .map_err(StoreError::db("deleting an image"))?
+                .rows_affected()
+        };
+        if deleted == 0 && unnamed {
+            return Ok(None);
         }
-        self.gc(Some(blobs.into_iter().collect())).await
+        self.gc(Some(blobs.into_iter().collect())).await.map(Some)
     }
 }

@@ -5,7 +5,9 @@
 //!   blobs/sha256/<hex>          verified content, written once (temp → fsync → verify → rename)
 //!   blobs/sha512/<hex>
 //!   ingest/sha256-<hex>.partial a download in progress, flock'ed by its writer; resumable
-//!   ingest/tmp-<pid>-<n>        content whose digest is known only at the end (archives, layers)
+//!   ingest/tmp-<pid>-<start>-…  content whose digest is known only at the end (archives, layers);
+//!                               removed as an orphan only once its process (pid and start
+//!                               time) is gone
 //!   wharf.db                    SQLite (WAL): images, refs, repo digests, leases
 //!   wharf.lock                  flock'ed while the schema is created or migrated
 //! ```
