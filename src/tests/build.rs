@@ -1279,3 +1279,34 @@ fn issue_10_expansion_is_bounded_and_env_is_linear() {
     assert_eq!(env[1], "V0=0-again");
     assert_eq!(env[10_000], "V9999=9999-again");
 }
+
+#[test]
+fn issue_10_file_names_are_bytes_in_layers() {
+    use std::os::unix::ffi::OsStrExt;
+    if !have_root() || !have_busybox() || !have("tar") {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::create_dir(ctx.path().join("d")).unwrap();
+    std::fs::write(ctx.path().join("d").join(latin1), "latin-1\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nCOPY d/ /d/\nRUN touch \"/n$(printf '\\377')\" /plain\n",
+    )
+    .unwrap();
+    w.run(&["build", "-t", "names", ctx.path().to_str().unwrap()])
+        .ok();
+    let copied = layer_entries(&w, "names", -2);
+    assert!(
+        copied.iter().any(|e| e.0 == b"d/caf\xe9.txt"),
+        "COPY kept the name: {copied:?}"
+    );
+    let ran = layer_entries(&w, "names", -1);
+    assert!(
+        ran.iter().any(|e| e.0 == b"n\xff") && ran.iter().any(|e| e.0 == b"plain"),
+        "RUN's layer kept the name: {ran:?}"
+    );
+}

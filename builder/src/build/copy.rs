@@ -161,7 +161,7 @@ pub(crate) fn mkdir_p(
             mode,
             uid: u64::from(o.uid),
             gid: u64::from(o.gid),
-            ..LayerEntry::new(&image_path(&s.rootfs, &disk), LayerSource::Dir)
+            ..LayerEntry::new(image_path(&s.rootfs, &disk), LayerSource::Dir)
         });
     }
     Ok(entries)
@@ -205,10 +205,10 @@ pub(crate) fn commit_layer(
 }
 
 /// The image path of a file in the root directory (its place after symlinks were resolved).
-fn image_path(rootfs: &Path, on_disk: &Path) -> String {
+fn image_path(rootfs: &Path, on_disk: &Path) -> PathBuf {
     on_disk
         .strip_prefix(rootfs)
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
@@ -367,7 +367,7 @@ pub(crate) fn copy(
     } else {
         entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode).map_err(|e| e.to_string())?);
     }
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     // A file from a URL: mode 0600 (unless --chmod), the server's Last-Modified, never unpacked.
     for (name, path, mtime) in urls {
         let target = if dest_is_dir {
@@ -457,7 +457,7 @@ pub(crate) fn copy(
                             uid: u64::from(o.uid),
                             gid: u64::from(o.gid),
                             mtime: meta.mtime(),
-                            ..LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir)
+                            ..LayerEntry::new(image_path(&s.rootfs, &on_disk), LayerSource::Dir)
                         });
                     }
                     // --exclude patterns are relative to the source directory; .dockerignore
@@ -468,7 +468,7 @@ pub(crate) fn copy(
                     walk(
                         s,
                         &disk,
-                        &dest,
+                        Path::new(&dest),
                         owner,
                         chmod.as_deref(),
                         from_root.is_some(),
@@ -492,7 +492,7 @@ pub(crate) fn copy(
                         s,
                         &disk,
                         &meta,
-                        &target,
+                        Path::new(&target),
                         owner,
                         chmod.as_deref(),
                         from_root.is_some(),
@@ -568,7 +568,7 @@ fn extract_archive(
     walk(
         s,
         tmp.path(),
-        dest,
+        Path::new(dest),
         None,
         None,
         true,
@@ -584,14 +584,14 @@ fn extract_archive(
 fn walk(
     s: &mut StageState,
     dir: &Path,
-    dest: &str,
+    dest: &Path,
     owner: Option<Owner>,
     chmod: Option<&str>,
     keep_owner: bool,
     excludes: &crate::context::ignore::Patterns,
     rel: &str,
     ignore: Option<(&crate::context::ignore::Patterns, &str)>,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -600,10 +600,11 @@ fn walk(
         .map(|e| e.file_name())
         .collect();
     names.sort();
+    // Names are bytes: every one is copied, UTF-8 or not (patterns see it lossily).
     for name in names {
-        let Some(n) = name.to_str() else { continue };
+        let n = name.to_string_lossy();
         let child_rel = if rel.is_empty() {
-            n.to_owned()
+            n.clone().into_owned()
         } else {
             format!("{rel}/{n}")
         };
@@ -612,7 +613,7 @@ fn walk(
         }
         let ctx_rel = ignore.map(|(_, base)| {
             if base.is_empty() || base == "." {
-                n.to_owned()
+                n.clone().into_owned()
             } else {
                 format!("{base}/{n}")
             }
@@ -623,9 +624,9 @@ fn walk(
         {
             continue;
         }
-        let disk = dir.join(n);
+        let disk = dir.join(&name);
         let meta = std::fs::symlink_metadata(&disk).map_err(|e| e.to_string())?;
-        let target = format!("{}/{n}", dest.trim_end_matches('/'));
+        let target = dest.join(&name);
         if meta.is_dir() {
             let mode = mode_of(chmod, &meta, true)?;
             let o = owner_of(owner, keep_owner, &meta);
@@ -650,7 +651,7 @@ fn walk(
                 uid: u64::from(o.uid),
                 gid: u64::from(o.gid),
                 mtime: meta.mtime(),
-                ..LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir)
+                ..LayerEntry::new(image_path(&s.rootfs, &on_disk), LayerSource::Dir)
             });
             let child_ignore = match (ignore, &ctx_rel) {
                 (Some((p, _)), Some(path)) => Some((p, path.as_str())),
@@ -694,22 +695,23 @@ fn put_file(
     s: &mut StageState,
     disk: &Path,
     meta: &std::fs::Metadata,
-    target: &str,
+    target: &Path,
     owner: Option<Owner>,
     chmod: Option<&str>,
     keep_owner: bool,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
     entries: &mut Vec<LayerEntry>,
 ) -> Result<(), String> {
     let o = owner_of(owner, keep_owner, meta);
     let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
     if std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
         return Err(format!(
-            "cannot copy to {target}: it is a directory in the image"
+            "cannot copy to {}: it is a directory in the image",
+            target.display()
         ));
     }
     let _ = std::fs::remove_file(&on_disk);
-    let base = LayerEntry::new(&image_path(&s.rootfs, &on_disk), LayerSource::Dir);
+    let base = LayerEntry::new(image_path(&s.rootfs, &on_disk), LayerSource::Dir);
     let ft = std::fs::symlink_metadata(disk)
         .map_err(|e| e.to_string())?
         .file_type();
@@ -718,7 +720,7 @@ fn put_file(
         std::os::unix::fs::symlink(&link, &on_disk).map_err(|e| e.to_string())?;
         chown(&on_disk, o);
         entries.push(LayerEntry {
-            source: LayerSource::Symlink(link.to_string_lossy().into_owned()),
+            source: LayerSource::Symlink(link),
             mode: 0o777,
             uid: u64::from(o.uid),
             gid: u64::from(o.gid),
@@ -735,12 +737,12 @@ fn put_file(
         let first_disk = resolve_in_root(&s.rootfs, first, false).map_err(|e| e.to_string())?;
         std::fs::hard_link(&first_disk, &on_disk).map_err(|e| e.to_string())?;
         entries.push(LayerEntry {
-            source: LayerSource::Hardlink(first.trim_start_matches('/').to_owned()),
+            source: LayerSource::Hardlink(first.strip_prefix("/").unwrap_or(first).to_path_buf()),
             ..base
         });
         return Ok(());
     }
-    links.insert(key, target.to_owned());
+    links.insert(key, target.to_path_buf());
     std::fs::copy(disk, &on_disk).map_err(|e| format!("copying {}: {e}", disk.display()))?;
     std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
         .map_err(|e| e.to_string())?;
@@ -775,7 +777,7 @@ fn put_bytes(
         uid: u64::from(o.uid),
         gid: u64::from(o.gid),
         ..LayerEntry::new(
-            &image_path(&s.rootfs, &on_disk),
+            image_path(&s.rootfs, &on_disk),
             LayerSource::Bytes(content.to_vec()),
         )
     });

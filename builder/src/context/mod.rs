@@ -251,19 +251,20 @@ fn has_wildcards(s: &str) -> bool {
 /// written, so the result also says where a new file would go.
 pub fn resolve_in_root(
     root: &Path,
-    path: &str,
+    path: impl AsRef<Path>,
     follow_last: bool,
 ) -> Result<PathBuf, ContextError> {
+    let path = path.as_ref();
     let r = Root::open(root).map_err(|source| ContextError::Io {
         path: root.to_owned(),
         source,
     })?;
-    r.locate(Path::new(path), follow_last).map_err(|source| {
+    r.locate(path, follow_last).map_err(|source| {
         if source.raw_os_error() == Some(libc::ELOOP) {
-            ContextError::Loop(path.to_owned())
+            ContextError::Loop(path.display().to_string())
         } else {
             ContextError::Io {
-                path: root.join(path.trim_start_matches('/')),
+                path: root.join(path.strip_prefix("/").unwrap_or(path)),
                 source,
             }
         }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use wharf_common::archive::layer::{LayerEntry, LayerSource};
 
@@ -21,30 +21,26 @@ pub use wharf_common::archive::layer::LayerEntry as Entry;
 /// The entries for everything under `upper`.
 pub fn upper_entries(upper: &Path) -> std::io::Result<Vec<LayerEntry>> {
     let mut out = Vec::new();
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    walk(upper, "", &mut out, &mut links)?;
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    walk(upper, Path::new(""), &mut out, &mut links)?;
     Ok(out)
 }
 
 fn walk(
     dir: &Path,
-    rel: &str,
+    rel: &Path,
     out: &mut Vec<LayerEntry>,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.file_name())
         .collect();
     names.sort();
+    // Names are bytes: every one is kept, UTF-8 or not.
     for name in names {
-        let Some(n) = name.to_str() else { continue };
-        let path = dir.join(n);
-        let image_path = if rel.is_empty() {
-            n.to_owned()
-        } else {
-            format!("{rel}/{n}")
-        };
+        let path = dir.join(&name);
+        let image_path = rel.join(&name);
         let is_dir = entry_for(&path, &image_path, true, out, links)?;
         if is_dir {
             walk(&path, &image_path, out, links)?;
@@ -58,10 +54,10 @@ fn walk(
 /// marked so.
 fn entry_for(
     path: &Path,
-    image_path: &str,
+    image_path: &Path,
     overlay: bool,
     out: &mut Vec<LayerEntry>,
-    links: &mut HashMap<(u64, u64), String>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> std::io::Result<bool> {
     let m = std::fs::symlink_metadata(path)?;
     let ft = m.file_type();
@@ -93,7 +89,7 @@ fn entry_for(
     } else if ft.is_symlink() {
         let target = std::fs::read_link(path)?;
         out.push(LayerEntry {
-            source: LayerSource::Symlink(target.to_string_lossy().into_owned()),
+            source: LayerSource::Symlink(target),
             ..base
         });
     } else if ft.is_file() {
@@ -102,7 +98,7 @@ fn entry_for(
             Some(first) if m.nlink() > 1 => LayerSource::Hardlink(first.clone()),
             _ => {
                 if m.nlink() > 1 {
-                    links.insert(key, image_path.to_owned());
+                    links.insert(key, image_path.to_path_buf());
                 }
                 LayerSource::File(path.to_owned())
             }
@@ -116,7 +112,7 @@ fn entry_for(
 /// Every path under a root with what tells a change: type, mode, owner, inode, and for
 /// non-directories size and change time (a directory's own times move with its children).
 #[derive(Debug, Default)]
-pub struct Scan(BTreeMap<String, Stamp>);
+pub struct Scan(BTreeMap<PathBuf, Stamp>);
 
 /// Mode (with type), uid, gid, inode, size, ctime seconds and nanoseconds.
 type Stamp = (u32, u32, u32, u64, u64, i64, i64);
@@ -125,18 +121,12 @@ impl Scan {
     /// Scans `root`.
     pub fn of(root: &Path) -> std::io::Result<Scan> {
         let mut map = BTreeMap::new();
-        let mut stack = vec![(root.to_path_buf(), String::new())];
+        let mut stack = vec![(root.to_path_buf(), PathBuf::new())];
         while let Some((dir, rel)) = stack.pop() {
             for e in std::fs::read_dir(&dir)?.flatten() {
-                let Some(n) = e.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
+                let n = e.file_name();
                 let path = dir.join(&n);
-                let image_path = if rel.is_empty() {
-                    n
-                } else {
-                    format!("{rel}/{n}")
-                };
+                let image_path = rel.join(&n);
                 let m = std::fs::symlink_metadata(&path)?;
                 let stamp = if m.is_dir() {
                     stack.push((path, image_path.clone()));
@@ -164,12 +154,12 @@ impl Scan {
 /// of a removed tree).
 pub fn scan_changes(before: &Scan, root: &Path) -> std::io::Result<Vec<LayerEntry>> {
     let after = Scan::of(root)?;
-    let mut emit: BTreeSet<String> = BTreeSet::new();
-    let mut whiteouts: Vec<String> = Vec::new();
-    let parents = |p: &str, emit: &mut BTreeSet<String>| {
+    let mut emit: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut whiteouts: Vec<PathBuf> = Vec::new();
+    let parents = |p: &Path, emit: &mut BTreeSet<PathBuf>| {
         let mut cur = p;
-        while let Some((parent, _)) = cur.rsplit_once('/') {
-            emit.insert(parent.to_owned());
+        while let Some(parent) = cur.parent().filter(|q| !q.as_os_str().is_empty()) {
+            emit.insert(parent.to_path_buf());
             cur = parent;
         }
     };
@@ -183,7 +173,7 @@ pub fn scan_changes(before: &Scan, root: &Path) -> std::io::Result<Vec<LayerEntr
         if after.0.contains_key(path) {
             continue;
         }
-        let parent = path.rsplit_once('/').map(|(p, _)| p);
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         // Only the topmost removed path: a removed parent covers it, unless the parent is
         // there again (replaced), when each old child needs its own.
         if parent.is_none_or(|p| after.0.contains_key(p)) {
@@ -231,7 +221,7 @@ pub fn remove_made(dir: &Path, made: &[String]) {
 /// removed since, or because something inside was touched and put back): empty, not opaque,
 /// and with the mode and owner of the same directory below (`lowers`, top first). Returns
 /// whether `rel` is empty now.
-pub fn prune_copied_up(upper: &Path, rel: &Path, lowers: &[std::path::PathBuf]) -> bool {
+pub fn prune_copied_up(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> bool {
     let dir = upper.join(rel);
     let Ok(list) = std::fs::read_dir(&dir) else {
         return false;
@@ -350,7 +340,7 @@ mod tests {
         let find = |p: &str| {
             entries
                 .iter()
-                .find(|e| e.path == p)
+                .find(|e| e.path == Path::new(p))
                 .unwrap_or_else(|| panic!("{p} missing: {entries:?}"))
         };
         assert_eq!(find("gone").source, LayerSource::Whiteout);

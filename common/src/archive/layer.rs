@@ -7,8 +7,9 @@
 
 use std::cmp::Ordering;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::media_type::{self, Compression};
@@ -23,9 +24,9 @@ pub enum LayerSource {
     /// A regular file with this content.
     Bytes(Vec<u8>),
     /// A symbolic link to this target.
-    Symlink(String),
+    Symlink(PathBuf),
     /// A hard link to another entry of the layer (its path).
-    Hardlink(String),
+    Hardlink(PathBuf),
     /// A whiteout: the path is deleted from lower layers.
     Whiteout,
     /// A directory that hides everything lower layers put in it (`.wh..wh..opq` inside).
@@ -35,8 +36,8 @@ pub enum LayerSource {
 /// One entry of a layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerEntry {
-    /// Path in the image, relative (`usr/bin/x`).
-    pub path: String,
+    /// Path in the image, relative (`usr/bin/x`); any bytes but NUL, as names are.
+    pub path: PathBuf,
     /// What it is.
     pub source: LayerSource,
     /// Permission bits (and set-id/sticky bits).
@@ -53,17 +54,14 @@ pub struct LayerEntry {
 
 impl LayerEntry {
     /// An entry with mode 0644 (files) or 0755 (directories), root-owned, at time 0.
-    pub fn new(path: &str, source: LayerSource) -> LayerEntry {
+    pub fn new(path: impl AsRef<Path>, source: LayerSource) -> LayerEntry {
         let mode = if matches!(source, LayerSource::Dir | LayerSource::OpaqueDir) {
             0o755
         } else {
             0o644
         };
         LayerEntry {
-            path: path
-                .trim_start_matches('/')
-                .trim_end_matches('/')
-                .to_owned(),
+            path: trim_slashes(path.as_ref()),
             source,
             mode,
             uid: 0,
@@ -96,8 +94,24 @@ pub struct WrittenLayer {
     pub media_type: &'static str,
 }
 
-fn by_components(a: &str, b: &str) -> Ordering {
-    a.split('/').cmp(b.split('/'))
+/// `path` without leading and trailing slashes (bytes, not re-encoded).
+fn trim_slashes(path: &Path) -> PathBuf {
+    let b = path.as_os_str().as_bytes();
+    let start = b.iter().position(|c| *c != b'/').unwrap_or(b.len());
+    let end = b.iter().rposition(|c| *c != b'/').map_or(start, |i| i + 1);
+    PathBuf::from(std::ffi::OsStr::from_bytes(&b[start..end.max(start)]))
+}
+
+fn by_components(a: &Path, b: &Path) -> Ordering {
+    let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+/// `path` with `suffix` appended to its bytes.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut b = path.as_os_str().as_bytes().to_vec();
+    b.extend_from_slice(suffix.as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(b))
 }
 
 /// Writes `entries` as a layer to `out`.
@@ -143,7 +157,7 @@ pub fn write_layer(
 /// A hard link must follow its target in the tar: in each group of linked paths, the one that
 /// sorts first carries the content and the others link to it.
 fn link_to_first(entries: &mut [LayerEntry]) {
-    let index: std::collections::HashMap<String, usize> = entries
+    let index: std::collections::HashMap<PathBuf, usize> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| (e.path.clone(), i))
@@ -152,7 +166,7 @@ fn link_to_first(entries: &mut [LayerEntry]) {
         let LayerSource::Hardlink(target) = &entries[i].source else {
             continue;
         };
-        let target = target.trim_start_matches('/').to_owned();
+        let target = trim_slashes(target);
         let Some(&t) = index.get(&target) else {
             continue;
         };
@@ -210,19 +224,19 @@ fn write_tar<W: Write>(
             LayerSource::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                b.append_data(&mut h, format!("{}/", e.path), io::empty())?;
+                b.append_data(&mut h, with_suffix(&e.path, "/"), io::empty())?;
             }
             LayerSource::OpaqueDir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
-                b.append_data(&mut h, format!("{}/", e.path), io::empty())?;
+                b.append_data(&mut h, with_suffix(&e.path, "/"), io::empty())?;
                 let mut m = tar::Header::new_gnu();
                 m.set_entry_type(tar::EntryType::Regular);
                 m.set_size(0);
                 // As containerd writes it: the directory's mode.
                 m.set_mode(h.mode().unwrap_or(0o755));
                 m.set_mtime(h.mtime().unwrap_or(0));
-                b.append_data(&mut m, format!("{}/.wh..wh..opq", e.path), io::empty())?;
+                b.append_data(&mut m, e.path.join(".wh..wh..opq"), io::empty())?;
             }
             LayerSource::Bytes(data) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -260,12 +274,14 @@ fn write_tar<W: Write>(
                 b.append_link(&mut h, &e.path, target)?;
             }
             LayerSource::Whiteout => {
-                let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
-                let path = if dir.is_empty() {
-                    format!(".wh.{name}")
-                } else {
-                    format!("{dir}/.wh.{name}")
-                };
+                let name = e.path.file_name().unwrap_or_default().as_bytes();
+                let mut wh = b".wh.".to_vec();
+                wh.extend_from_slice(name);
+                let path = e
+                    .path
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(std::ffi::OsString::from_vec(wh));
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(0);
                 // As containerd writes it.
