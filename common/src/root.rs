@@ -312,11 +312,21 @@ impl Root {
     /// only if `follow_last`), and any missing ones kept as written. The path is only good
     /// until the root changes: use [`Root::parent`] to change it.
     pub fn locate(&self, path: &Path, follow_last: bool) -> io::Result<PathBuf> {
-        let walked = self.walk(
+        self.locate_with(path, follow_last, None)
+    }
+
+    fn locate_with(
+        &self,
+        path: &Path,
+        follow_last: bool,
+        visible: Option<Visible<'_>>,
+    ) -> io::Result<PathBuf> {
+        let walked = self.walk_visible(
             path.as_os_str().as_bytes(),
             follow_last,
             true,
             Missing::Keep,
+            visible,
         )?;
         Ok(walked
             .names
@@ -335,28 +345,7 @@ impl Root {
         follow_last: bool,
         visible: Visible<'_>,
     ) -> io::Result<PathBuf> {
-        let walked = self.walk_visible(
-            path.as_os_str().as_bytes(),
-            follow_last,
-            true,
-            Missing::Keep,
-            Some(visible),
-        )?;
-        Ok(walked
-            .names
-            .iter()
-            .fold(self.path.clone(), |p, n| p.join(n)))
-    }
-
-    /// The in-root path (relative, canonical) `path` resolves to, as [`Root::locate`].
-    pub fn canonical(&self, path: &Path, follow_last: bool) -> io::Result<PathBuf> {
-        let walked = self.walk(
-            path.as_os_str().as_bytes(),
-            follow_last,
-            true,
-            Missing::Keep,
-        )?;
-        Ok(walked.names.iter().collect())
+        self.locate_with(path, follow_last, Some(visible))
     }
 
     /// The directory holding `path`'s last component, resolved inside the root, and the
@@ -424,100 +413,6 @@ impl Root {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         Ok(fd)
-    }
-
-    /// Makes `path` and its missing parents directories with `mode`, calling `made` with the
-    /// canonical in-root path of each one created (outermost first); returns the directory.
-    pub fn mkdir_all(
-        &self,
-        path: &Path,
-        mode: u32,
-        made: &mut dyn FnMut(&Path, BorrowedFd) -> io::Result<()>,
-    ) -> io::Result<OwnedFd> {
-        let mut dir = self.fd.try_clone()?;
-        let mut names: Vec<OsString> = Vec::new();
-        let mut pending: Vec<OsString> = components(path.as_os_str().as_bytes());
-        pending.reverse();
-        let mut links = 0;
-        while let Some(c) = pending.pop() {
-            if c == ".." {
-                names.pop();
-                dir = self.walk_names(&names)?;
-                continue;
-            }
-            match openat(dir.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
-                Ok(fd) => {
-                    let st = fstat(fd.as_fd())?;
-                    if st.is_symlink() {
-                        links += 1;
-                        if links > MAX_LINKS {
-                            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                        }
-                        let target = readlink_fd(fd.as_fd())?;
-                        if target.first() == Some(&b'/') {
-                            names.clear();
-                            dir = self.fd.try_clone()?;
-                        }
-                        let mut t = components(&target);
-                        t.reverse();
-                        pending.extend(t);
-                        continue;
-                    }
-                    if !st.is_dir() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::NotADirectory,
-                            format!(
-                                "/{} exists and is not a directory",
-                                rel(&names, &c).display()
-                            ),
-                        ));
-                    }
-                    names.push(c);
-                    dir = fd;
-                }
-                Err(e) if errno(&e) == libc::ENOENT => {
-                    let cn = cstr(&c)?;
-                    // SAFETY: valid descriptor and name.
-                    let r = unsafe { libc::mkdirat(dir.as_raw_fd(), cn.as_ptr(), 0o700) };
-                    if r != 0 {
-                        let e = io::Error::last_os_error();
-                        if errno(&e) == libc::EEXIST {
-                            pending.push(c);
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                    let fd = openat(
-                        dir.as_fd(),
-                        &c,
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                        0,
-                    )?;
-                    // No umask: the mode asked for.
-                    // SAFETY: a descriptor we own.
-                    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
-                    names.push(c);
-                    let here: PathBuf = names.iter().collect();
-                    made(&here, fd.as_fd())?;
-                    dir = fd;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(dir)
-    }
-
-    /// The directory at canonical components `names` (no links expected; resolved in-root).
-    fn walk_names(&self, names: &[OsString]) -> io::Result<OwnedFd> {
-        let path = names.iter().fold(Vec::new(), |mut v: Vec<u8>, c| {
-            v.push(b'/');
-            v.extend_from_slice(c.as_bytes());
-            v
-        });
-        let walked = self.walk(&path, true, true, Missing::Fail)?;
-        walked
-            .fd
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 
     /// The walk every resolution comes down to when `openat2` cannot do it (or the canonical

@@ -344,10 +344,7 @@ impl Base {
     fn read(&self, path: &str) -> String {
         match self {
             Base::Lowers(l) => container::read_file(l, path).unwrap_or_default(),
-            Base::Copy(root) => wharf_builder::context::resolve_in_root(root, path, true)
-                .ok()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default(),
+            Base::Copy(root) => wharf_builder::context::read_in_root(root, path),
         }
     }
 }

@@ -50,12 +50,8 @@ pub(crate) fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> 
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let read = |name: &str| {
-        std::fs::read_to_string(resolve_in_root(rootfs, name, true).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    let passwd = read("etc/passwd");
-    let groups = read("etc/group");
+    let passwd = crate::context::read_in_root(rootfs, "etc/passwd");
+    let groups = crate::context::read_in_root(rootfs, "etc/group");
     let lookup = |db: &str, name: &str| -> Option<(u32, Option<u32>)> {
         db.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();

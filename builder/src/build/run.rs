@@ -311,12 +311,7 @@ pub(super) fn run(
     run.mount_root(s)?;
     let root = s.rootfs.clone();
     let identity = {
-        let read = |p: &str| {
-            crate::context::resolve_in_root(&root, p, true)
-                .ok()
-                .and_then(|f| std::fs::read_to_string(f).ok())
-                .unwrap_or_default()
-        };
+        let read = |p: &str| crate::context::read_in_root(&root, p);
         sandbox::resolve_user(&read("etc/passwd"), &read("etc/group"), &user)?
     };
     // Files the sandbox mounts: under the build's scratch directory.

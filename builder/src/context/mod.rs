@@ -245,6 +245,15 @@ fn has_wildcards(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// A text file of the root directory `root` (an image's `/etc/passwd`, say), read through its
+/// links inside the root; empty when it is missing or unreadable.
+pub fn read_in_root(root: &Path, path: &str) -> String {
+    Root::open(root)
+        .and_then(|r| r.read(Path::new(path)))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// Where `path` is under `root`, resolved as a chroot would resolve it (`..` stops at the
 /// root, links are followed inside it; the last one only with `follow_last`): the one resolver
 /// every root goes through, [`wharf_common::root::Root`]. Missing components are kept as

@@ -106,40 +106,17 @@ fn parents_locations_and_made_directories() {
         assert!(root.parent_without_links(Path::new("d/f")).is_ok(), "{how}");
     });
     // Where a path would be: links resolved, missing components kept.
-    assert_eq!(
-        root.canonical(Path::new("abs/missing/../g"), true).unwrap(),
-        Path::new("d/g")
-    );
-    assert_eq!(
-        root.canonical(Path::new("up/rel"), false).unwrap(),
-        Path::new("rel")
-    );
-    assert_eq!(
-        root.canonical(Path::new("up/rel"), true).unwrap(),
-        Path::new("d")
-    );
-    assert_eq!(
-        root.locate(Path::new("/abs"), true).unwrap(),
-        t.path().join("root/d")
-    );
-    // mkdir_all reports what it made, through links, inside the root.
-    let mut made = Vec::new();
-    root.mkdir_all(Path::new("abs/a/b"), 0o750, &mut |p, _| {
-        made.push(p.to_owned());
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(made, [Path::new("d/a"), Path::new("d/a/b")]);
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(t.path().join("root/d/a/b"))
+    let rel = |p: &str, follow: bool| {
+        root.locate(Path::new(p), follow)
             .unwrap()
-            .permissions(),
-    );
-    assert_eq!(mode & 0o7777, 0o750);
-    assert!(
-        root.mkdir_all(Path::new("file/x"), 0o755, &mut |_, _| Ok(()))
-            .is_err()
-    );
+            .strip_prefix(t.path().join("root"))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(rel("abs/missing/../g", true), Path::new("d/g"));
+    assert_eq!(rel("up/rel", false), Path::new("rel"));
+    assert_eq!(rel("up/rel", true), Path::new("d"));
+    assert_eq!(rel("/abs", true), Path::new("d"));
 }
 
 #[test]
