@@ -93,7 +93,11 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
+    /// Print help (-h is --hostname, as in docker)
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Remove the container when it exits (wharf always does; accepted for docker
     /// compatibility)
     #[arg(long)]
@@ -129,16 +133,118 @@ pub struct RunArgs {
     #[arg(long)]
     pub entrypoint: Option<String>,
     /// The container's hostname (default: its id)
-    #[arg(short = 'H', long)]
+    #[arg(short = 'h', long)]
     pub hostname: Option<String>,
     /// Security options: seccomp=unconfined (no seccomp filter), no-new-privileges (always on)
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
-    /// The image
-    pub image: String,
-    /// The command and its arguments (default: the image's CMD)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+    /// Seconds to wait after passing SIGTERM (or a first Ctrl-C) on before killing the
+    /// container; a second Ctrl-C kills it at once
+    #[arg(long = "stop-timeout", value_name = "SECONDS", default_value_t = 10)]
+    pub stop_timeout: u64,
+    /// docker flags wharf does not have, refused with what to do instead
+    #[command(flatten)]
+    pub unsupported: UnsupportedRunFlags,
+    /// The image, then the command and its arguments (default: the image's CMD); everything
+    /// after the image belongs to the container
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The image.
+    pub fn image(&self) -> &str {
+        self.image_and_command.first().map_or("", String::as_str)
+    }
+
+    /// The command and its arguments.
+    pub fn command(&self) -> &[String] {
+        self.image_and_command.get(1..).unwrap_or_default()
+    }
+}
+
+/// docker run flags wharf does not support: taken so they can be refused plainly (clap would
+/// otherwise suggest passing them after `--`).
+#[derive(Debug, Args)]
+pub struct UnsupportedRunFlags {
+    #[arg(short = 'd', long = "detach", hide = true)]
+    pub detach: bool,
+    #[arg(short = 'p', long = "publish", hide = true)]
+    pub publish: Vec<String>,
+    #[arg(short = 'P', long = "publish-all", hide = true)]
+    pub publish_all: bool,
+    #[arg(long = "name", hide = true)]
+    pub name: Option<String>,
+    #[arg(long = "restart", hide = true)]
+    pub restart: Option<String>,
+    #[arg(short = 'm', long = "memory", hide = true)]
+    pub memory: Option<String>,
+    #[arg(long = "cpus", hide = true)]
+    pub cpus: Option<String>,
+    #[arg(long = "privileged", hide = true)]
+    pub privileged: bool,
+    #[arg(long = "cap-add", hide = true)]
+    pub cap_add: Vec<String>,
+    #[arg(long = "cap-drop", hide = true)]
+    pub cap_drop: Vec<String>,
+    #[arg(long = "device", hide = true)]
+    pub device: Vec<String>,
+}
+
+impl UnsupportedRunFlags {
+    /// The first one given, with what to do instead.
+    pub fn refusal(&self) -> Option<String> {
+        let say = |flag: &str, instead: &str| {
+            Some(format!(
+                "docker's {flag} is not supported by wharf run: {instead}"
+            ))
+        };
+        if self.detach {
+            return say(
+                "-d/--detach",
+                "containers run in the foreground; put `wharf run …` in the background with your shell or a service manager",
+            );
+        }
+        if !self.publish.is_empty() || self.publish_all {
+            return say(
+                "-p/--publish",
+                "no ports are published; use --network host to reach the container's ports on the host",
+            );
+        }
+        if self.name.is_some() {
+            return say(
+                "--name",
+                "containers are not kept, so they have no names; --hostname sets the host name inside",
+            );
+        }
+        if self.restart.is_some() {
+            return say("--restart", "use a service manager (systemd) to restart it");
+        }
+        if self.memory.is_some() || self.cpus.is_some() {
+            return say(
+                "-m/--memory and --cpus",
+                "wharf sets no cgroup limits; run it under systemd-run with the limits you need",
+            );
+        }
+        if self.privileged || !self.cap_add.is_empty() || !self.cap_drop.is_empty() {
+            return say(
+                "--privileged, --cap-add and --cap-drop",
+                "containers get docker's default capabilities",
+            );
+        }
+        if !self.device.is_empty() {
+            return say(
+                "--device",
+                "device nodes are not passed in; mount what you need with -v",
+            );
+        }
+        None
+    }
 }
 
 #[derive(Debug, Args)]

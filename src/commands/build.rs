@@ -74,7 +74,14 @@ impl StoreImages<'_> {
                     Ok(_) => dest.finish().await?,
                     Err(e) => {
                         let _ = dest.abort().await;
-                        return Err(e).with_context(|| format!("pulling {}", r.familiar()));
+                        // What the user needs first: it is not here; then why fetching it
+                        // failed.
+                        return Err(e).with_context(|| {
+                            format!(
+                                "{reference} is not in the local store, and pulling {} failed",
+                                r.familiar()
+                            )
+                        });
                     }
                 }
                 find_image(&self.store, reference).await?
@@ -226,6 +233,18 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         Some(f) => f.clone(),
         None => context_dir.join("Dockerfile"),
     };
+    // docker's words for a missing context, before anything is read from it.
+    match std::fs::metadata(&context_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!(
+            "unable to prepare context: {} is not a directory (give a directory, or - for a tar on stdin)",
+            context_dir.display()
+        ),
+        Err(e) => anyhow::bail!(
+            "unable to prepare context: the context directory {} cannot be read: {e}",
+            context_dir.display()
+        ),
+    }
     let dockerfile = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("reading the Dockerfile {}", dockerfile_path.display()))?;
     let context = Context::open(&context_dir, Some(&dockerfile_path))?;
@@ -638,13 +657,16 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
         BuilderCommand::Prune(_) => {
             let store = ctx.store().await?;
             // Layers a running build holds are spared (its lease), the rest of the cache goes.
-            let (mut entries, bytes) = store.cache_prune().await?;
+            let (mut entries, mut bytes) = store.cache_prune().await?;
             // Snapshots and RUN cache mounts are build cache too, removed only while no build or
             // container uses them (a running one holds the snapshots' lock).
             let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
                 .map_err(anyhow::Error::msg)?;
             match snapshots.prune().map_err(anyhow::Error::msg)? {
-                Some(n) => entries += n as u64,
+                Some((n, freed)) => {
+                    entries += n as u64;
+                    bytes += freed;
+                }
                 None => crate::printer::err_line(
                     "snapshots and cache mounts are in use by a running build or container: kept",
                 ),
@@ -656,6 +678,7 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
                     if let Ok(list) = std::fs::read_dir(&mounts) {
                         for e in list.flatten() {
                             let p = e.path();
+                            bytes += wharf_builder::snapshot::disk_usage(&p);
                             let gone = if p.is_dir() {
                                 std::fs::remove_dir_all(&p)
                             } else {

@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use wharf_builder::container;
@@ -16,7 +17,47 @@ use crate::commands::build::StoreImages;
 use crate::context::Ctx;
 
 /// Removes the container's directory however `run` ends.
-struct ContainerDir(PathBuf);
+/// `containers/<id>/`, flock'ed while its container runs and removed when it ends.
+struct ContainerDir(
+    PathBuf,
+    #[allow(dead_code, reason = "held for its lock")] std::fs::File,
+);
+
+impl ContainerDir {
+    /// Makes `containers/<id>/` and locks it.
+    fn create(containers: &std::path::Path, id: &str) -> anyhow::Result<ContainerDir> {
+        let dir = containers.join(id);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock =
+            std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "locking {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(ContainerDir(dir, lock))
+    }
+
+    /// Removes what runs that were killed left in `containers/`: every directory nobody holds.
+    fn clean_stale(containers: &std::path::Path) {
+        for e in std::fs::read_dir(containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
 
 impl Drop for ContainerDir {
     fn drop(&mut self) {
@@ -74,6 +115,13 @@ fn seccomp_enabled(options: &[String]) -> anyhow::Result<bool> {
 }
 
 pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(refused) = args.unsupported.refusal() {
+        anyhow::bail!(refused);
+    }
+    if args.interactive && args.tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // docker's words: -it needs a terminal on stdin.
+        anyhow::bail!("the input device is not a TTY (drop -t to pipe input in with -i)");
+    }
     let network: Network = args
         .network
         .parse()
@@ -93,10 +141,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         store: store.clone(),
         lease: lease.clone(),
     };
-    let img = images
-        .load(&args.image, &Platform::host())
-        .await
-        .with_context(|| format!("image {}", args.image))?;
+    let img = images.load(args.image(), &Platform::host()).await?;
     let config = &img.config;
     // The layers' snapshots, extracted once and shared with builds.
     let chain = img.chain();
@@ -105,7 +150,8 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let containers = store.root().join("containers");
     wharf_common::store::private_dir(&containers)
         .with_context(|| format!("creating {}", containers.display()))?;
-    let dir = ContainerDir(containers.join(&id));
+    ContainerDir::clean_stale(&containers);
+    let dir = ContainerDir::create(&containers, &id)?;
     for d in ["upper", "work", "merged"] {
         std::fs::create_dir_all(dir.0.join(d))
             .with_context(|| format!("creating {}", dir.0.join(d).display()))?;
@@ -153,7 +199,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         &container::home_of(&passwd, identity.uid),
         args.tty,
     );
-    let argv = container::command(config, args.entrypoint.as_deref(), &args.command)
+    let argv = container::command(config, args.entrypoint.as_deref(), args.command())
         .map_err(anyhow::Error::msg)?;
     let cwd = args
         .workdir
@@ -303,7 +349,11 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Signals go to the container (its PID 1 passes them to the command).
     let master_fd = pty_master.as_ref().map(AsRawFd::as_raw_fd);
+    // As docker: SIGTERM or a first Ctrl-C is passed on, and the container is killed if it
+    // has not ended --stop-timeout seconds later; a second Ctrl-C kills it at once.
+    let stop_timeout = Duration::from_secs(args.stop_timeout);
     let forward = tokio::spawn(async move {
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let futs = streams.iter_mut().map(|(s, n)| {
                 let n = *n;
@@ -312,14 +362,34 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
                     n
                 })
             });
-            let (sig, _, _) = futures_util::future::select_all(futs).await;
+            let sig = match deadline {
+                Some(d) => {
+                    match tokio::time::timeout_at(d, futures_util::future::select_all(futs)).await {
+                        Ok((sig, _, _)) => sig,
+                        Err(_) => libc::SIGKILL,
+                    }
+                }
+                None => futures_util::future::select_all(futs).await.0,
+            };
             if sig == libc::SIGWINCH
                 && let Some(m) = master_fd
             {
                 copy_winsize(1, m);
             }
+            let stopping = sig == libc::SIGINT || sig == libc::SIGTERM;
+            let sig = if stopping && deadline.is_some() && sig == libc::SIGINT {
+                libc::SIGKILL
+            } else {
+                sig
+            };
+            if stopping && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + stop_timeout);
+            }
             // SAFETY: kill has no memory preconditions; pid is our child until it is reaped.
             unsafe { libc::kill(pid, sig) };
+            if sig == libc::SIGKILL {
+                return;
+            }
         }
     });
     let result = tokio::task::spawn_blocking(move || running.wait()).await?;

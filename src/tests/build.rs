@@ -1310,3 +1310,50 @@ fn issue_10_file_names_are_bytes_in_layers() {
         "RUN's layer kept the name: {ran:?}"
     );
 }
+
+#[test]
+fn issue_11_add_urls_quoted_or_using_args_after_from() {
+    use axum::routing::get;
+    let server = serve(
+        axum::Router::new()
+            .route("/README.md", get(|| async { "readme\n" }))
+            .route("/v2.0/tool", get(|| async { "tool 2.0\n" })),
+    );
+    let w = Wharf::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // A quoted URL, as the tutorials write it, and one built from an ARG declared after FROM
+    // and from an ENV using it; --build-arg overrides the default.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\n\
+             ADD 'http://{addr}/README.md' ./test/\n\
+             ARG HOST={addr}\n\
+             ARG VERSION=1.0\n\
+             ENV URL=http://$HOST/v$VERSION\n\
+             ADD \"${{URL}}/tool\" /tool\n",
+            addr = server.addr
+        ),
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    w.run(&[
+        "build",
+        "--build-arg",
+        "VERSION=2.0",
+        "-o",
+        files.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(files.join("test/README.md")).unwrap(),
+        "readme\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("tool")).unwrap(),
+        "tool 2.0\n"
+    );
+}

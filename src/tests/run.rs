@@ -775,3 +775,145 @@ fn issue_5_heredocs_bind_from_a_stage_terminals_and_signals() {
     assert_eq!(status.code(), Some(3));
     assert!(String::from_utf8_lossy(&seen).contains("got TERM"));
 }
+
+#[test]
+fn issue_11_run_takes_docker_users_flags_and_stops_as_docker_does() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    // -h is the hostname, as in docker; what follows the image is the container's.
+    let r = w
+        .run(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-h",
+            "myhost",
+            "busybox",
+            "hostname",
+        ])
+        .ok();
+    assert_eq!(r.stdout, "myhost\n");
+    let r = w
+        .run(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "busybox",
+            "echo",
+            "--help",
+            "-d",
+        ])
+        .ok();
+    assert_eq!(r.stdout, "--help -d\n");
+    // docker flags wharf does not have are refused plainly.
+    let r = w.run(&["run", "-d", "busybox", "true"]).fails();
+    assert!(
+        r.stderr
+            .contains("docker's -d/--detach is not supported by wharf run"),
+        "{}",
+        r.stderr
+    );
+    let r = w.run(&["run", "-p", "8080:80", "busybox", "true"]).fails();
+    assert!(
+        r.stderr.contains("-p/--publish is not supported"),
+        "{}",
+        r.stderr
+    );
+    // -it with input that is not a terminal: refused up front, as docker does.
+    let r = w
+        .run_stdin(&["run", "-it", "busybox", "sh"], b"echo hi\n")
+        .fails();
+    assert!(
+        r.stderr.contains("the input device is not a TTY"),
+        "{}",
+        r.stderr
+    );
+    // A PID 1 that ignores SIGTERM is killed --stop-timeout seconds later, and what an
+    // earlier killed run left in containers/ is cleaned up by the next.
+    let stale = w.root.join("containers").join("0123456789ab-stale");
+    std::fs::create_dir_all(stale.join("upper")).unwrap();
+    let mut child = w
+        .cmd()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--stop-timeout",
+            "1",
+            "busybox",
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut seen).unwrap();
+    assert_eq!(&seen, b"ready\n");
+    assert!(
+        !stale.exists(),
+        "the stale container directory is still there"
+    );
+    let asked = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137), "killed after the stop timeout");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(8));
+    let left: Vec<_> = std::fs::read_dir(w.root.join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn issue_11_first_errors_say_what_is_wrong() {
+    let w = Wharf::new();
+    let r = w.run(&["run", "--rm", "nosuchimage"]).fails();
+    let first = r.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("nosuchimage is not in the local store"),
+        "{}",
+        r.stderr
+    );
+    let r = w.run(&["build", "/nonexistent/ctx"]).fails();
+    assert!(
+        r.stderr
+            .contains("the context directory /nonexistent/ctx cannot be read"),
+        "{}",
+        r.stderr
+    );
+    if !ready() {
+        return;
+    }
+    // builder prune reports what it freed: the snapshots and cache layers too.
+    w.load_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN --network=none dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null\n",
+    )
+    .unwrap();
+    w.run(&["build", ctx.path().to_str().unwrap()]).ok();
+    let r = w.run(&["builder", "prune", "-f"]).ok();
+    let freed = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Total reclaimed space: "))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        freed.ends_with("MB") && freed.trim_end_matches("MB").parse::<f64>().unwrap() >= 8.0,
+        "{}",
+        r.stdout
+    );
+}

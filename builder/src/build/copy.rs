@@ -307,7 +307,7 @@ pub(crate) fn copy(
                 .url(&src)
                 .ok_or_else(|| {
                     format!(
-                        "{src}: URLs are fetched before the build starts, so they may use only ARGs declared before the first FROM"
+                        "{src}: this URL was not fetched when the build started: its variables have other values now (ADD URLs are fetched first, expanded with the ARG and ENV lines before their step)"
                     )
                 })?;
             sources += 1;

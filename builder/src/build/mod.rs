@@ -357,18 +357,73 @@ pub async fn build(
             bases.insert(name, img);
         }
     }
-    // ADD's URLs are fetched up front too (and checked against --checksum).
+    // ADD's URLs are fetched up front too (and checked against --checksum), expanded with the
+    // variables their step will have: the base's ENV, then the stage's ARG and ENV lines up to
+    // the step (a stage built on another starts with that one's), as the step itself expands
+    // them. Quotes are shell words, removed like any.
     let mut urls: BTreeMap<String, (PathBuf, Download)> = BTreeMap::new();
+    let mut scopes: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
     for &i in &needed {
-        for step in &df.stages[i].steps {
+        let stage = &df.stages[i];
+        let mut scope: Vec<(String, String)> = match stage_index(&df, &stage.base, i) {
+            Some(j) => scopes.get(&j).cloned().unwrap_or_default(),
+            None => bases
+                .get(&stage.base)
+                .and_then(|b| b.config.get("config"))
+                .and_then(|c| c.get("Env"))
+                .and_then(Value::as_array)
+                .map(|env| {
+                    env.iter()
+                        .filter_map(|e| e.as_str()?.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for step in &stage.steps {
+            match &step.instruction {
+                Instruction::Arg(args) => {
+                    for (name, default) in args {
+                        let value = opts
+                            .build_args
+                            .iter()
+                            .rev()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                            .or_else(|| match default {
+                                Some(d) => lexer.process_word(d, &scope).ok(),
+                                None => meta
+                                    .iter()
+                                    .rev()
+                                    .find(|(k, _)| k == name)
+                                    .map(|(_, v)| v.clone()),
+                            });
+                        if let Some(v) = value {
+                            scope.push((name.clone(), v));
+                        }
+                    }
+                }
+                Instruction::Env(pairs) => {
+                    let before = scope.clone();
+                    for (k, v) in pairs {
+                        if let (Ok(k), Ok(v)) = (
+                            lexer.process_word(k, &before),
+                            lexer.process_word(v, &before),
+                        ) {
+                            scope.push((k, v));
+                        }
+                    }
+                }
+                _ => {}
+            }
             let Instruction::Add(c) = &step.instruction else {
                 continue;
             };
-            for src in c.sources.iter().filter(|s| is_url(s)) {
-                let url = lexer
-                    .process_word(src, &meta)
-                    .unwrap_or_else(|_| src.clone());
-                if urls.contains_key(&url) {
+            for src in &c.sources {
+                let Ok(url) = lexer.process_word(src, &scope) else {
+                    continue;
+                };
+                if !is_url(&url) || urls.contains_key(&url) {
                     continue;
                 }
                 let dir = opts.work_dir.join("urls");
@@ -386,7 +441,7 @@ pub async fn build(
                 })?;
                 if let Some(want) = &c.checksum {
                     let want = lexer
-                        .process_word(want, &meta)
+                        .process_word(want, &scope)
                         .unwrap_or_else(|_| want.clone());
                     if want != got.digest.as_str() {
                         return Err(step_error(
@@ -403,6 +458,7 @@ pub async fn build(
                 urls.insert(url, (path, got));
             }
         }
+        scopes.insert(i, scope);
     }
     let run = Run {
         urls,

@@ -3,4 +3,6 @@
 
 pub mod instructions;
 pub mod parser;
+#[cfg(test)]
+mod peer;
 pub mod shell;

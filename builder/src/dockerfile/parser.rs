@@ -803,18 +803,7 @@ mod tests {
     use super::*;
 
     fn peer_dir() -> Option<PathBuf> {
-        match std::env::var_os("WHARF_PEER_DIR") {
-            Some(d) => Some(PathBuf::from(d).join("buildkit/parser")),
-            None => {
-                let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-                assert!(
-                    !ci,
-                    "WHARF_PEER_DIR must point at the peer corpus under CI=true"
-                );
-                eprintln!("SKIPPED: WHARF_PEER_DIR is not set");
-                None
-            }
-        }
+        crate::dockerfile::peer::corpus("buildkit/parser")
     }
 
     #[test]

@@ -1056,7 +1056,6 @@ fn reverse_pattern(pattern: &[char]) -> Vec<char> {
 #[allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -1354,18 +1353,10 @@ mod tests {
 
     // Peer corpus: BuildKit's own shell test data (see ../shared/peer/buildkit/SOURCE.md).
 
-    /// Reads `$WHARF_PEER_DIR/<relative>`, or `None` (after saying so) when the variable is
-    /// unset outside CI.
+    /// Reads `$WHARF_PEER_DIR/<relative>`, or `None` (after saying so) when the corpus is not
+    /// here outside CI.
     fn peer_file(relative: &str) -> Option<String> {
-        let Some(dir) = std::env::var_os("WHARF_PEER_DIR") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "WHARF_PEER_DIR is unset: the peer corpus is required under CI=true"
-            );
-            println!("SKIPPED: WHARF_PEER_DIR is unset, so {relative} was not run");
-            return None;
-        };
-        let path = PathBuf::from(dir).join(relative);
+        let path = crate::dockerfile::peer::corpus(relative)?;
         Some(
             std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())),

@@ -189,11 +189,12 @@ impl Snapshots {
     }
 
     /// Removes every snapshot (`builder prune`), unless a build or a container is using them;
-    /// returns how many went (`None`: in use, none removed). Each is renamed into `tmp/`
-    /// first, so no half-removed snapshot is ever found in place.
-    pub fn prune(&self) -> Result<Option<usize>, String> {
+    /// returns how many went and the disk space they held (`None`: in use, none removed).
+    /// Each is renamed into `tmp/` first, so no half-removed snapshot is ever found in place.
+    pub fn prune(&self) -> Result<Option<(usize, u64)>, String> {
         self.when_unused(|| {
             let mut n = 0;
+            let mut bytes = 0;
             let tmp = self.root.join("tmp");
             for e in std::fs::read_dir(&self.root)
                 .map_err(io(self.root.display()))?
@@ -204,6 +205,7 @@ impl Snapshots {
                     continue;
                 }
                 let gone = tmp.join(format!("gone-{}", name.to_string_lossy()));
+                bytes += disk_usage(&e.path());
                 std::fs::rename(e.path(), &gone).map_err(io(e.path().display()))?;
                 std::fs::remove_dir_all(&gone).map_err(io(gone.display()))?;
                 n += 1;
@@ -213,12 +215,40 @@ impl Snapshots {
                 .map_err(io(tmp.display()))?
                 .flatten()
             {
+                bytes += disk_usage(&e.path());
                 let _ = std::fs::remove_dir_all(e.path());
             }
-            Ok(n)
+            Ok((n, bytes))
         })?
         .transpose()
     }
+}
+
+/// The disk space under `path` (blocks allocated, each file once however many links it has),
+/// not following links.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if seen.insert((m.dev(), m.ino())) {
+            total += m.blocks() * 512;
+        }
+        if m.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    total
 }
 
 /// Makes `root` (a new directory) hold a stack of layers (chain id, layer file; bottom first),
