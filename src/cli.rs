@@ -26,7 +26,8 @@ pub struct GlobalArgs {
     #[arg(long = "config", global = true, value_name = "PATH")]
     pub docker_config: Option<PathBuf>,
 
-    /// Reach this registry over plain HTTP (localhost and 127.0.0.0/8 always are)
+    /// An insecure registry: HTTPS without checking its certificate, or plain HTTP when it has
+    /// no HTTPS (as registries on loopback addresses always are)
     #[arg(
         long = "insecure-registry",
         global = true,
@@ -35,6 +36,24 @@ pub struct GlobalArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Check registries' TLS certificates (--tls-verify=false: never, as podman's flag)
+    #[arg(
+        long = "tls-verify",
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub tls_verify: bool,
+
+    /// Trust this CA certificate (PEM) for every registry, besides the system's and the
+    /// certs.d directories' (/etc/docker/certs.d/HOST:PORT/, $DOCKER_CONFIG/certs.d/,
+    /// /etc/containers/certs.d/)
+    #[arg(long = "ca-cert", global = true, value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
 
     /// More logging on stderr (--verbose debug, twice trace); RUST_LOG overrides. No short
     /// form: -v is `run`'s volume flag, as in docker

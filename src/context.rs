@@ -41,13 +41,18 @@ impl Ctx {
             .with_context(|| format!("opening the local store at {}", root.display()))
     }
 
-    pub fn credentials(&self) -> CredentialStore {
-        let dir = self
-            .global
+    /// docker's config directory: `--config`, `$DOCKER_CONFIG` or `~/.docker`.
+    fn docker_config_dir(&self) -> Option<PathBuf> {
+        self.global
             .docker_config
             .clone()
             .or_else(|| std::env::var_os("DOCKER_CONFIG").map(PathBuf::from))
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+    }
+
+    pub fn credentials(&self) -> CredentialStore {
+        let dir = self
+            .docker_config_dir()
             .unwrap_or_else(|| PathBuf::from(".docker"));
         CredentialStore::new(&dir)
     }
@@ -63,11 +68,20 @@ impl Ctx {
             ),
             Err(_) => defaults.stall_timeout,
         };
+        // docker's and podman's per-host certificate directories, in docker's order.
+        let mut certs_dirs = vec![PathBuf::from("/etc/docker/certs.d")];
+        if let Some(d) = self.docker_config_dir() {
+            certs_dirs.push(d.join("certs.d"));
+        }
+        certs_dirs.push(PathBuf::from("/etc/containers/certs.d"));
         Ok(Client::new(ClientConfig {
             insecure_registries: self.global.insecure_registries.clone(),
             credentials: Some(self.credentials()),
             chunk_size,
             stall_timeout,
+            tls_verify: self.global.tls_verify,
+            ca_certs: self.global.ca_certs.clone(),
+            certs_dirs,
             ..defaults
         })?)
     }

@@ -58,7 +58,7 @@ impl StoreImages<'_> {
             Err(_) => {
                 let r: Reference = reference.parse()?;
                 let client = self.ctx.client(None)?;
-                let src = RegistrySource::new(client.repository(r.repo()).await);
+                let src = RegistrySource::new(client.repository(r.repo()).await?);
                 let dest = LocalDest::new(self.store.clone(), true).await?;
                 let names = if r.tag().is_some() {
                     vec![r.tagged()]

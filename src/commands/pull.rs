@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, args: PullArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![]
     };
-    let src = RegistrySource::new(client.repository(reference.repo()).await);
+    let src = RegistrySource::new(client.repository(reference.repo()).await?);
     let dest = LocalDest::new(store.clone(), true).await?;
     let opts = CopyOptions {
         platform,

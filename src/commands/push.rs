@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, args: PushArgs) -> anyhow::Result<ExitCode> {
     ));
     let src = LocalSource::for_image(store.clone(), image.digest.clone())
         .with_origins(image.repo_digests.iter().map(|r| r.repo().clone()));
-    let dest = RegistryDest::new(client.repository(reference.repo()).await, args.jobs.max(1));
+    let dest = RegistryDest::new(client.repository(reference.repo()).await?, args.jobs.max(1));
     let opts = CopyOptions {
         platform: None,
         all_platforms: true,

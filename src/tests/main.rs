@@ -14,3 +14,4 @@ mod security;
 mod serve;
 mod store;
 mod support;
+mod tls;

@@ -463,81 +463,37 @@ fn issue_10_mount_points_and_image_files_never_lead_to_the_host() {
     );
 }
 
-/// A host of the test's own: a network namespace joined to this one by a veth pair, with an
-/// HTTP server (busybox httpd) in it. What a RUN must reach through its NAT; never an outside
-/// address. Removed when dropped.
+/// A host of the test's own ([`Netns`]) with an HTTP server (busybox httpd) in it: what a RUN
+/// must reach through its NAT; never an outside address. Removed when dropped.
 struct PeerHost {
-    ns: String,
     addr: String,
     server: std::process::Child,
     _www: tempfile::TempDir,
+    _ns: Netns,
 }
 
 impl PeerHost {
     fn start() -> PeerHost {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = (std::process::id() % 10_000) * 10 + n;
-        let (ns, host_if, peer_if) = (format!("wt{id}"), format!("wt{id}h"), format!("wt{id}p"));
-        let subnet = 100 + (id % 150);
-        let addr = format!("10.213.{subnet}.2");
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("running ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["netns", "add", &ns]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
-        ]);
-        ip(&["link", "set", &peer_if, "netns", &ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("10.213.{subnet}.1/24"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &peer_if,
-        ]);
-        ip(&["-n", &ns, "link", "set", &peer_if, "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let ns = Netns::new();
+        let addr = ns.addr.clone();
         let www = tempfile::tempdir().unwrap();
         std::fs::write(www.path().join("hello.txt"), "hello from the peer\n").unwrap();
         std::fs::write(www.path().join("index.html"), "index\n").unwrap();
-        let server = Command::new("ip")
-            .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p"])
+        let server = ns
+            .command("busybox")
+            .args(["httpd", "-f", "-p"])
             .arg(format!("{addr}:8080"))
             .arg("-h")
             .arg(www.path())
             .spawn()
             .unwrap();
-        let peer = PeerHost {
-            ns,
+        wait_for_port(&format!("{addr}:8080"));
+        PeerHost {
             addr,
             server,
             _www: www,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(format!("{}:8080", peer.addr)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the peer's httpd did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            _ns: ns,
         }
-        peer
     }
 }
 
@@ -545,8 +501,6 @@ impl Drop for PeerHost {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        // Deleting the namespace removes the veth pair with it.
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 

@@ -171,6 +171,14 @@ fn issue_3_podman_pushes_and_pulls_through_wharf_serve() {
     let a = &serve.addr;
     seed_busybox(&format!("{a}/fixtures/busybox:1"));
     let tmp = tempfile::tempdir().unwrap();
+    // What the README says podman needs (Debian 12's 4.3): --tls-verify=false (or an
+    // `insecure = true` registries.conf entry) even on 127.0.0.1, unlike docker.
+    let r = podman(tmp.path(), &["pull", &format!("{a}/fixtures/busybox:1")]).fails();
+    assert!(
+        r.stderr.contains("HTTP response to HTTPS client"),
+        "{}",
+        r.stderr
+    );
     podman(
         tmp.path(),
         &[

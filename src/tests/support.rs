@@ -631,3 +631,80 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
 }
+
+/// A host of the test's own: a network namespace joined to this one by a veth pair (this side
+/// 10.213.N.1, the other `addr`), for what must be reached at an address that is not loopback;
+/// never an outside address. Removed, with what runs in it, when dropped.
+pub struct Netns {
+    pub name: String,
+    pub addr: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n;
+        let (ns, host_if, peer_if) = (format!("wt{id}"), format!("wt{id}h"), format!("wt{id}p"));
+        let subnet = 100 + (id % 150);
+        let addr = format!("10.213.{subnet}.2");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("running ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", &ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{subnet}.1/24"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &peer_if,
+        ]);
+        ip(&["-n", &ns, "link", "set", &peer_if, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        Netns { name: ns, addr }
+    }
+
+    /// `program` to run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Waits (up to 20 s) until something listens at `addr`.
+pub fn wait_for_port(addr: &str) {
+    wait_until(
+        &format!("{addr} to listen"),
+        Duration::from_secs(20),
+        || TcpStream::connect(addr).is_ok(),
+    );
+}

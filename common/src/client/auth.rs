@@ -39,7 +39,7 @@ type Key = (String, String, Operation);
 pub(crate) struct Authenticator {
     credentials: Option<CredentialStore>,
     headers: Mutex<HashMap<Key, HeaderValue>>,
-    oci: Mutex<HashMap<(String, bool), oci_client::Client>>,
+    oci: Mutex<HashMap<(String, bool, bool), oci_client::Client>>,
 }
 
 /// How much of a login check's error body is read.
@@ -86,12 +86,12 @@ impl Authenticator {
         }
     }
 
-    fn oci_client(&self, host: &str, plain_http: bool) -> oci_client::Client {
+    fn oci_client(&self, host: &str, plain_http: bool, accept_invalid: bool) -> oci_client::Client {
         let mut map = match self.oci.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        map.entry((host.to_owned(), plain_http))
+        map.entry((host.to_owned(), plain_http, accept_invalid))
             .or_insert_with(|| {
                 let protocol = if plain_http {
                     ClientProtocol::Http
@@ -100,6 +100,8 @@ impl Authenticator {
                 };
                 oci_client::Client::new(OciConfig {
                     protocol,
+                    accept_invalid_certificates: accept_invalid,
+                    connect_timeout: Some(std::time::Duration::from_secs(30)),
                     ..Default::default()
                 })
             })
@@ -121,7 +123,7 @@ impl Authenticator {
         _client: &Client,
         host: &str,
         origin: &str,
-        plain_http: bool,
+        (plain_http, accept_invalid): (bool, bool),
         repo: &RepoName,
         op: Operation,
         challenge: Option<&str>,
@@ -157,7 +159,7 @@ impl Authenticator {
             Operation::Pull => RegistryOperation::Pull,
             Operation::Push => RegistryOperation::Push,
         };
-        let oci = self.oci_client(host, plain_http);
+        let oci = self.oci_client(host, plain_http, accept_invalid);
         match oci.auth(&reference, &registry_auth, operation).await {
             Ok(Some(token)) => {
                 let value = HeaderValue::from_str(&format!("Bearer {token}"))

@@ -10,6 +10,7 @@
 mod auth;
 mod credentials;
 mod error;
+mod tls;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -51,6 +52,13 @@ pub struct ClientConfig {
     pub user_agent: String,
     /// A blob download that delivers nothing for this long is resumed with `Range`.
     pub stall_timeout: Duration,
+    /// Verify registries' certificates (`--tls-verify=false` turns it off for every registry;
+    /// insecure ones are never verified).
+    pub tls_verify: bool,
+    /// CA certificates (PEM files) to trust for every registry (`--ca-cert`).
+    pub ca_certs: Vec<std::path::PathBuf>,
+    /// Per-host certificate directories, first found wins (docker's and podman's `certs.d`).
+    pub certs_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +69,9 @@ impl Default for ClientConfig {
             chunk_size: None,
             user_agent: format!("wharf/{}", env!("CARGO_PKG_VERSION")),
             stall_timeout: Duration::from_secs(30),
+            tls_verify: true,
+            ca_certs: Vec::new(),
+            certs_dirs: Vec::new(),
         }
     }
 }
@@ -75,8 +86,17 @@ struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
     auth: auth::Authenticator,
-    /// The scheme decided for each registry host.
-    schemes: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
+    /// How each registry host is reached, decided once.
+    endpoints: tokio::sync::Mutex<std::collections::HashMap<String, Endpoint>>,
+}
+
+/// How one registry host is reached.
+#[derive(Clone)]
+struct Endpoint {
+    scheme: &'static str,
+    /// A client with the host's TLS set up (its CAs, client certificate, verification).
+    http: reqwest::Client,
+    accept_invalid: bool,
 }
 
 /// Whether `host` is reached over plain HTTP, as docker decides it: listed as insecure, or a
@@ -159,10 +179,9 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
         // reqwest is built without a default crypto provider; ring is ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent(config.user_agent.clone())
-            .connect_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
+        let everywhere = tls::HostTls::for_host("", &[], &config.ca_certs, !config.tls_verify)?;
+        let http = everywhere
+            .apply(Self::builder(&config))?
             .build()
             .map_err(ClientError::Setup)?;
         let auth = auth::Authenticator::new(&config)?;
@@ -171,7 +190,7 @@ impl Client {
                 http,
                 config,
                 auth,
-                schemes: std::sync::Mutex::new(std::collections::HashMap::new()),
+                endpoints: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -222,54 +241,92 @@ impl Client {
         Ok((hasher.finish(), size, last_modified))
     }
 
-    /// The scheme used for `domain` (decided once per client).
-    pub async fn scheme(&self, domain: &str) -> &'static str {
-        let known = self
-            .inner
-            .schemes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(domain).copied());
-        if let Some(s) = known {
-            return s;
+    fn builder(config: &ClientConfig) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+    }
+
+    /// How `domain` is reached, decided once per client. A secure registry over HTTPS, with its
+    /// `certs.d` and `--ca-cert` CAs and client certificate. An insecure one (a loopback one, or
+    /// listed) as docker does it: HTTPS first, with any certificate, and plain HTTP only if the
+    /// HTTPS attempt got no answer at all.
+    async fn endpoint(&self, domain: &str) -> Result<Endpoint, ClientError> {
+        let mut known = self.inner.endpoints.lock().await;
+        if let Some(e) = known.get(domain) {
+            return Ok(e.clone());
         }
-        let s = if is_insecure(domain, &self.inner.config.insecure_registries).await {
-            "http"
+        let config = &self.inner.config;
+        let insecure = is_insecure(domain, &config.insecure_registries).await;
+        let host = api_host(domain);
+        let accept_invalid = insecure || !config.tls_verify;
+        let tls =
+            tls::HostTls::for_host(host, &config.certs_dirs, &config.ca_certs, accept_invalid)?;
+        let http = tls
+            .apply(Self::builder(config))?
+            .build()
+            .map_err(ClientError::Setup)?;
+        let scheme = if insecure {
+            let probe = http
+                .get(format!("https://{host}/v2/"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match probe {
+                Ok(_) => "https",
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "no answer over HTTPS; using plain HTTP");
+                    "http"
+                }
+            }
         } else {
             "https"
         };
-        if let Ok(mut m) = self.inner.schemes.lock() {
-            m.insert(domain.to_owned(), s);
-        }
-        s
+        let e = Endpoint {
+            scheme,
+            http,
+            accept_invalid,
+        };
+        known.insert(domain.to_owned(), e.clone());
+        Ok(e)
+    }
+
+    /// The scheme used for `domain` (decided once per client).
+    pub async fn scheme(&self, domain: &str) -> Result<&'static str, ClientError> {
+        Ok(self.endpoint(domain).await?.scheme)
     }
 
     /// A handle on one repository.
-    pub async fn repository(&self, name: &RepoName) -> Repository {
+    pub async fn repository(&self, name: &RepoName) -> Result<Repository, ClientError> {
         let host = api_host(name.domain()).to_owned();
-        let scheme = self.scheme(name.domain()).await;
+        let endpoint = self.endpoint(name.domain()).await?;
+        let scheme = endpoint.scheme;
         let base = format!("{scheme}://{host}/v2/{}", name.path());
         let origin = url::Url::parse(&base)
             .map(|u| u.origin())
             .unwrap_or_else(|_| url::Origin::new_opaque());
-        Repository {
+        Ok(Repository {
             client: self.clone(),
             name: name.clone(),
             origin_key: origin.ascii_serialization(),
             origin,
             plain_http: scheme == "http",
+            accept_invalid: endpoint.accept_invalid,
+            http: endpoint.http,
             host,
             base,
-        }
+        })
     }
 
     /// Checks credentials against a registry (what `login` does before saving them).
     pub async fn check_login(&self, domain: &str, creds: &Credentials) -> Result<(), ClientError> {
         let host = api_host(domain);
-        let url = format!("{}://{}/v2/", self.scheme(domain).await, host);
+        let endpoint = self.endpoint(domain).await?;
+        let url = format!("{}://{}/v2/", endpoint.scheme, host);
         self.inner
             .auth
-            .check_login(&self.inner.http, &url, host, creds)
+            .check_login(&endpoint.http, &url, host, creds)
             .await
     }
 }
@@ -285,6 +342,10 @@ pub struct Repository {
     origin: url::Origin,
     origin_key: String,
     plain_http: bool,
+    /// The registry's certificate is not checked (insecure registry, `--tls-verify=false`).
+    accept_invalid: bool,
+    /// A client with the host's TLS.
+    http: reqwest::Client,
 }
 
 /// How an upload ended.
@@ -308,7 +369,7 @@ impl Repository {
     }
 
     fn http(&self) -> &reqwest::Client {
-        &self.client.inner.http
+        &self.http
     }
 
     fn not_found(&self, what: impl Into<String>) -> ClientError {
@@ -339,9 +400,22 @@ impl Repository {
             if home && let Some(h) = auth.cached(&self.origin_key, &self.name, op) {
                 req = req.header(reqwest::header::AUTHORIZATION, h);
             }
-            let resp = req.send().await.map_err(|source| ClientError::Http {
-                url: url.to_owned(),
-                source,
+            let resp = req.send().await.map_err(|source| {
+                if tls::is_http_answer_to_tls(&source) {
+                    // docker's words, and the way out.
+                    ClientError::Protocol {
+                        url: url.to_owned(),
+                        reason: format!(
+                            "server gave HTTP response to HTTPS client: if {host} is a plain-HTTP registry, name it with --insecure-registry {host}",
+                            host = self.host
+                        ),
+                    }
+                } else {
+                    ClientError::Http {
+                        url: url.to_owned(),
+                        source,
+                    }
+                }
             })?;
             if resp.status() != StatusCode::UNAUTHORIZED
                 || attempt > 0
@@ -360,7 +434,7 @@ impl Repository {
                 &self.client,
                 &self.host,
                 &self.origin_key,
-                self.plain_http,
+                (self.plain_http, self.accept_invalid),
                 &self.name,
                 op,
                 challenge.as_deref(),
