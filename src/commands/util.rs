@@ -64,7 +64,9 @@ pub struct ImageParts {
     pub manifest: Value,
     pub config_digest: Digest,
     pub config: Value,
+    /// Each layer's digest and the size it unpacks to.
     pub layers: Vec<(Digest, u64)>,
+    /// The image's size as docker counts it: what its layers unpack to.
     pub size: u64,
 }
 
@@ -96,7 +98,12 @@ pub async fn image_parts(store: &LocalStore, rec: &ImageRecord) -> anyhow::Resul
     };
     let (config, layers) = manifest_blobs(&m, &digest)?;
     let config_bytes = store.read_blob(&config.digest).await?;
-    let size = config.size + layers.iter().map(|l| l.size).sum::<u64>();
+    // One definition of size, whatever the layers' compression (pulled gzip, loaded plain).
+    let mut unpacked = Vec::with_capacity(layers.len());
+    for l in &layers {
+        unpacked.push((l.digest.clone(), store.unpacked_size(&l.digest).await?));
+    }
+    let size = unpacked.iter().map(|(_, n)| n).sum::<u64>();
     Ok(ImageParts {
         manifest: serde_json::from_slice(&bytes)?,
         manifest_digest: digest,
@@ -104,7 +111,7 @@ pub async fn image_parts(store: &LocalStore, rec: &ImageRecord) -> anyhow::Resul
         config: serde_json::from_slice(&config_bytes)
             .with_context(|| format!("config {} is not JSON", config.digest))?,
         config_digest: config.digest,
-        layers: layers.into_iter().map(|l| (l.digest, l.size)).collect(),
+        layers: unpacked,
         size,
     })
 }

@@ -164,3 +164,48 @@ fn issue_2_images_and_history_output() {
     assert!(h.starts_with("IMAGE"), "{h}");
     assert!(h.contains("wharf import"), "{h}");
 }
+
+#[test]
+fn issue_11_image_size_is_what_the_layers_unpack_to() {
+    let w = Wharf::new();
+    let ctx = tempfile::tempdir().unwrap();
+    // Half compressible, half not: gzip changes the blob's size a lot, not the content's.
+    let mut data = vec![b'a'; 200_000];
+    data.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(ctx.path().join("data"), &data).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY data /data\n",
+    )
+    .unwrap();
+    let dir = ctx.path().to_str().unwrap();
+    w.run(&["build", "-q", "-t", "gz:1", dir]).ok();
+    w.run(&[
+        "build",
+        "-q",
+        "--no-cache",
+        "--compression",
+        "uncompressed",
+        "-t",
+        "plain:1",
+        dir,
+    ])
+    .ok();
+    let listed = w.run(&["images", "--format", "json"]).ok().stdout;
+    let sizes: Vec<(String, u64)> = listed
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["Repository"].as_str().unwrap_or_default().to_owned(),
+                v["SizeBytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes.len(), 2, "{listed}");
+    assert_eq!(sizes[0].1, sizes[1].1, "{sizes:?}");
+    // docker's size: the layer's tar, a little over the file it holds.
+    assert!(sizes[0].1 > 400_000 && sizes[0].1 < 420_000, "{sizes:?}");
+    let inspected = w.inspect("gz:1")["Size"].as_u64().unwrap();
+    assert_eq!(inspected, sizes[0].1);
+}

@@ -255,4 +255,37 @@ impl LocalStore {
             .map_err(StoreError::db("writing context digests"))?;
         Ok(())
     }
+
+    /// How many bytes the layer blob `digest` unpacks to (docker's size of a layer), measured
+    /// the first time it is asked for (the blob decompressed and counted) and remembered.
+    pub async fn unpacked_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT unpacked FROM layer_sizes WHERE digest = ?1")
+                .bind(digest.as_str())
+                .fetch_optional(self.db())
+                .await
+                .map_err(StoreError::db("reading layer sizes"))?;
+        if let Some(n) = known {
+            return Ok(u64::try_from(n).unwrap_or(0));
+        }
+        let path = self.blob_path(digest);
+        let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let f = std::fs::File::open(&path)?;
+            let d = crate::archive::decompress(std::io::BufReader::with_capacity(1 << 20, f))?;
+            std::io::copy(&mut { d.reader }, &mut std::io::sink())
+        })
+        .await
+        .map_err(|e| {
+            StoreError::io("measuring a layer", self.blob_path(digest))(std::io::Error::other(e))
+        })?
+        .map_err(StoreError::io("measuring a layer", self.blob_path(digest)))?;
+        let _w = self.write_guard().await;
+        sqlx::query("INSERT OR REPLACE INTO layer_sizes (digest, unpacked) VALUES (?1, ?2)")
+            .bind(digest.as_str())
+            .bind(i64::try_from(counted).unwrap_or(i64::MAX))
+            .execute(self.db())
+            .await
+            .map_err(StoreError::db("writing layer sizes"))?;
+        Ok(counted)
+    }
 }
