@@ -873,6 +873,36 @@ fn issue_11_run_takes_docker_users_flags_and_stops_as_docker_does() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // A second Ctrl-C kills it at once, long before the stop timeout.
+    let mut child = w
+        .cmd()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--stop-timeout",
+            "60",
+            "busybox",
+            "sh",
+            "-c",
+            "trap '' INT TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    std::io::Read::read_exact(&mut out, &mut seen).unwrap();
+    assert_eq!(&seen, b"ready\n");
+    let asked = std::time::Instant::now();
+    for _ in 0..2 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+    assert!(asked.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]
