@@ -835,29 +835,26 @@ fn issue_11_run_takes_docker_users_flags_and_stops_as_docker_does() {
     );
     // A PID 1 that ignores SIGTERM is killed --stop-timeout seconds later, and what an
     // earlier killed run left in containers/ is cleaned up by the next.
+    // Starts a container whose PID 1 ignores `ignored` and returns once it is running.
+    let stubborn = |stop_timeout: &str, ignored: &str| {
+        let mut child = w
+            .cmd()
+            .args(["run", "--rm", "--network", "none", "--stop-timeout"])
+            .args([stop_timeout, "busybox", "sh", "-c"])
+            .arg(format!(
+                "trap '' {ignored}; echo ready; while true; do sleep 0.1; done"
+            ))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut seen = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut seen).unwrap();
+        assert_eq!(&seen, b"ready\n");
+        child
+    };
     let stale = w.root.join("containers").join("0123456789ab-stale");
     std::fs::create_dir_all(stale.join("upper")).unwrap();
-    let mut child = w
-        .cmd()
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--stop-timeout",
-            "1",
-            "busybox",
-            "sh",
-            "-c",
-            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut seen).unwrap();
-    assert_eq!(&seen, b"ready\n");
+    let mut child = stubborn("1", "TERM");
     assert!(
         !stale.exists(),
         "the stale container directory is still there"
@@ -874,26 +871,7 @@ fn issue_11_run_takes_docker_users_flags_and_stops_as_docker_does() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     // A second Ctrl-C kills it at once, long before the stop timeout.
-    let mut child = w
-        .cmd()
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--stop-timeout",
-            "60",
-            "busybox",
-            "sh",
-            "-c",
-            "trap '' INT TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    std::io::Read::read_exact(&mut out, &mut seen).unwrap();
-    assert_eq!(&seen, b"ready\n");
+    let mut child = stubborn("60", "INT TERM");
     let asked = std::time::Instant::now();
     for _ in 0..2 {
         // SAFETY: signalling our own child.
