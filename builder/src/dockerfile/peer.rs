@@ -2,8 +2,10 @@
 //! the tests that run it. A fresh clone has no corpus: those tests then skip, saying so in one
 //! line each, and fail only under `CI=true`, where the corpus must be there.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 /// Where `relative` is in the corpus at `dir` (`$WHARF_PEER_DIR`): `Ok(None)` when it is not
 /// there and `ci` is off, an error naming what is missing when `ci` is on.
@@ -41,7 +43,15 @@ pub(crate) fn corpus(relative: &str) -> Option<PathBuf> {
                 dir.as_deref()
                     .map_or("unset".into(), |d| d.to_string_lossy())
             );
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            // Several tests read one corpus: say it once per corpus.
+            static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+            let first = SAID
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(relative.to_owned());
+            if first {
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            }
             None
         }
         Err(e) => panic!("{e}"),
