@@ -39,6 +39,8 @@ pub struct Log {
     pub requests: Vec<(String, Option<String>, Option<String>)>,
     /// Scopes asked of the token endpoint.
     pub token_scopes: Vec<String>,
+    /// (`account` parameter, Authorization header) of every token request.
+    pub token_logins: Vec<(Option<String>, Option<String>)>,
 }
 
 struct Inner {
@@ -162,9 +164,21 @@ async fn ping(State(fake): State<Fake>, headers: HeaderMap) -> Response {
     (StatusCode::OK, "{}").into_response()
 }
 
-async fn token(State(fake): State<Fake>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn token(
+    State(fake): State<Fake>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     let scope = q.get("scope").cloned().unwrap_or_default();
-    fake.0.log.lock().unwrap().token_scopes.push(scope.clone());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut log = fake.0.log.lock().unwrap();
+    log.token_scopes.push(scope.clone());
+    log.token_logins
+        .push((q.get("account").cloned(), authorization));
+    drop(log);
     axum::Json(json!({"token": format!("tok-{scope}")})).into_response()
 }
 

@@ -155,6 +155,48 @@ fn issue_2_token_auth_and_redirects_keep_the_token_at_home() {
 }
 
 #[test]
+fn issue_12_token_requests_carry_the_login_and_nothing_else_does() {
+    let fake = Fake::build("team/app:1", random(1000), Blobs::Honest, true, None);
+    let server = fake.start();
+    let w = Wharf::new();
+    let image = format!("{}/team/app:1", server.addr);
+    // Anonymous: a token is asked for without credentials.
+    w.run(&["pull", &image]).ok();
+    let logins = fake.log(|l| l.token_logins.clone());
+    assert!(!logins.is_empty());
+    assert!(
+        logins.iter().all(|(a, h)| a.is_none() && h.is_none()),
+        "{logins:?}"
+    );
+    // Logged in: the token server gets them as basic auth with the account named, and the
+    // registry itself only ever sees the bearer token.
+    let addr = server.addr.to_string();
+    w.run_stdin(
+        &["login", "-u", "alice", "--password-stdin", &addr],
+        b"s3cret\n",
+    )
+    .ok();
+    w.run(&["rmi", &image]).ok();
+    let before = fake.log(|l| l.token_logins.len());
+    w.run(&["pull", &image]).ok();
+    let logins = fake.log(|l| l.token_logins[before..].to_vec());
+    let basic = "Basic YWxpY2U6czNjcmV0"; // base64("alice:s3cret")
+    assert!(!logins.is_empty());
+    assert!(
+        logins
+            .iter()
+            .all(|(a, h)| a.as_deref() == Some("alice") && h.as_deref() == Some(basic)),
+        "{logins:?}"
+    );
+    let sent: Vec<_> = fake.log(|l| l.requests.iter().filter_map(|r| r.2.clone()).collect());
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter().all(|h| h.starts_with("Bearer tok-")),
+        "{sent:?}"
+    );
+}
+
+#[test]
 fn issue_2_malformed_references_are_shown() {
     let w = Wharf::new();
     for bad in [

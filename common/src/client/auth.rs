@@ -1,20 +1,19 @@
-//! Authentication: credentials from docker's config, bearer tokens through oci-client's token
-//! flow, HTTP basic where a registry asks for it. Authorization headers are cached per
-//! (registry origin, repository, operation): `http://reg` and `https://reg` never share one.
-//! They are only ever sent to that origin (see `Repository::send`).
+//! Authentication: credentials from docker's config, bearer tokens from the token server a
+//! registry names in its challenge (Docker's token authentication spec), HTTP basic where a
+//! registry asks for it. Authorization headers are cached per (registry origin, repository,
+//! operation): `http://reg` and `https://reg` never share one. They are only ever sent to that
+//! origin (see `Repository::send`); the credentials themselves go to that origin and to the
+//! token server it names, never to a plain-HTTP token server named by an HTTPS registry.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use base64::Engine as _;
-use oci_client::RegistryOperation;
-use oci_client::client::{ClientConfig as OciConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
 use reqwest::header::HeaderValue;
 
 use crate::reference::RepoName;
 
-use super::{Client, ClientConfig, ClientError, CredentialStore, Credentials, read_capped};
+use super::{ClientConfig, ClientError, CredentialStore, Credentials, read_capped};
 
 /// What a request needs access for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,11 +38,23 @@ type Key = (String, String, Operation);
 pub(crate) struct Authenticator {
     credentials: Option<CredentialStore>,
     headers: Mutex<HashMap<Key, HeaderValue>>,
-    oci: Mutex<HashMap<(String, bool, bool), oci_client::Client>>,
 }
 
 /// How much of a login check's error body is read.
 const BODY_LIMIT: u64 = 1 << 20;
+
+/// How much of a token server's answer is read: a token is a few kilobytes.
+const TOKEN_LIMIT: u64 = 1 << 20;
+
+/// A token server's answer. Docker's spec names the field `token`; OAuth2 servers send
+/// `access_token`; either may be there.
+#[derive(serde::Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
 
 fn basic(creds: &Credentials) -> HeaderValue {
     let raw = base64::engine::general_purpose::STANDARD
@@ -52,12 +63,26 @@ fn basic(creds: &Credentials) -> HeaderValue {
     HeaderValue::from_str(&format!("Basic {raw}")).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Where the registry at `origin` sends us for a token: its challenge's realm, which must be an
+/// http(s) URL, and not plain HTTP when the registry itself is reached over HTTPS (the
+/// credentials would otherwise cross the network in the clear).
+fn token_realm(origin: &str, realm: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(realm).map_err(|e| format!("the token realm {realm:?}: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if !origin.starts_with("https:") => Ok(url),
+        "http" => Err(format!(
+            "the registry names a plain-HTTP token server ({realm}); credentials are not sent there"
+        )),
+        other => Err(format!("the token realm {realm:?} is not HTTP ({other})")),
+    }
+}
+
 impl Authenticator {
     pub(crate) fn new(config: &ClientConfig) -> Result<Authenticator, ClientError> {
         Ok(Authenticator {
             credentials: config.credentials.clone(),
             headers: Mutex::new(HashMap::new()),
-            oci: Mutex::new(HashMap::new()),
         })
     }
 
@@ -86,28 +111,6 @@ impl Authenticator {
         }
     }
 
-    fn oci_client(&self, host: &str, plain_http: bool, accept_invalid: bool) -> oci_client::Client {
-        let mut map = match self.oci.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        map.entry((host.to_owned(), plain_http, accept_invalid))
-            .or_insert_with(|| {
-                let protocol = if plain_http {
-                    ClientProtocol::Http
-                } else {
-                    ClientProtocol::Https
-                };
-                oci_client::Client::new(OciConfig {
-                    protocol,
-                    accept_invalid_certificates: accept_invalid,
-                    connect_timeout: Some(std::time::Duration::from_secs(30)),
-                    ..Default::default()
-                })
-            })
-            .clone()
-    }
-
     async fn credentials_for(&self, host: &str) -> Result<Option<Credentials>, ClientError> {
         match &self.credentials {
             Some(store) => store.get(host).await,
@@ -115,15 +118,14 @@ impl Authenticator {
         }
     }
 
-    /// Answers a 401 of the registry at `origin` (`host`, over plain HTTP or not): gets a
-    /// bearer token (or settles on basic auth) for the scope.
-    #[allow(clippy::too_many_arguments)]
+    /// Answers a 401 of the registry at `origin` (`host`, reached with `http`): gets a bearer
+    /// token from the token server its challenge names (or settles on basic auth) for the
+    /// scope.
     pub(crate) async fn authenticate(
         &self,
-        _client: &Client,
+        http: &reqwest::Client,
         host: &str,
         origin: &str,
-        (plain_http, accept_invalid): (bool, bool),
         repo: &RepoName,
         op: Operation,
         challenge: Option<&str>,
@@ -135,9 +137,8 @@ impl Authenticator {
             scope: scope.clone(),
             detail,
         };
-        let is_basic =
-            challenge.is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("basic"));
-        if is_basic {
+        let Some(("bearer", params)) = challenge.and_then(parse_challenge) else {
+            // Basic, or no challenge we know: the registry can only mean a user and password.
             let creds = creds.ok_or_else(|| {
                 unauthorized(
                     "the registry wants a user name and password; run `wharf login`".into(),
@@ -145,39 +146,58 @@ impl Authenticator {
             })?;
             self.remember(origin, repo, op, basic(&creds));
             return Ok(());
-        }
-        let reference = oci_client::Reference::with_tag(
-            host.to_owned(),
-            repo.path().to_owned(),
-            "latest".to_owned(),
-        );
-        let registry_auth = match &creds {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
         };
-        let operation = match op {
-            Operation::Pull => RegistryOperation::Pull,
-            Operation::Push => RegistryOperation::Push,
-        };
-        let oci = self.oci_client(host, plain_http, accept_invalid);
-        match oci.auth(&reference, &registry_auth, operation).await {
-            Ok(Some(token)) => {
-                let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| unauthorized("the token server sent an unusable token".into()))?;
-                self.remember(origin, repo, op, value);
-                Ok(())
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| unauthorized("the registry's bearer challenge names no realm".into()))?;
+        let mut url = token_realm(origin, realm).map_err(unauthorized)?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = params.get("service") {
+                q.append_pair("service", service);
             }
-            Ok(None) => match creds {
-                Some(c) => {
-                    self.remember(origin, repo, op, basic(&c));
-                    Ok(())
-                }
-                None => Err(unauthorized(
-                    "authentication required; run `wharf login`".into(),
-                )),
-            },
-            Err(e) => Err(unauthorized(e.to_string())),
+            q.append_pair("scope", &scope);
+            if let Some(c) = &creds {
+                q.append_pair("account", &c.username);
+            }
         }
+        let mut req = http.get(url.clone());
+        if let Some(c) = &creds {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+        let status = resp.status();
+        let body = read_capped(resp, TOKEN_LIMIT, url.as_str(), "a token answer", false).await?;
+        if !status.is_success() {
+            let detail = super::error::parse_envelope(&body)
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(unauthorized(match (detail.is_empty(), &creds) {
+                (false, _) => format!("the token server answered {status}: {detail}"),
+                (true, Some(_)) => {
+                    format!("the token server answered {status}: incorrect username or password?")
+                }
+                (true, None) => format!(
+                    "the token server answered {status}; run `wharf login` if the repository is private"
+                ),
+            }));
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| unauthorized(format!("the token server's answer is not JSON: {e}")))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the token server's answer holds no token".into()))?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| unauthorized("the token server sent an unusable token".into()))?;
+        self.remember(origin, repo, op, value);
+        Ok(())
     }
 
     /// Verifies credentials the way `docker login` does: against `/v2/` directly (basic), or
@@ -221,11 +241,12 @@ impl Authenticator {
                 let realm = p
                     .get("realm")
                     .ok_or_else(|| unauthorized("bearer challenge without realm".into()))?;
+                let realm = token_realm(url, realm).map_err(unauthorized)?;
                 let mut q: Vec<(&str, &str)> = vec![("account", creds.username.as_str())];
                 if let Some(s) = p.get("service") {
                     q.push(("service", s));
                 }
-                http.get(realm.as_str())
+                http.get(realm)
                     .query(&q)
                     .basic_auth(&creds.username, Some(&creds.password))
                     .send()
@@ -304,5 +325,17 @@ mod tests {
         assert_eq!(s, "basic");
         assert_eq!(p["realm"], "Registry Realm");
         assert!(parse_challenge("Negotiate abc").is_none());
+    }
+
+    #[test]
+    fn an_https_registry_cannot_send_credentials_to_a_plain_http_token_server() {
+        let https = "https://reg.example:5000";
+        let http = "http://127.0.0.1:5000";
+        assert!(token_realm(https, "https://auth.example/token").is_ok());
+        let e = token_realm(https, "http://auth.example/token").unwrap_err();
+        assert!(e.contains("plain-HTTP token server"), "{e}");
+        assert!(token_realm(http, "http://127.0.0.1:5000/token").is_ok());
+        assert!(token_realm(http, "file:///etc/passwd").is_err());
+        assert!(token_realm(http, "not a url").is_err());
     }
 }

@@ -1,11 +1,7 @@
-//! The registry client: the OCI Distribution API as docker speaks it.
-//!
-//! Built on `oci-client` for the token dance (its `Client::auth` reads the registry's
-//! `WWW-Authenticate` challenge and fetches a bearer token, anonymously or with credentials).
-//! Everything else is ours, over one `reqwest` client, because oci-client falls short there:
-//! its manifest calls do not return the `Content-Type`, its blob download neither verifies
-//! sha512 nor resumes, its uploads need the whole blob or a replayable stream, and it cannot
-//! take credentials from docker's `config.json`. See ARCHITECTURE.md.
+//! The registry client: the OCI Distribution API as docker speaks it, over `reqwest`, with
+//! one client per registry host (its TLS set up as docker does, `tls.rs`), bearer tokens and
+//! basic auth answered in `auth.rs`, and docker's `config.json` and credential helpers read in
+//! `credentials.rs`. See ARCHITECTURE.md for why none of it is a registry-client crate.
 
 mod auth;
 mod credentials;
@@ -96,7 +92,6 @@ struct Endpoint {
     scheme: &'static str,
     /// A client with the host's TLS set up (its CAs, client certificate, verification).
     http: reqwest::Client,
-    accept_invalid: bool,
 }
 
 /// Whether `host` is reached over plain HTTP, as docker decides it: listed as insecure, or a
@@ -283,11 +278,7 @@ impl Client {
         } else {
             "https"
         };
-        let e = Endpoint {
-            scheme,
-            http,
-            accept_invalid,
-        };
+        let e = Endpoint { scheme, http };
         known.insert(domain.to_owned(), e.clone());
         Ok(e)
     }
@@ -311,8 +302,6 @@ impl Client {
             name: name.clone(),
             origin_key: origin.ascii_serialization(),
             origin,
-            plain_http: scheme == "http",
-            accept_invalid: endpoint.accept_invalid,
             http: endpoint.http,
             host,
             base,
@@ -341,9 +330,6 @@ pub struct Repository {
     /// Where the registry is (scheme, host, port): credentials go there and nowhere else.
     origin: url::Origin,
     origin_key: String,
-    plain_http: bool,
-    /// The registry's certificate is not checked (insecure registry, `--tls-verify=false`).
-    accept_invalid: bool,
     /// A client with the host's TLS.
     http: reqwest::Client,
 }
@@ -431,10 +417,9 @@ impl Repository {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             auth.authenticate(
-                &self.client,
+                self.http(),
                 &self.host,
                 &self.origin_key,
-                (self.plain_http, self.accept_invalid),
                 &self.name,
                 op,
                 challenge.as_deref(),
