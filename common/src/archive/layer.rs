@@ -337,7 +337,7 @@ mod tests {
             LayerEntry::new("a/link", LayerSource::Symlink("run.sh".into())),
             LayerEntry::new("a/hard", LayerSource::Hardlink("a/run.sh".into())),
             LayerEntry::new("old", LayerSource::Whiteout),
-            LayerEntry::new(&"long/".repeat(40), LayerSource::Bytes(b"deep".to_vec())),
+            LayerEntry::new("long/".repeat(40), LayerSource::Bytes(b"deep".to_vec())),
         ];
         if shuffled {
             v.reverse();
