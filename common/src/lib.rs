@@ -7,6 +7,8 @@
 //! - [`store`]: the local content store (`LocalStore`): blobs on disk, names in SQLite.
 //! - [`client`]: the registry client (`Client`, `Repository`) and docker credentials.
 //! - [`archive`]: docker-archive, OCI layout and OCI archive reading and writing, `import`.
+//! - [`blob`]: blob bytes in motion (`BlobStream`, `Fetched`, `verified`), below the client
+//!   and the copy engine.
 //! - [`copy`]: the copy engine (`Source`, `Dest`, `copy_image`) every transfer goes through.
 //! - [`progress`]: the events copies report (`CopyEvent`, `Reporter`).
 //! - [`root`]: paths resolved inside a root directory, as a chroot would (`Root`, `Parent`).
@@ -18,6 +20,7 @@
 pub use oci_spec;
 
 pub mod archive;
+pub mod blob;
 pub mod client;
 pub mod copy;
 pub mod digest;

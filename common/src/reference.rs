@@ -19,6 +19,15 @@ use crate::digest::{Digest, DigestError};
 pub const DOCKER_HUB: &str = "docker.io";
 /// Where Docker Hub's registry API actually lives.
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The host the registry API of `domain` is served from (Docker Hub's is not `docker.io`).
+pub fn api_host(domain: &str) -> &str {
+    if domain == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        domain
+    }
+}
+
 /// The tag a reference gets when it names none.
 pub const DEFAULT_TAG: &str = "latest";
 const MAX_NAME_LEN: usize = 255;

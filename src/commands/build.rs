@@ -210,7 +210,8 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         let dir = tempfile::tempdir().context("creating a directory for the context")?;
         let target = dir.path().to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let d = wharf_common::archive::decompress(std::io::BufReader::new(std::io::stdin()))?;
+            let d =
+                wharf_common::media_type::decompress(std::io::BufReader::new(std::io::stdin()))?;
             // A context is files, not a layer: `.wh.` names are ordinary files in it.
             let opts = wharf_common::archive::unpack::UnpackOptions {
                 whiteouts: false,
@@ -598,7 +599,7 @@ fn parse_output(spec: &str) -> anyhow::Result<Output> {
 /// Writes the image's files (its layers applied in order) into `dir`.
 async fn export_files(
     store: &LocalStore,
-    manifest: &wharf_common::copy::Fetched,
+    manifest: &wharf_common::blob::Fetched,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let m: Value = serde_json::from_slice(&manifest.bytes)?;

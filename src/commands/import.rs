@@ -3,9 +3,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
-use wharf_common::archive::{ImportOptions, ImportSource, decompress};
 use wharf_common::copy::{CopyOptions, LocalDest, copy_image};
+use wharf_common::copy::{ImportOptions, ImportSource};
 use wharf_common::image::Platform;
+use wharf_common::media_type::decompress;
 use wharf_common::reference::Reference;
 
 use crate::cli::ImportArgs;

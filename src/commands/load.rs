@@ -2,8 +2,9 @@ use std::io::BufReader;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use wharf_common::archive::{StagedArchive, decompress, is_layout_dir};
+use wharf_common::archive::{StagedArchive, is_layout_dir};
 use wharf_common::copy::{CopyOptions, LocalDest, copy_image};
+use wharf_common::media_type::decompress;
 
 use crate::cli::LoadArgs;
 use crate::context::Ctx;

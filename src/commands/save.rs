@@ -2,7 +2,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use wharf_common::archive::{ArchiveDest, ArchiveTarget};
+use wharf_common::archive::ArchiveTarget;
+use wharf_common::copy::ArchiveDest;
 use wharf_common::copy::{CopyOptions, LocalSource, copy_image};
 use wharf_common::reference::Reference;
 

@@ -540,7 +540,7 @@ fn open_archive(path: &Path) -> std::io::Result<Box<dyn std::io::Read + Send>> {
         out.seek(std::io::SeekFrom::Start(0))?;
         return Ok(Box::new(out));
     }
-    Ok(wharf_common::archive::decompress(f)?.reader)
+    Ok(wharf_common::media_type::decompress(f)?.reader)
 }
 
 /// ADD of a local archive: unpacked (safely) into the destination.

@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use wharf_common::copy::{AssembledImage, Fetched};
+use wharf_common::blob::Fetched;
+use wharf_common::copy::AssembledImage;
 use wharf_common::digest::Digest;
 use wharf_common::image::BlobRef;
 use wharf_common::media_type;

@@ -5,11 +5,10 @@
 //! for every blob, `oci-layout` and `index.json` for OCI readers, and `manifest.json` for
 //! `docker load`. [`unpack`] applies a layer onto a root filesystem directory, safely; [`layer`] writes
 //! one deterministically. Reading stages the archive's files in the store's ingest directory, hashing
-//! each as it is written, and serves them to the copy engine from there.
+//! each as it is written, and serves them from there. Archives know nothing of the copy engine:
+//! `copy/archive.rs` makes a staged image a copy source and an [`ArchiveWriter`] a destination.
 
-mod compress;
 pub mod gzip;
-mod import;
 pub mod layer;
 mod reader;
 pub mod unpack;
@@ -19,10 +18,8 @@ use std::path::PathBuf;
 
 use crate::digest::Digest;
 
-pub use compress::{Decompressed, decompress};
-pub use import::{ImportOptions, ImportSource};
 pub use reader::{StagedArchive, StagedImage};
-pub use writer::{ArchiveDest, ArchiveTarget, is_layout_dir};
+pub use writer::{ArchiveTarget, ArchiveWriter, ArchivedImage, BlobWriter, is_layout_dir};
 
 /// Annotation naming an image in an OCI index (docker, containerd).
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";

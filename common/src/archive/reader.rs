@@ -11,11 +11,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::copy::{BlobStream, CopyError, Fetched, Source, bytes_stream, file_stream};
+use crate::blob::{BlobStream, Fetched, bytes_stream, file_stream};
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::image::{BlobRef, detect_media_type};
 use crate::media_type::{self, Compression};
@@ -583,47 +582,37 @@ impl StagedArchive {
     }
 }
 
-impl Source for StagedImage<'_> {
-    fn resolve<'a>(
-        &'a self,
-        _reference: Option<&'a Reference>,
-    ) -> BoxFuture<'a, Result<Fetched, CopyError>> {
-        Box::pin(async move { Ok(self.top.clone()) })
+impl StagedImage<'_> {
+    /// A whole blob of the archive (a manifest, a config).
+    pub fn read_blob(&self, digest: &Digest) -> Result<Bytes, ArchiveError> {
+        self.archive.read_blob(digest)
     }
 
-    fn manifest<'a>(&'a self, blob: &'a BlobRef) -> BoxFuture<'a, Result<Bytes, CopyError>> {
-        Box::pin(async move { Ok(self.archive.read_blob(&blob.digest)?) })
-    }
-
-    fn blob<'a>(
-        &'a self,
-        blob: &'a BlobRef,
-        offset: u64,
-    ) -> BoxFuture<'a, Result<BlobStream, CopyError>> {
-        Box::pin(async move {
-            if let Some(b) = self.archive.synthesized.get(&blob.digest) {
-                return Ok(bytes_stream(b, offset));
+    /// Opens `blob`'s bytes from `offset` on.
+    pub async fn open_blob(&self, blob: &BlobRef, offset: u64) -> Result<BlobStream, ArchiveError> {
+        if let Some(b) = self.archive.synthesized.get(&blob.digest) {
+            return Ok(bytes_stream(b, offset));
+        }
+        let (path, _) = self
+            .archive
+            .blob_file(&blob.digest)
+            .ok_or_else(|| ArchiveError::Missing(format!("blob {}", blob.digest)))?;
+        file_stream(&path, offset).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ArchiveError::Missing(format!(
+                    "blobs/{}/{}",
+                    blob.digest.algorithm(),
+                    blob.digest.hex()
+                ))
+            } else {
+                ArchiveError::io("reading", &path)(e)
             }
-            let (path, _) = self
-                .archive
-                .blob_file(&blob.digest)
-                .ok_or_else(|| ArchiveError::Missing(format!("blob {}", blob.digest)))?;
-            file_stream(&path, offset).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ArchiveError::Missing(format!(
-                        "blobs/{}/{}",
-                        blob.digest.algorithm(),
-                        blob.digest.hex()
-                    ))
-                    .into()
-                } else {
-                    ArchiveError::io("reading", &path)(e).into()
-                }
-            })
         })
     }
 
-    fn verified_path(&self, blob: &BlobRef) -> Option<PathBuf> {
+    /// The staged file holding `blob`, when staging verified it (a tar's members are hashed as
+    /// they are staged; a layout directory's files are not).
+    pub fn verified_file(&self, blob: &BlobRef) -> Option<PathBuf> {
         match self.archive.blobs.get(&blob.digest) {
             Some(f) if self.archive.layout_root.is_none() && f.size == blob.size => {
                 Some(f.path.clone())

@@ -137,7 +137,8 @@ pub fn apply_layer_file(
         source,
     };
     let f = File::open(path).map_err(open)?;
-    let d = super::decompress(io::BufReader::with_capacity(1 << 20, f)).map_err(open)?;
+    let d =
+        crate::media_type::decompress(io::BufReader::with_capacity(1 << 20, f)).map_err(open)?;
     apply_layer(root, d.reader, opts)
 }
 

@@ -12,20 +12,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::copy::{
-    BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, bytes_stream,
-    open_verified, verified,
-};
+use crate::blob::Fetched;
 use crate::digest::Digest;
-use crate::image::{BlobRef, Manifest, manifest_blobs};
 use crate::media_type;
-use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
-use crate::reference::{Reference, RepoName};
+use crate::reference::Reference;
 
 use super::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, ArchiveError};
 
@@ -50,20 +43,44 @@ enum Cmd {
     },
 }
 
-struct SavedImage {
-    top: Fetched,
-    config: Option<Digest>,
-    layers: Vec<Digest>,
-    names: Vec<Reference>,
+/// An image written into an archive, as its metadata files list it.
+pub struct ArchivedImage {
+    /// Its top-level manifest.
+    pub top: Fetched,
+    /// Its config (`None` for an index).
+    pub config: Option<Digest>,
+    /// Its layers, in order.
+    pub layers: Vec<Digest>,
+    /// The names it is saved under.
+    pub names: Vec<Reference>,
 }
 
-/// A copy destination writing an archive. Blobs are written one at a time, in the order the
-/// copies bring them; [`ArchiveDest::finish`] writes the metadata files and closes it.
-pub struct ArchiveDest {
+/// Writes an archive: blobs one at a time on a blocking worker, in the order they are given;
+/// [`ArchiveWriter::finish`] writes the metadata files and closes it.
+pub struct ArchiveWriter {
     tx: mpsc::Sender<Cmd>,
-    written: std::sync::Mutex<HashSet<Digest>>,
-    images: std::sync::Mutex<Vec<SavedImage>>,
     worker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One blob being written: its bytes go through [`BlobWriter::send`], then
+/// [`BlobWriter::close`] says whether the member was written whole.
+pub struct BlobWriter {
+    data: mpsc::Sender<Bytes>,
+    done: oneshot::Receiver<Result<(), ArchiveError>>,
+}
+
+impl BlobWriter {
+    /// Sends the next bytes; `false` when the writer stopped taking them (it failed: `close`
+    /// says why).
+    pub async fn send(&self, bytes: Bytes) -> bool {
+        self.data.send(bytes).await.is_ok()
+    }
+
+    /// Ends the blob and waits for the member to be written.
+    pub async fn close(self) -> Result<(), ArchiveError> {
+        drop(self.data);
+        self.done.await.map_err(|_| ArchiveError::WriterGone)?
+    }
 }
 
 /// Reads bytes arriving over a channel, failing if fewer than announced arrive.
@@ -233,9 +250,9 @@ fn run_worker(mut sink: Box<dyn Sink + Send>, mut rx: mpsc::Receiver<Cmd>) {
     }
 }
 
-impl ArchiveDest {
+impl ArchiveWriter {
     /// Starts writing an archive to `target`.
-    pub fn new(target: ArchiveTarget) -> Result<ArchiveDest, ArchiveError> {
+    pub fn new(target: ArchiveTarget) -> Result<ArchiveWriter, ArchiveError> {
         let sink: Box<dyn Sink + Send> = match target {
             ArchiveTarget::Tar(w) => Box::new(TarSink(tar::Builder::new(w))),
             ArchiveTarget::Dir(d) => {
@@ -245,95 +262,37 @@ impl ArchiveDest {
         };
         let (tx, rx) = mpsc::channel(4);
         let worker = tokio::task::spawn_blocking(move || run_worker(sink, rx));
-        Ok(ArchiveDest {
+        Ok(ArchiveWriter {
             tx,
-            written: std::sync::Mutex::new(HashSet::new()),
-            images: std::sync::Mutex::new(Vec::new()),
             worker: std::sync::Mutex::new(Some(worker)),
         })
     }
 
-    fn mark_written(&self, d: &Digest) -> bool {
-        self.written
-            .lock()
-            .map(|mut w| w.insert(d.clone()))
-            .unwrap_or(false)
-    }
-
-    fn is_written(&self, d: &Digest) -> bool {
-        self.written.lock().map(|w| w.contains(d)).unwrap_or(false)
-    }
-
-    async fn write_stream(
-        &self,
-        blob: &BlobRef,
-        mut stream: BlobStream,
-        reporter: &dyn Reporter,
-    ) -> Result<(), CopyError> {
+    /// Starts the member of the blob `digest`, `size` bytes long.
+    pub async fn blob(&self, digest: &Digest, size: u64) -> Result<BlobWriter, ArchiveError> {
         let (data_tx, data_rx) = mpsc::channel(8);
         let (done_tx, done_rx) = oneshot::channel();
         self.tx
             .send(Cmd::Blob {
-                digest: blob.digest.clone(),
-                size: blob.size,
+                digest: digest.clone(),
+                size,
                 data: data_rx,
                 done: done_tx,
             })
             .await
             .map_err(|_| ArchiveError::WriterGone)?;
-        let mut done = 0u64;
-        let mut failure = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => {
-                    done += c.len() as u64;
-                    reporter.report(CopyEvent::BlobProgress {
-                        digest: blob.digest.clone(),
-                        done,
-                    });
-                    if data_tx.send(c).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failure = Some(CopyError::from_stream(&blob.digest, e));
-                    break;
-                }
-            }
-        }
-        drop(data_tx);
-        let written = done_rx.await.map_err(|_| ArchiveError::WriterGone)?;
-        if let Some(f) = failure {
-            return Err(f);
-        }
-        written?;
-        Ok(())
+        Ok(BlobWriter {
+            data: data_tx,
+            done: done_rx,
+        })
     }
 
-    async fn write_bytes(&self, digest: &Digest, bytes: &Bytes) -> Result<(), CopyError> {
-        if !self.mark_written(digest) {
-            return Ok(());
-        }
-        let blob = BlobRef {
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            media_type: String::new(),
-        };
-        self.write_stream(
-            &blob,
-            verified(bytes_stream(bytes, 0), &blob),
-            &crate::progress::Silent,
-        )
-        .await
-    }
-
-    /// Writes `oci-layout`, `index.json` and `manifest.json`, and closes the archive.
-    pub async fn finish(self) -> Result<(), ArchiveError> {
-        let images =
-            std::mem::take(&mut *self.images.lock().map_err(|_| ArchiveError::WriterGone)?);
+    /// Writes `oci-layout`, `index.json` and `manifest.json` for `images`, and closes the
+    /// archive.
+    pub async fn finish(self, images: &[ArchivedImage]) -> Result<(), ArchiveError> {
         let mut index_entries = Vec::new();
         let mut docker_entries = Vec::new();
-        for img in &images {
+        for img in images {
             let base = json!({
                 "mediaType": img.top.media_type,
                 "digest": img.top.digest.as_str(),
@@ -390,75 +349,6 @@ impl ArchiveDest {
             let _ = w.await;
         }
         result
-    }
-}
-
-impl Dest for ArchiveDest {
-    fn has_blob<'a>(&'a self, blob: &'a BlobRef) -> BoxFuture<'a, Result<Option<Skip>, CopyError>> {
-        Box::pin(async move { Ok(self.is_written(&blob.digest).then_some(Skip::Exists)) })
-    }
-
-    fn put_blob<'a>(
-        &'a self,
-        blob: &'a BlobRef,
-        kind: BlobKind,
-        src: &'a dyn Source,
-        reporter: &'a dyn Reporter,
-    ) -> BoxFuture<'a, Result<Transfer, CopyError>> {
-        Box::pin(async move {
-            if !self.mark_written(&blob.digest) {
-                return Ok(Transfer::Skipped(Skip::Exists));
-            }
-            reporter.report(CopyEvent::BlobStarted {
-                digest: blob.digest.clone(),
-                size: blob.size,
-                kind,
-                offset: 0,
-            });
-            let stream = open_verified(src, blob).await?;
-            self.write_stream(blob, stream, reporter).await?;
-            Ok(Transfer::Sent)
-        })
-    }
-
-    fn put_manifest<'a>(&'a self, manifest: &'a Fetched) -> BoxFuture<'a, Result<(), CopyError>> {
-        Box::pin(async move { self.write_bytes(&manifest.digest, &manifest.bytes).await })
-    }
-
-    fn commit<'a>(
-        &'a self,
-        image: &'a CopiedImage,
-        names: &'a [Reference],
-        _source_repo: Option<&'a RepoName>,
-    ) -> BoxFuture<'a, Result<(), CopyError>> {
-        Box::pin(async move {
-            self.write_bytes(&image.top.digest, &image.top.bytes)
-                .await?;
-            let (config, layers) = match Manifest::parse(
-                &image.top.bytes,
-                &image.top.media_type,
-                &image.top.digest,
-            )? {
-                Manifest::Image(m) => {
-                    let (c, l) = manifest_blobs(&m, &image.top.digest)?;
-                    (Some(c.digest), l.into_iter().map(|l| l.digest).collect())
-                }
-                Manifest::Index(_) => (None, Vec::new()),
-            };
-            if let Ok(mut imgs) = self.images.lock() {
-                imgs.push(SavedImage {
-                    top: image.top.clone(),
-                    config,
-                    layers,
-                    names: names.to_vec(),
-                });
-            }
-            Ok(())
-        })
-    }
-
-    fn concurrency(&self) -> usize {
-        1
     }
 }
 

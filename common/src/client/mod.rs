@@ -17,11 +17,11 @@ use futures_util::stream::{self, StreamExt};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 
-use crate::copy::BlobStream;
+use crate::blob::{BlobStream, Fetched};
 use crate::digest::Digest;
 use crate::image::{BlobRef, detect_media_type};
 use crate::media_type::MANIFEST_ACCEPT;
-use crate::reference::{DOCKER_HUB, DOCKER_HUB_API, RepoName};
+use crate::reference::{RepoName, api_host};
 
 pub use auth::Operation;
 pub use credentials::{CredentialStore, Credentials, DOCKER_HUB_KEY, server_key};
@@ -158,15 +158,6 @@ fn host_without_port(host: &str) -> &str {
             host
         }
     })
-}
-
-/// The host the registry API of `domain` is served from.
-pub fn api_host(domain: &str) -> &str {
-    if domain == DOCKER_HUB {
-        DOCKER_HUB_API
-    } else {
-        domain
-    }
 }
 
 impl Client {
@@ -458,7 +449,7 @@ impl Repository {
     }
 
     /// Fetches a manifest by tag or digest, verifying its digest.
-    pub async fn get_manifest(&self, selector: &str) -> Result<crate::copy::Fetched, ClientError> {
+    pub async fn get_manifest(&self, selector: &str) -> Result<Fetched, ClientError> {
         let url = format!("{}/manifests/{selector}", self.base);
         let resp = self
             .send(
@@ -507,7 +498,7 @@ impl Repository {
                     reason: e.to_string(),
                 }
             })?;
-        Ok(crate::copy::Fetched {
+        Ok(Fetched {
             bytes,
             media_type,
             digest,
@@ -569,7 +560,7 @@ impl Repository {
     /// Opens a blob from `offset`. A connection that breaks, ends early or delivers nothing for
     /// the stall timeout is resumed with `Range`, up to five times in a row without progress;
     /// then the stream fails saying where and why. The bytes are not verified here (wrap in
-    /// [`crate::copy::verified`] or ingest).
+    /// [`crate::blob::verified`] or ingest).
     pub async fn get_blob(&self, blob: &BlobRef, offset: u64) -> Result<BlobStream, ClientError> {
         let idle = self.client.inner.config.stall_timeout;
         let first = match tokio::time::timeout(idle, self.open_blob_at(blob, offset)).await {
@@ -970,7 +961,5 @@ mod tests {
         ] {
             assert!(!is_insecure(host, &listed).await, "{host}");
         }
-        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
-        assert_eq!(api_host("quay.io"), "quay.io");
     }
 }

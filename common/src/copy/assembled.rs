@@ -7,7 +7,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use super::{BlobStream, CopyError, Fetched, Source, bytes_stream, file_stream};
+use super::{CopyError, Source};
+use crate::blob::{BlobStream, Fetched, bytes_stream, file_stream};
 use crate::digest::Digest;
 use crate::image::BlobRef;
 use crate::media_type;

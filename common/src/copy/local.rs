@@ -13,7 +13,8 @@ use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
 use crate::reference::{Reference, RepoName};
 use crate::store::{IngestStart, Lease, LocalStore, StoreError};
 
-use super::{BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, file_stream};
+use super::{CopiedImage, CopyError, Dest, Source, Transfer};
+use crate::blob::{BlobStream, Fetched, file_stream};
 
 /// Reads images from the local store.
 pub struct LocalSource {
@@ -46,7 +47,7 @@ impl LocalSource {
     pub fn with_origins(mut self, repos: impl IntoIterator<Item = RepoName>) -> LocalSource {
         self.origins = repos
             .into_iter()
-            .map(|r| (crate::client::api_host(r.domain()).to_owned(), r))
+            .map(|r| (crate::reference::api_host(r.domain()).to_owned(), r))
             .collect();
         self
     }

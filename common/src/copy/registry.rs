@@ -9,7 +9,8 @@ use crate::image::BlobRef;
 use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
 use crate::reference::{Reference, RepoName};
 
-use super::{BlobStream, CopiedImage, CopyError, Dest, Fetched, Source, Transfer, open_verified};
+use super::{CopiedImage, CopyError, Dest, Source, Transfer, open_verified};
+use crate::blob::{BlobStream, Fetched};
 
 /// Reads images from a registry repository.
 pub struct RegistrySource {

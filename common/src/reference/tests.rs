@@ -124,3 +124,10 @@ fn repository_paths_follow_the_spec() {
         assert!(!RepoName::is_valid_path(bad), "{bad}");
     }
 }
+
+#[test]
+fn docker_hub_is_served_from_its_api_host() {
+    assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+    assert_eq!(api_host("quay.io"), "quay.io");
+    assert_eq!(api_host("localhost:5000"), "localhost:5000");
+}

@@ -271,7 +271,7 @@ impl LocalStore {
         let path = self.blob_path(digest);
         let counted = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let f = std::fs::File::open(&path)?;
-            let d = crate::archive::decompress(std::io::BufReader::with_capacity(1 << 20, f))?;
+            let d = crate::media_type::decompress(std::io::BufReader::with_capacity(1 << 20, f))?;
             std::io::copy(&mut { d.reader }, &mut std::io::sink())
         })
         .await

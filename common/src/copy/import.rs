@@ -5,13 +5,13 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::copy::AssembledImage;
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::image::{BlobRef, Platform};
 use crate::media_type;
 use crate::store::StagingDir;
 
-use super::ArchiveError;
+use super::AssembledImage;
+use crate::archive::ArchiveError;
 
 /// What the imported image's config says besides its layer.
 #[derive(Clone, Debug)]
