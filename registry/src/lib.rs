@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::future::Future;

@@ -4,8 +4,8 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, OciErrorCode, Req, header_value, parse_digest};
-use crate::service::{BlobFound, Registry};
+use super::{ApiError, Req, RequestError, header_value, parse_digest};
+use crate::service::{BlobFound, Registry, Repository};
 
 /// A byte range to serve, inclusive.
 #[derive(Debug, PartialEq)]
@@ -55,7 +55,7 @@ fn wanted(range: Option<&str>, size: u64) -> Wanted {
 
 pub async fn get(
     reg: &Registry,
-    repo: &str,
+    repo: &Repository,
     digest: &str,
     req: &Req,
 ) -> Result<Response, ApiError> {
@@ -70,18 +70,11 @@ pub async fn get(
         Wanted::All => (StatusCode::OK, 0, size),
         Wanted::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
         Wanted::Unsatisfiable => {
-            return Err(ApiError::new(
-                OciErrorCode::BlobUnknown,
-                format!(
-                    "range {} is outside the blob's {size} bytes",
-                    req.header(header::RANGE).unwrap_or("")
-                ),
-            )
-            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-            .with_header(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes */{size}")),
-            ));
+            return Err(RequestError::Unsatisfiable {
+                range: req.header(header::RANGE).unwrap_or("").to_owned(),
+                size,
+            }
+            .into());
         }
     };
     let body = if head || len == 0 {
@@ -118,7 +111,7 @@ pub async fn get(
     Ok(resp)
 }
 
-pub async fn delete(reg: &Registry, repo: &str, digest: &str) -> Result<Response, ApiError> {
+pub async fn delete(reg: &Registry, repo: &Repository, digest: &str) -> Result<Response, ApiError> {
     let digest = parse_digest(digest)?;
     reg.delete_blob(repo, &digest).await?;
     let mut resp = StatusCode::ACCEPTED.into_response();

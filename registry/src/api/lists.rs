@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use wharf_common::media_type;
 
-use super::{ApiError, OciErrorCode, Req, header_value, parse_digest};
+use super::{ApiError, Req, RequestError, header_value, parse_digest};
 use crate::metadata::Page;
-use crate::service::Registry;
+use crate::service::{Registry, Repository};
 
 /// `n` and `last` from the query.
 fn paging(req: &Req) -> Result<(Option<u32>, Option<&str>), ApiError> {
@@ -18,13 +18,7 @@ fn paging(req: &Req) -> Result<(Option<u32>, Option<&str>), ApiError> {
         .map(|n| {
             n.parse::<u64>()
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-                .map_err(|_| {
-                    ApiError::new(
-                        OciErrorCode::Unsupported,
-                        format!("n={n:?} is not a number of entries"),
-                    )
-                    .with_status(axum::http::StatusCode::BAD_REQUEST)
-                })
+                .map_err(|_| RequestError::PageSize(n.clone()))
         })
         .transpose()?;
     let last = req
@@ -57,10 +51,10 @@ fn encode(s: &str) -> String {
         .replace('+', "%2B")
 }
 
-pub async fn tags(reg: &Registry, repo: &str, req: &Req) -> Result<Response, ApiError> {
+pub async fn tags(reg: &Registry, repo: &Repository, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = paging(req)?;
     let page = reg.tags(repo, n, last).await?;
-    let body = json!({"name": repo, "tags": page.names});
+    let body = json!({"name": repo.as_str(), "tags": page.names});
     Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list"), n))
 }
 
@@ -73,7 +67,7 @@ pub async fn catalog(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
 
 pub async fn referrers(
     reg: &Registry,
-    repo: &str,
+    repo: &Repository,
     digest: &str,
     req: &Req,
 ) -> Result<Response, ApiError> {

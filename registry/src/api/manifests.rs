@@ -6,38 +6,34 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use wharf_common::reference::Tag;
 
-use super::{ApiError, OciErrorCode, Req, header_value};
-use crate::service::{ManifestRef, Registry, ServiceError};
+use super::{ApiError, Req, RequestError, header_value, parse_digest};
+use crate::service::{ManifestRef, Registry, Repository, ServiceError};
 
 /// How much of an oversized manifest is read and dropped before the 413.
 const DRAIN_LIMIT: u64 = 16 << 20;
 
-fn reference(text: &str) -> Result<ManifestRef, ApiError> {
+/// A digest or a tag; `None` for a tag that breaks the grammar.
+fn reference(text: &str) -> Result<Option<ManifestRef>, ApiError> {
     if text.contains(':') {
-        return text
-            .parse()
-            .map(ManifestRef::Digest)
-            .map_err(|e| ApiError::new(OciErrorCode::DigestInvalid, format!("{e}")));
+        return Ok(Some(ManifestRef::Digest(parse_digest(text)?)));
     }
-    if Tag::is_valid(text) {
-        Ok(ManifestRef::Tag(text.to_owned()))
-    } else {
-        Err(ApiError::new(
-            OciErrorCode::ManifestInvalid,
-            format!("invalid tag {text:?}: [A-Za-z0-9_] then up to 127 of [A-Za-z0-9_.-]"),
-        ))
-    }
+    Ok(Tag::is_valid(text).then(|| ManifestRef::Tag(text.to_owned())))
 }
 
-pub async fn get(reg: &Registry, repo: &str, r: &str, head: bool) -> Result<Response, ApiError> {
-    let r = reference(r).map_err(|e| {
-        // A reference that cannot exist is simply not there.
-        if e.code() == OciErrorCode::ManifestInvalid {
-            ApiError::new(OciErrorCode::ManifestUnknown, "invalid tag")
-        } else {
-            e
-        }
-    })?;
+/// The reference a manifest is pushed or deleted under: a bad tag is a bad request.
+fn target(text: &str) -> Result<ManifestRef, ApiError> {
+    Ok(reference(text)?.ok_or_else(|| RequestError::Tag(text.to_owned()))?)
+}
+
+pub async fn get(
+    reg: &Registry,
+    repo: &Repository,
+    r: &str,
+    head: bool,
+) -> Result<Response, ApiError> {
+    // A tag that cannot exist is simply not there.
+    let r =
+        reference(r)?.ok_or_else(|| ServiceError::ManifestUnknown(format!("invalid tag {r:?}")))?;
     let m = reg.manifest(repo, &r).await?;
     let body = if head {
         Body::empty()
@@ -58,12 +54,12 @@ pub async fn get(reg: &Registry, repo: &str, r: &str, head: bool) -> Result<Resp
 
 pub async fn put(
     reg: &Registry,
-    repo: &str,
+    repo: &Repository,
     r: &str,
     req: &Req,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let r = reference(r)?;
+    let r = target(r)?;
     let limit = reg.config().limits.manifest_max_bytes;
     let too_large = || {
         ApiError::from(ServiceError::TooLarge {
@@ -78,12 +74,7 @@ pub async fn put(
     let mut seen = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                OciErrorCode::ManifestInvalid,
-                format!("reading the manifest: {e}"),
-            )
-        })?;
+        let chunk = chunk.map_err(|e| RequestError::ManifestBody(e.to_string()))?;
         seen += chunk.len() as u64;
         if seen > limit.saturating_add(DRAIN_LIMIT) {
             break;
@@ -114,8 +105,8 @@ pub async fn put(
     Ok(resp)
 }
 
-pub async fn delete(reg: &Registry, repo: &str, r: &str) -> Result<Response, ApiError> {
-    let r = reference(r)?;
+pub async fn delete(reg: &Registry, repo: &Repository, r: &str) -> Result<Response, ApiError> {
+    let r = target(r)?;
     reg.delete_manifest(repo, &r).await?;
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()

@@ -17,18 +17,17 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::TryStreamExt;
 use tower_http::trace::TraceLayer;
 use wharf_common::digest::Digest;
-use wharf_common::reference::RepoName;
 
-use crate::service::Registry;
+use crate::service::{Registry, Repository, ServiceError, UploadId};
 use crate::storage::ByteStream;
-pub use error::{ApiError, OciErrorCode};
+pub use error::{ApiError, Descriptor, OciErrorCode, RequestError};
 
 /// The route a response came from, for metrics.
 #[derive(Clone, Copy, Debug)]
@@ -112,12 +111,7 @@ async fn metrics(State(reg): State<Registry>) -> Response {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    ApiError::new(
-        OciErrorCode::Unsupported,
-        format!("no such endpoint: {}", uri.path()),
-    )
-    .with_status(StatusCode::NOT_FOUND)
-    .into_response()
+    ApiError::from(RequestError::NoEndpoint(uri.path().to_owned())).into_response()
 }
 
 fn named(route: &'static str, mut resp: Response) -> Response {
@@ -242,54 +236,46 @@ async fn handle(
     req: Req,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Some(repo) = route.repo()
-        && !RepoName::is_valid_path(repo)
-    {
-        return Err(ApiError::new(
-            OciErrorCode::NameInvalid,
-            format!(
-                "invalid repository name {repo:?}: lowercase components [a-z0-9] joined by . _ __ - or /, at most 255 characters"
-            ),
-        ));
-    }
     let m = &req.method;
+    let unsupported = || Err(RequestError::Method(req.method.clone()).into());
+    let Some(name) = route.repo() else {
+        return match route {
+            Route::Catalog if m == Method::GET => lists::catalog(reg, &req).await,
+            _ => unsupported(),
+        };
+    };
+    let repo = &Repository::parse(name).map_err(RequestError::from)?;
     match *route {
-        Route::Catalog if m == Method::GET => lists::catalog(reg, &req).await,
-        Route::Tags(repo) if m == Method::GET => lists::tags(reg, repo, &req).await,
-        Route::Referrers(repo, d) if m == Method::GET => lists::referrers(reg, repo, d, &req).await,
-        Route::Manifest(repo, r) if m == Method::GET || m == Method::HEAD => {
+        Route::Tags(_) if m == Method::GET => lists::tags(reg, repo, &req).await,
+        Route::Referrers(_, d) if m == Method::GET => lists::referrers(reg, repo, d, &req).await,
+        Route::Manifest(_, r) if m == Method::GET || m == Method::HEAD => {
             manifests::get(reg, repo, r, m == Method::HEAD).await
         }
-        Route::Manifest(repo, r) if m == Method::PUT => {
-            manifests::put(reg, repo, r, &req, body).await
-        }
-        Route::Manifest(repo, r) if m == Method::DELETE => manifests::delete(reg, repo, r).await,
-        Route::Blob(repo, d) if m == Method::GET || m == Method::HEAD => {
+        Route::Manifest(_, r) if m == Method::PUT => manifests::put(reg, repo, r, &req, body).await,
+        Route::Manifest(_, r) if m == Method::DELETE => manifests::delete(reg, repo, r).await,
+        Route::Blob(_, d) if m == Method::GET || m == Method::HEAD => {
             blobs::get(reg, repo, d, &req).await
         }
-        Route::Blob(repo, d) if m == Method::DELETE => blobs::delete(reg, repo, d).await,
-        Route::UploadStart(repo) if m == Method::POST => {
-            uploads::start(reg, repo, &req, body).await
+        Route::Blob(_, d) if m == Method::DELETE => blobs::delete(reg, repo, d).await,
+        Route::UploadStart(_) if m == Method::POST => uploads::start(reg, repo, &req, body).await,
+        Route::Upload(_, id) => {
+            // An id of another form names no session, like one that expired.
+            let id = &UploadId::parse(id).ok_or_else(|| ServiceError::UploadUnknown(id.into()))?;
+            match *m {
+                Method::GET => uploads::status(reg, repo, id).await,
+                Method::PATCH => uploads::patch(reg, repo, id, &req, body).await,
+                Method::PUT => uploads::put(reg, repo, id, &req, body).await,
+                Method::DELETE => uploads::cancel(reg, repo, id).await,
+                _ => unsupported(),
+            }
         }
-        Route::Upload(repo, id) if m == Method::GET => uploads::status(reg, repo, id).await,
-        Route::Upload(repo, id) if m == Method::PATCH => {
-            uploads::patch(reg, repo, id, &req, body).await
-        }
-        Route::Upload(repo, id) if m == Method::PUT => {
-            uploads::put(reg, repo, id, &req, body).await
-        }
-        Route::Upload(repo, id) if m == Method::DELETE => uploads::cancel(reg, repo, id).await,
-        _ => Err(ApiError::new(
-            OciErrorCode::Unsupported,
-            format!("{} is not supported on this endpoint", req.method),
-        )),
+        _ => unsupported(),
     }
 }
 
-/// Parses a digest from a URL or query, as `DIGEST_INVALID` when it is not one.
+/// Parses a digest from a URL or query.
 fn parse_digest(text: &str) -> Result<Digest, ApiError> {
-    text.parse::<Digest>()
-        .map_err(|e| ApiError::new(OciErrorCode::DigestInvalid, e.to_string()))
+    Ok(text.parse::<Digest>().map_err(RequestError::from)?)
 }
 
 fn header_value(text: &str) -> HeaderValue {

@@ -1,17 +1,15 @@
 //! Blob uploads: `POST /v2/<name>/blobs/uploads/` (session, monolithic with `?digest=`, or
 //! mount with `?mount=&from=`), `PATCH`/`PUT`/`GET`/`DELETE /v2/<name>/blobs/uploads/<id>`.
 
+use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wharf_common::digest::Digest;
-use wharf_common::reference::RepoName;
 
-use axum::body::Body;
+use super::{ApiError, Req, RequestError, body_stream, header_value, parse_digest};
+use crate::service::{Mounted, Registry, Repository, UploadId};
 
-use super::{ApiError, OciErrorCode, Req, body_stream, header_value, parse_digest};
-use crate::service::{Mounted, Registry};
-
-fn session_response(status: StatusCode, repo: &str, id: &str, len: u64) -> Response {
+fn session_response(status: StatusCode, repo: &Repository, id: &UploadId, len: u64) -> Response {
     let mut resp = status.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -21,12 +19,12 @@ fn session_response(status: StatusCode, repo: &str, id: &str, len: u64) -> Respo
     // An empty upload is `0-0`, as distribution says it.
     let end = len.saturating_sub(1);
     h.insert(header::RANGE, header_value(&format!("0-{end}")));
-    h.insert("Docker-Upload-UUID", header_value(id));
+    h.insert("Docker-Upload-UUID", header_value(id.as_str()));
     h.insert(header::CONTENT_LENGTH, header_value("0"));
     resp
 }
 
-fn created(repo: &str, digest: &Digest) -> Response {
+fn created(repo: &Repository, digest: &Digest) -> Response {
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -41,12 +39,9 @@ fn created(repo: &str, digest: &Digest) -> Response {
 fn declared_length(req: &Req) -> Result<Option<u64>, ApiError> {
     req.header(header::CONTENT_LENGTH)
         .map(|v| {
-            v.trim().parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    OciErrorCode::SizeInvalid,
-                    format!("Content-Length {v:?} is not a number"),
-                )
-            })
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| RequestError::ContentLength(v.to_owned()).into())
         })
         .transpose()
 }
@@ -57,13 +52,7 @@ fn chunk_start(req: &Req) -> Result<Option<u64>, ApiError> {
     let Some(raw) = req.header(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let bad = || {
-        ApiError::new(
-            OciErrorCode::BlobUploadInvalid,
-            format!("Content-Range {raw:?} is not <start>-<end>"),
-        )
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-    };
+    let bad = || ApiError::from(RequestError::ContentRange(raw.to_owned()));
     let (a, b) = raw.trim().split_once('-').ok_or_else(bad)?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
     if !digits(a) || !digits(b) {
@@ -77,21 +66,19 @@ fn chunk_start(req: &Req) -> Result<Option<u64>, ApiError> {
     if let Some(len) = declared_length(req)?
         && len != end - start + 1
     {
-        return Err(ApiError::new(
-            OciErrorCode::SizeInvalid,
-            format!(
-                "Content-Range {raw:?} spans {} bytes but Content-Length is {len}",
-                end - start + 1
-            ),
-        )
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
+        return Err(RequestError::RangeLength {
+            range: raw.to_owned(),
+            span: end - start + 1,
+            length: len,
+        }
+        .into());
     }
     Ok(Some(start))
 }
 
 pub async fn start(
     reg: &Registry,
-    repo: &str,
+    repo: &Repository,
     req: &Req,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -100,17 +87,10 @@ pub async fn start(
         let from = req
             .query
             .get("from")
-            .map(String::as_str)
-            .filter(|f| !f.is_empty());
-        if let Some(f) = from
-            && !RepoName::is_valid_path(f)
-        {
-            return Err(ApiError::new(
-                OciErrorCode::NameInvalid,
-                format!("invalid repository name {f:?} in from="),
-            ));
-        }
-        return Ok(match reg.mount(repo, &digest, from).await? {
+            .filter(|f| !f.is_empty())
+            .map(|f| Repository::parse(f).map_err(RequestError::MountFrom))
+            .transpose()?;
+        return Ok(match reg.mount(repo, &digest, from.as_ref()).await? {
             Mounted::Linked => created(repo, &digest),
             Mounted::Session(id) => session_response(StatusCode::ACCEPTED, repo, &id, 0),
         });
@@ -126,15 +106,19 @@ pub async fn start(
     Ok(session_response(StatusCode::ACCEPTED, repo, &id, 0))
 }
 
-pub async fn status(reg: &Registry, repo: &str, id: &str) -> Result<Response, ApiError> {
+pub async fn status(
+    reg: &Registry,
+    repo: &Repository,
+    id: &UploadId,
+) -> Result<Response, ApiError> {
     let len = reg.upload_status(repo, id).await?;
     Ok(session_response(StatusCode::NO_CONTENT, repo, id, len))
 }
 
 pub async fn patch(
     reg: &Registry,
-    repo: &str,
-    id: &str,
+    repo: &Repository,
+    id: &UploadId,
     req: &Req,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -147,7 +131,7 @@ pub async fn patch(
 }
 
 /// A refused chunk (416) says where the session is, so the client can go on from there.
-fn with_session(e: ApiError, repo: &str, id: &str) -> ApiError {
+fn with_session(e: ApiError, repo: &Repository, id: &UploadId) -> ApiError {
     if e.status() != StatusCode::RANGE_NOT_SATISFIABLE {
         return e;
     }
@@ -157,22 +141,19 @@ fn with_session(e: ApiError, repo: &str, id: &str) -> ApiError {
     )
     .with_header(
         header::HeaderName::from_static("docker-upload-uuid"),
-        header_value(id),
+        header_value(id.as_str()),
     )
 }
 
 pub async fn put(
     reg: &Registry,
-    repo: &str,
-    id: &str,
+    repo: &Repository,
+    id: &UploadId,
     req: &Req,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Some(d) = req.query.get("digest") else {
-        return Err(ApiError::new(
-            OciErrorCode::DigestInvalid,
-            "completing an upload needs ?digest=<digest>",
-        ));
+        return Err(RequestError::NoDigest.into());
     };
     let digest = parse_digest(d)?;
     let start = chunk_start(req)?;
@@ -182,7 +163,11 @@ pub async fn put(
     Ok(created(repo, &digest))
 }
 
-pub async fn cancel(reg: &Registry, repo: &str, id: &str) -> Result<Response, ApiError> {
+pub async fn cancel(
+    reg: &Registry,
+    repo: &Repository,
+    id: &UploadId,
+) -> Result<Response, ApiError> {
     reg.cancel_upload(repo, id).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()

@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod manifest;
+mod names;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::metadata::{
 use crate::metrics::Metrics;
 use crate::storage::{BlobStorage, ByteStream, FsStorage, StorageError};
 use cache::ManifestCache;
+pub use names::{NameError, Repository, UploadId};
 
 /// Why an operation failed; the api module maps each to an error code.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,7 @@ pub enum Mounted {
     /// The blob is now linked into the repository.
     Linked,
     /// Not mountable; an upload session was opened instead.
-    Session(String),
+    Session(UploadId),
 }
 
 /// A stored manifest as served.
@@ -211,7 +213,12 @@ impl Registry {
     // ---- blobs ----
 
     /// Finds a blob (or a manifest by digest) in `repo`.
-    pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<BlobFound, ServiceError> {
+    pub async fn blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<BlobFound, ServiceError> {
+        let repo = repo.as_str();
         if let Some(size) = self.inner.meta.repo_blob(repo, digest).await? {
             return Ok(BlobFound::Stored(size));
         }
@@ -232,7 +239,12 @@ impl Registry {
     }
 
     /// Unlinks a blob from `repo`.
-    pub async fn delete_blob(&self, repo: &str, digest: &Digest) -> Result<(), ServiceError> {
+    pub async fn delete_blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
+        let repo = repo.as_str();
         if self.inner.meta.unlink_blob(repo, digest).await? {
             tracing::info!(repo, %digest, "blob unlinked");
             Ok(())
@@ -244,15 +256,16 @@ impl Registry {
     // ---- uploads ----
 
     /// Opens an upload session in `repo`.
-    pub async fn start_upload(&self, repo: &str) -> Result<String, ServiceError> {
-        let id = new_id();
-        self.inner.storage.create_upload(&id).await?;
-        if let Err(e) = self.inner.meta.create_upload(&id, repo).await {
-            let _ = self.inner.storage.remove_upload(&id).await;
+    pub async fn start_upload(&self, repo: &Repository) -> Result<UploadId, ServiceError> {
+        let id = UploadId::new();
+        let key = id.as_str();
+        self.inner.storage.create_upload(key).await?;
+        if let Err(e) = self.inner.meta.create_upload(key, repo.as_str()).await {
+            let _ = self.inner.storage.remove_upload(key).await;
             return Err(e.into());
         }
         self.lock_sessions().insert(
-            id.clone(),
+            key.to_owned(),
             Arc::new(tokio::sync::Mutex::new(SessionState {
                 hasher: Some(Algorithm::Sha256.hasher()),
                 len: 0,
@@ -266,18 +279,21 @@ impl Registry {
     /// a session when it cannot.
     pub async fn mount(
         &self,
-        repo: &str,
+        repo: &Repository,
         digest: &Digest,
-        from: Option<&str>,
+        from: Option<&Repository>,
     ) -> Result<Mounted, ServiceError> {
         let size = match from {
-            Some(from) => self.inner.meta.repo_blob(from, digest).await?,
+            Some(from) => self.inner.meta.repo_blob(from.as_str(), digest).await?,
             None => self.inner.meta.any_blob(digest).await?,
         };
         if let Some(size) = size
             && self.inner.storage.stat(digest).await?.is_some()
         {
-            self.inner.meta.link_blob(repo, digest, size).await?;
+            self.inner
+                .meta
+                .link_blob(repo.as_str(), digest, size)
+                .await?;
             return Ok(Mounted::Linked);
         }
         Ok(Mounted::Session(self.start_upload(repo).await?))
@@ -286,12 +302,13 @@ impl Registry {
     /// Stores a whole blob sent in one request, verifying `digest`.
     pub async fn put_blob(
         &self,
-        repo: &str,
+        repo: &Repository,
         digest: &Digest,
         body: ByteStream,
         declared: Option<u64>,
     ) -> Result<u64, ServiceError> {
-        let id = format!("mono-{}", new_id());
+        let repo = repo.as_str();
+        let id = format!("mono-{}", UploadId::new());
         let storage = &self.inner.storage;
         storage.create_upload(&id).await?;
         let mut hasher = digest.algorithm().hasher();
@@ -349,7 +366,13 @@ impl Registry {
     }
 
     /// How many bytes an upload holds.
-    pub async fn upload_status(&self, repo: &str, id: &str) -> Result<u64, ServiceError> {
+    pub async fn upload_status(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+    ) -> Result<u64, ServiceError> {
+        let repo = repo.as_str();
+        let id = id.as_str();
         let state = self.session(repo, id).await?;
         let _guard = state.lock().await;
         self.inner
@@ -362,11 +385,13 @@ impl Registry {
     /// Appends a chunk. `start`, from `Content-Range`, must equal the upload's length.
     pub async fn append(
         &self,
-        repo: &str,
-        id: &str,
+        repo: &Repository,
+        id: &UploadId,
         start: Option<u64>,
         body: ByteStream,
     ) -> Result<u64, ServiceError> {
+        let repo = repo.as_str();
+        let id = id.as_str();
         let state = self.session(repo, id).await?;
         let mut st = state.lock().await;
         self.append_locked(id, &mut st, start, body).await
@@ -423,12 +448,14 @@ impl Registry {
     /// session and its data are removed and nothing is stored.
     pub async fn finish_upload(
         &self,
-        repo: &str,
-        id: &str,
+        repo: &Repository,
+        id: &UploadId,
         digest: &Digest,
         start: Option<u64>,
         body: ByteStream,
     ) -> Result<u64, ServiceError> {
+        let repo = repo.as_str();
+        let id = id.as_str();
         let state = self.session(repo, id).await?;
         let mut st = state.lock().await;
         let len = self.append_locked(id, &mut st, start, body).await?;
@@ -461,7 +488,13 @@ impl Registry {
     }
 
     /// Cancels an upload, removing its data.
-    pub async fn cancel_upload(&self, repo: &str, id: &str) -> Result<(), ServiceError> {
+    pub async fn cancel_upload(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+    ) -> Result<(), ServiceError> {
+        let repo = repo.as_str();
+        let id = id.as_str();
         let state = self.session(repo, id).await?;
         let _guard = state.lock().await;
         self.drop_session(id).await
@@ -529,11 +562,12 @@ impl Registry {
     /// Validates and stores a manifest; returns its digest and subject.
     pub async fn put_manifest(
         &self,
-        repo: &str,
+        repo: &Repository,
         reference: &ManifestRef,
         content_type: Option<&str>,
         content: Bytes,
     ) -> Result<(Digest, Option<Digest>), ServiceError> {
+        let repo = repo.as_str();
         let limit = self.inner.config.limits.manifest_max_bytes;
         if content.len() as u64 > limit {
             return Err(ServiceError::TooLarge {
@@ -590,9 +624,10 @@ impl Registry {
     /// A manifest by tag or digest.
     pub async fn manifest(
         &self,
-        repo: &str,
+        repo: &Repository,
         reference: &ManifestRef,
     ) -> Result<Manifest, ServiceError> {
+        let repo = repo.as_str();
         if let Some(m) = self.inner.cache.get(repo, reference.key()) {
             return Ok(m);
         }
@@ -613,9 +648,10 @@ impl Registry {
     /// Deletes a manifest (by digest, with its tags) or a tag (by tag, the manifest stays).
     pub async fn delete_manifest(
         &self,
-        repo: &str,
+        repo: &Repository,
         reference: &ManifestRef,
     ) -> Result<(), ServiceError> {
+        let repo = repo.as_str();
         let existed = match reference {
             ManifestRef::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
             ManifestRef::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
@@ -632,10 +668,11 @@ impl Registry {
     /// A page of `repo`'s tags.
     pub async fn tags(
         &self,
-        repo: &str,
+        repo: &Repository,
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<Page, ServiceError> {
+        let repo = repo.as_str();
         if !self.inner.meta.repo_exists(repo).await? {
             return Err(ServiceError::NameUnknown(repo.to_owned()));
         }
@@ -650,10 +687,11 @@ impl Registry {
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
     pub async fn referrers(
         &self,
-        repo: &str,
+        repo: &Repository,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, ServiceError> {
+        let repo = repo.as_str();
         let mut all = self.inner.meta.referrers(repo, subject).await?;
         if let Some(t) = artifact_type {
             all.retain(|r| r.artifact_type.as_deref() == Some(t));
@@ -684,18 +722,4 @@ fn check_content(
         });
     }
     Ok(())
-}
-
-/// A random upload id in UUID form.
-fn new_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }

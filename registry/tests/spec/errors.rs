@@ -468,3 +468,32 @@ async fn hostile_paths_never_500(t: &Target) -> Result<(), String> {
     api.get("/v2/").await?.expect(200)?;
     Ok(())
 }
+
+// code-3 BLOB_UPLOAD_UNKNOWN for a session id that no upload was ever given: ids of another form
+// than the registry hands out (which also name its upload files) reach no session, on every
+// method of the upload endpoint.
+spec!(
+    upload_ids_of_another_form_are_unknown,
+    distribution_differs = "code-3 BLOB_UPLOAD_UNKNOWN is the error of an id that names no \
+                            session; distribution 2.8 first checks the `_state` token it adds to \
+                            its own upload URLs and answers BLOB_UPLOAD_INVALID without one"
+);
+async fn upload_ids_of_another_form_are_unknown(t: &Target) -> Result<(), String> {
+    let api = Api::new(t)?;
+    let repo = repo("odd-upload-id");
+    let digest = sha256(b"");
+    for id in ["not-a-session", "x.y", &"0".repeat(36)] {
+        let path = format!("/v2/{repo}/blobs/uploads/{id}");
+        let put = format!("{path}?digest={digest}");
+        let responses = [
+            api.get(&path).await?,
+            api.send(Method::PATCH, &path, &[], b"abc".to_vec()).await?,
+            api.send(Method::PUT, &put, &[], Vec::new()).await?,
+            api.send(Method::DELETE, &path, &[], Vec::new()).await?,
+        ];
+        for resp in responses {
+            resp.expect_error(404, "BLOB_UPLOAD_UNKNOWN")?;
+        }
+    }
+    Ok(())
+}
