@@ -64,7 +64,7 @@ impl Line {
 pub fn bench(args: &Args) {
     for tool in ["buildah", "podman", "dockerd"] {
         assert!(
-            support::have(tool),
+            support::require(tool),
             "the build benchmark needs {tool} (run .ci/install-deps)"
         );
     }

@@ -174,7 +174,7 @@ fn dir_size(dir: &Path) -> u64 {
 fn transfer(args: &Args) {
     for tool in ["skopeo", "docker-registry"] {
         assert!(
-            support::have(tool),
+            support::require(tool),
             "the transfer benchmark needs {tool} (run .ci/install-deps)"
         );
     }
@@ -185,7 +185,7 @@ fn transfer(args: &Args) {
     } else {
         "/tmp"
     });
-    let reg = support::Registry::start_in(shm, "").unwrap();
+    let reg = support::Distribution::start_with(shm, "").unwrap();
     let a = reg.addr.clone();
     let server_side = tempfile::tempdir_in(shm).unwrap();
     let work = tempfile::tempdir_in(

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::support::{self, Registry, WharfServe};
+use super::support::{self, Distribution, WharfServe};
 use super::{Args, Figure, median, random_tar, run, settle};
 
 const ACCEPT: &str = "Accept: application/vnd.oci.image.manifest.v1+json, \
@@ -112,7 +112,7 @@ fn rate_line(what: &str, wharf: f64, peer: f64) {
 pub fn bench(args: &Args) {
     for tool in ["skopeo", "docker-registry", "curl", "wrk", "ab"] {
         assert!(
-            support::have(tool),
+            support::require(tool),
             "the registry benchmark needs {tool} (run .ci/install-deps)"
         );
     }
@@ -123,7 +123,7 @@ pub fn bench(args: &Args) {
     } else {
         "/tmp"
     });
-    let dist = Registry::start_in(parent, "").unwrap();
+    let dist = Distribution::start_with(parent, "").unwrap();
     let wharf = WharfServe::start_in(parent);
     let servers = [
         Server {
@@ -132,7 +132,7 @@ pub fn bench(args: &Args) {
         },
         Server {
             addr: dist.addr.clone(),
-            pid: dist.pid(),
+            pid: dist.pid,
         },
     ];
     println!(

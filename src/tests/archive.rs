@@ -17,7 +17,7 @@ fn config_and_layers(w: &Wharf, image: &str) -> (String, Vec<String>) {
 
 #[test]
 fn issue_2_save_is_read_by_docker_load_and_skopeo() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
     let w = Wharf::new();
@@ -129,7 +129,7 @@ fn issue_2_save_is_read_by_docker_load_and_skopeo() {
 
 #[test]
 fn issue_2_loads_skopeo_oci_archives_and_compressed_streams() {
-    if !have("skopeo") || !have("zstd") || !have_busybox() {
+    if !require("skopeo") || !require("zstd") || !have_busybox() {
         return;
     }
     let w = Wharf::new();

@@ -144,7 +144,7 @@ const CONFIG_KEYS: [&str; 13] = [
 
 #[test]
 fn issue_4_build_without_run_matches_buildkit() {
-    if !have_busybox() || !have("tar") {
+    if !have_busybox() || !require("tar") {
         return;
     }
     let Some(d) = Dockerd::start() else { return };
@@ -448,7 +448,7 @@ fn issue_4_cache_reuses_steps_and_reruns_from_the_changed_file() {
 
 #[test]
 fn issue_4_outputs_push_and_a_context_on_stdin() {
-    if !have("skopeo") || !have("tar") {
+    if !require("skopeo") || !require("tar") {
         return;
     }
     let serve = WharfServe::start();
@@ -518,7 +518,7 @@ fn issue_4_outputs_push_and_a_context_on_stdin() {
 
 #[test]
 fn issue_4_newer_copy_forms_parents_exclude_heredoc_and_add_archives() {
-    if !have("tar") {
+    if !require("tar") {
         return;
     }
     let w = Wharf::new();
@@ -822,7 +822,7 @@ fn issue_4_build_args_files_and_onbuild_triggers() {
 
 #[test]
 fn issue_4_live_view_on_a_terminal() {
-    if !have("script") {
+    if !require("script") {
         return;
     }
     let w = Wharf::new();
@@ -965,12 +965,20 @@ fn issue_4_hostile_add_archive_and_two_checkouts() {
     // A second checkout (new inodes and times), another store: the same image.
     let ctx_b = tmp.path().join("b/ctx");
     std::fs::create_dir_all(&ctx_b).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     std::fs::File::create(ctx_b.join("evil.tar"))
         .unwrap()
         .write_all(&evil)
         .unwrap();
     std::fs::write(ctx_b.join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    // Other times than the first checkout's, without waiting for the clock.
+    let other = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for f in ["evil.tar", "Dockerfile"] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(ctx_b.join(f))
+            .unwrap();
+        file.set_modified(other).unwrap();
+    }
     let id_a = String::from_utf8_lossy(&r.stdout).trim().to_owned();
     let r = Wharf::new()
         .cmd()
@@ -1152,7 +1160,7 @@ pub(crate) fn layer_entries(
 
 #[test]
 fn issue_10_results_follow_buildkit_v0_32() {
-    if !have_root() || !have_busybox() || !have("tar") {
+    if !require_root() || !have_busybox() || !require("tar") {
         return;
     }
     let w = Wharf::new();
@@ -1283,7 +1291,7 @@ fn issue_10_expansion_is_bounded_and_env_is_linear() {
 #[test]
 fn issue_10_file_names_are_bytes_in_layers() {
     use std::os::unix::ffi::OsStrExt;
-    if !have_root() || !have_busybox() || !have("tar") {
+    if !require_root() || !have_busybox() || !require("tar") {
         return;
     }
     let w = Wharf::new();

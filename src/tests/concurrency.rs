@@ -42,7 +42,7 @@ fn beside(
 
 #[test]
 fn issue_10_independent_stages_run_at_once_without_collisions() {
-    if !have_root() || !have_busybox() {
+    if !require_root() || !have_busybox() {
         return;
     }
     let w = Wharf::new();
@@ -107,7 +107,7 @@ fn issue_10_pull_beside_rmi_of_the_same_image() {
 
 #[test]
 fn issue_10_builds_beside_rmi_of_their_base_and_builder_prune() {
-    if !have_root() || !have_busybox() {
+    if !require_root() || !have_busybox() {
         return;
     }
     let w = Arc::new(Wharf::new());

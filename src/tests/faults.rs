@@ -72,25 +72,24 @@ fn issue_2_killed_pull_resumes_and_leaves_no_stray_files() {
         .spawn()
         .unwrap();
     // Wait until part of the layer is on disk, then kill -9.
-    let start = Instant::now();
-    let partial = loop {
-        let found = std::fs::read_dir(w.root.join("ingest"))
-            .ok()
-            .and_then(|rd| {
-                rd.flatten().find(|e| {
-                    e.file_name().to_string_lossy().ends_with(".partial")
-                        && e.metadata().is_ok_and(|m| m.len() > 200_000)
+    let mut partial = None;
+    wait_until(
+        "the pull to write part of the layer",
+        Duration::from_secs(30),
+        || {
+            partial = std::fs::read_dir(w.root.join("ingest"))
+                .ok()
+                .and_then(|rd| {
+                    rd.flatten().find(|e| {
+                        e.file_name().to_string_lossy().ends_with(".partial")
+                            && e.metadata().is_ok_and(|m| m.len() > 200_000)
+                    })
                 })
-            });
-        if let Some(e) = found {
-            break e.path();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the pull never wrote a partial layer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+                .map(|e| e.path());
+            partial.is_some()
+        },
+    );
+    let partial = partial.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(partial.exists());

@@ -18,10 +18,12 @@ fn skopeo_digest(reference: &str) -> String {
 
 #[test]
 fn issue_2_pull_tag_push_roundtrip_read_by_skopeo_and_docker() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
-    let Some(reg) = Registry::start() else { return };
+    let Some(reg) = Distribution::start() else {
+        return;
+    };
     let layout = busybox_layout();
     let a = &reg.addr;
     skopeo(&[
@@ -101,10 +103,12 @@ fn issue_2_pull_tag_push_roundtrip_read_by_skopeo_and_docker() {
 
 #[test]
 fn issue_2_chunked_push_and_cross_repository_mount() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
-    let Some(reg) = Registry::start() else { return };
+    let Some(reg) = Distribution::start() else {
+        return;
+    };
     let a = &reg.addr;
     let w = Wharf::new();
     w.load_busybox();
@@ -144,10 +148,12 @@ fn issue_2_chunked_push_and_cross_repository_mount() {
 
 #[test]
 fn issue_2_concurrent_pulls_sharing_layers() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
-    let Some(reg) = Registry::start() else { return };
+    let Some(reg) = Distribution::start() else {
+        return;
+    };
     let a = &reg.addr;
     let base = busybox_layout();
     let tmp = tempfile::tempdir().unwrap();
@@ -216,7 +222,7 @@ fn issue_2_concurrent_pulls_sharing_layers() {
 
 #[test]
 fn issue_2_basic_auth_login_push_logout() {
-    if !have("htpasswd") || !have_busybox() {
+    if !require("htpasswd") || !have_busybox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -230,7 +236,7 @@ fn issue_2_basic_auth_login_push_logout() {
         "auth:\n  htpasswd:\n    realm: wharf-test\n    path: {}\n",
         htpasswd.display()
     );
-    let Some(reg) = Registry::start_with(&auth) else {
+    let Some(reg) = Distribution::start_with(&std::env::temp_dir(), &auth) else {
         return;
     };
     let a = &reg.addr;
@@ -279,10 +285,12 @@ fn issue_2_basic_auth_login_push_logout() {
 
 #[test]
 fn issue_2_multi_platform_index_one_platform_or_all() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
-    let Some(reg) = Registry::start() else { return };
+    let Some(reg) = Distribution::start() else {
+        return;
+    };
     let a = &reg.addr;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("multi");

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::support::*;
 
 fn ready() -> bool {
-    have_root() && have_busybox()
+    require_root() && have_busybox()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -57,7 +57,7 @@ fn as_nobody(script: &str) -> Run {
 
 #[test]
 fn issue_10_the_store_is_closed_to_other_users() {
-    if !ready() || !have("setpriv") {
+    if !ready() || !require("setpriv") {
         return;
     }
     let w = Wharf::new();
@@ -105,7 +105,7 @@ fn issue_10_the_store_is_closed_to_other_users() {
 
 #[test]
 fn issue_10_the_busybox_fixture_root_is_0755() {
-    if !have_busybox() || !have("tar") {
+    if !have_busybox() || !require("tar") {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -145,7 +145,7 @@ fn issue_10_the_busybox_fixture_root_is_0755() {
 
 /// Compiles fixtures/probe/probe.c (static) into `dir/probe`.
 pub(crate) fn build_probe(dir: &Path) -> Option<PathBuf> {
-    if !have("gcc") {
+    if !require("gcc") {
         return None;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probe/probe.c");
@@ -559,7 +559,7 @@ impl Drop for HostServices {
 
 #[test]
 fn issue_10_run_gets_its_own_network_with_nat() {
-    if !ready() || !have("ip") || !have("slirp4netns") {
+    if !ready() || !require("ip") || !require("slirp4netns") {
         return;
     }
     let ctx = tempfile::tempdir().unwrap();

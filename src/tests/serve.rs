@@ -92,7 +92,7 @@ fn podman(dir: &std::path::Path, args: &[&str]) -> Run {
 
 #[test]
 fn issue_3_docker_pushes_and_pulls_through_wharf_serve() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
     let Some(d) = Dockerd::start() else { return };
@@ -164,7 +164,7 @@ fn issue_3_docker_pushes_and_pulls_through_wharf_serve() {
 
 #[test]
 fn issue_3_podman_pushes_and_pulls_through_wharf_serve() {
-    if !have("skopeo") || !have("podman") || !have_busybox() || !have_root() {
+    if !require("skopeo") || !require("podman") || !have_busybox() || !require_root() {
         return;
     }
     let serve = WharfServe::start();
@@ -223,7 +223,7 @@ fn issue_3_podman_pushes_and_pulls_through_wharf_serve() {
 
 #[test]
 fn issue_3_skopeo_both_ways_zstd_and_wharf_client() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
     let serve = WharfServe::start();
@@ -297,7 +297,7 @@ fn issue_3_skopeo_both_ways_zstd_and_wharf_client() {
 
 #[test]
 fn issue_3_multi_platform_index_comes_back_identical() {
-    if !have("skopeo") || !have_busybox() {
+    if !require("skopeo") || !have_busybox() {
         return;
     }
     let serve = WharfServe::start();
@@ -375,7 +375,7 @@ fn spawn_push(layout: &std::path::Path, dest: &str) -> std::process::Child {
 
 #[test]
 fn issue_3_kill_9_during_20_pushes_loses_nothing_acknowledged() {
-    if !have("skopeo") {
+    if !require("skopeo") {
         return;
     }
     let mut serve = WharfServe::start();
@@ -453,7 +453,7 @@ fn issue_3_kill_9_during_20_pushes_loses_nothing_acknowledged() {
 
 #[test]
 fn issue_3_fifty_pushers_share_layers_stored_once() {
-    if !have("skopeo") {
+    if !require("skopeo") {
         return;
     }
     let serve = WharfServe::start();
@@ -560,7 +560,7 @@ fn issue_3_serve_config_metrics_and_graceful_stop() {
 
 #[test]
 fn issue_3_tls_with_a_certificate_of_our_own() {
-    if !have("openssl") || !have("curl") || !have("skopeo") || !have_busybox() {
+    if !require("openssl") || !require("curl") || !require("skopeo") || !have_busybox() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -670,15 +670,21 @@ fn issue_3_sigterm_lets_an_upload_in_flight_finish() {
     )
     .unwrap();
     s.write_all(&body[..body.len() / 2]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The server holds the first half before it is told to stop.
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    let part = serve.root.join("uploads").join(&id);
+    let half = (body.len() / 2) as u64;
+    wait_until("half the upload to arrive", Duration::from_secs(20), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() == half)
+    });
     let pid = serve.pid().unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
     // New connections are refused while the old one is still served.
-    assert!(
-        std::net::TcpStream::connect(&a).is_err(),
-        "still accepting after SIGTERM"
+    wait_until(
+        "the listener to close after SIGTERM",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(&a).is_err(),
     );
     s.write_all(&body[body.len() / 2..]).unwrap();
     let mut resp = String::new();
@@ -751,19 +757,11 @@ fn issue_3_upload_sessions_survive_a_restart_and_expire() {
     http(&a, "PATCH", &loc, &[], b"abandoned");
     let uploads = serve.root.join("uploads");
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
-    let start = Instant::now();
-    loop {
-        let (status, _, body) = http(&a, "GET", &loc, &[], b"");
-        if status == 404 {
-            assert!(String::from_utf8_lossy(&body).contains("BLOB_UPLOAD_UNKNOWN"));
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the session never expired"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until("the session to expire", Duration::from_secs(15), || {
+        http(&a, "GET", &loc, &[], b"").0 == 404
+    });
+    let (_, _, body) = http(&a, "GET", &loc, &[], b"");
+    assert!(String::from_utf8_lossy(&body).contains("BLOB_UPLOAD_UNKNOWN"));
     assert_eq!(
         std::fs::read_dir(&uploads).unwrap().count(),
         0,

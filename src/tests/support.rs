@@ -1,6 +1,7 @@
 //! Test support: the wharf binary against a private store, real peer tools started on loopback
 //! ports (the Distribution registry, dockerd), in-process hostile servers, and the busybox
-//! fixture. Under `CI=true` a missing tool is a failure, never a skip.
+//! fixture. Under `CI=true` a missing tool is a failure, never a skip (`wharf_testkit`'s rule,
+//! which every crate's tests share).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,46 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Whether `tool` can run here. Under CI a missing tool fails the test; elsewhere the test is
-/// skipped with a message saying why.
-pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            !in_ci(),
-            "{tool} is required under CI=true but is not installed (run .ci/install-deps)"
-        );
-        eprintln!("SKIPPED: {tool} is not installed (install it with .ci/install-deps)");
-    }
-    found
-}
-
-/// Whether this process is root (dockerd needs it). Fails under CI otherwise.
-pub fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(!in_ci(), "this test needs root under CI=true");
-        eprintln!("SKIPPED: needs root");
-    }
-    root
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free port")
-}
+pub use wharf_testkit::{Distribution, require, require_root, wait_until};
 
 /// A wharf invocation on a private store.
 pub struct Wharf {
@@ -249,8 +211,7 @@ pub fn have_busybox() -> bool {
             .status()
             .is_ok_and(|s| s.success());
     if !ok {
-        assert!(!in_ci(), "busybox-static is required under CI=true");
-        eprintln!("SKIPPED: busybox-static is not installed");
+        wharf_testkit::skip("busybox-static is not installed");
     }
     ok
 }
@@ -272,79 +233,6 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String, Vec<u8>)> {
     Some((status, head, buf[split + 4..].to_vec()))
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Debian's docker-registry (Distribution 2.8) on a free loopback port, data in a temp dir.
-pub struct Registry {
-    pub addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    pub fn start() -> Option<Registry> {
-        Self::start_with("")
-    }
-
-    /// Starts with extra YAML appended to the config (e.g. an `auth:` section).
-    pub fn start_with(extra: &str) -> Option<Registry> {
-        Self::start_in(&std::env::temp_dir(), extra)
-    }
-
-    /// Starts with its data in a fresh directory under `parent`.
-    pub fn start_in(parent: &Path, extra: &str) -> Option<Registry> {
-        if !have("docker-registry") {
-            return None;
-        }
-        let dir = tempfile::tempdir_in(parent).unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
-            dir.path().join("data").display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let reg = Registry {
-            addr,
-            child,
-            _dir: dir,
-        };
-        wait_until("docker-registry to listen", Duration::from_secs(20), || {
-            http_get(&reg.addr, "/v2/").is_some()
-        });
-        Some(reg)
-    }
-}
-
-impl Registry {
-    #[allow(dead_code, reason = "used by the benchmark harness (src/bench)")]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Debian's dockerd, started by hand on a private socket and data root.
 pub struct Dockerd {
     pub sock: String,
@@ -354,11 +242,13 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start() -> Option<Dockerd> {
-        if !have_root() || !have("dockerd") || !have("/usr/bin/docker") {
+        if !require_root() || !require("dockerd") || !require("/usr/bin/docker") {
             return None;
         }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Short paths: the socket path must fit in sockaddr_un.
-        let dir = std::env::temp_dir().join(format!("wd-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!("wd-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = format!("{}/d.sock", dir.display());
         let log = std::fs::File::create(dir.join("log")).unwrap();
@@ -487,11 +377,11 @@ impl WharfServe {
         Self::start_in(&std::env::temp_dir())
     }
 
-    /// Starts with extra flags (e.g. TLS); the readiness probe is then a TCP connect.
+    /// Starts with extra flags (e.g. TLS).
     pub fn start_with(flags: &[&str]) -> WharfServe {
         let dir = tempfile::tempdir().unwrap();
         let mut s = WharfServe {
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: "127.0.0.1:0".into(),
             root: dir.path().join("registry"),
             child: None,
             log: dir.path().join("log"),
@@ -508,7 +398,7 @@ impl WharfServe {
         let root = dir.path().join("registry");
         let log = dir.path().join("log");
         let mut s = WharfServe {
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: "127.0.0.1:0".into(),
             root,
             child: None,
             log,
@@ -519,27 +409,32 @@ impl WharfServe {
         s
     }
 
+    /// Starts the server on `self.addr`: the first time port 0, the kernel's choice, read back
+    /// from the server's log; after that the port it got.
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
+        let from = log.metadata().map_or(0, |m| m.len() as usize);
         let child = Command::new(WHARF)
             .args(["serve", "--addr", &self.addr, "--root"])
             .arg(&self.root)
             .args(&self.flags)
             .env_remove("WHARF_ROOT")
-            .env("RUST_LOG", "warn,wharf_registry=info")
+            .env("RUST_LOG", "warn,wharf=info,wharf_registry=info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting wharf serve");
         self.child = Some(child);
-        let addr = self.addr.clone();
-        wait_until("wharf serve to listen", Duration::from_secs(20), || {
-            TcpStream::connect(&addr).is_ok()
-        });
+        let url =
+            wharf_testkit::wait_for_log(&self.log, from, "listening on ", Duration::from_secs(20));
+        self.addr = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, a)| a)
+            .to_owned();
     }
 
     /// SIGKILL, as a crash would.

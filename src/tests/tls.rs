@@ -115,7 +115,7 @@ impl Drop for ServeIn {
 
 #[test]
 fn issue_11_registries_over_tls_and_plain_http() {
-    if !have_root() || !have_busybox() || !have("openssl") || !have("ip") {
+    if !require_root() || !have_busybox() || !require("openssl") || !require("ip") {
         return;
     }
     let ns = Netns::new();

@@ -2,10 +2,8 @@
 //! the tests that run it. A fresh clone has no corpus: those tests then skip, saying so in one
 //! line each, and fail only under `CI=true`, where the corpus must be there.
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
 
 /// Where `relative` is in the corpus at `dir` (`$WHARF_PEER_DIR`): `Ok(None)` when it is not
 /// there and `ci` is off, an error naming what is missing when `ci` is on.
@@ -31,27 +29,15 @@ pub(crate) fn locate(
 /// The corpus path of `relative` for this test run, or `None` after printing why the test
 /// skips. Panics under `CI=true` when the corpus is missing.
 pub(crate) fn corpus(relative: &str) -> Option<PathBuf> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let dir = std::env::var_os("WHARF_PEER_DIR");
-    match locate(dir.as_deref(), ci, relative) {
+    match locate(dir.as_deref(), wharf_testkit::ci(), relative) {
         Ok(Some(p)) => Some(p),
         Ok(None) => {
-            // Written to the process's stderr directly, not through `eprintln!`, which the test
-            // harness captures: a skip must show in a passing run.
-            let line = format!(
-                "SKIPPED: the peer corpus {relative} is not here (WHARF_PEER_DIR={}), so its cases did not run\n",
+            wharf_testkit::skip(&format!(
+                "the peer corpus {relative} is not here (WHARF_PEER_DIR={}), so its cases did not run",
                 dir.as_deref()
                     .map_or("unset".into(), |d| d.to_string_lossy())
-            );
-            // Several tests read one corpus: say it once per corpus.
-            static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-            let first = SAID
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(relative.to_owned());
-            if first {
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-            }
+            ));
             None
         }
         Err(e) => panic!("{e}"),

@@ -9,14 +9,7 @@ use super::*;
 /// A root with the host's static busybox, or None (a failure under CI=true) without root or
 /// busybox.
 fn busybox_root() -> Option<tempfile::TempDir> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(!ci, "the sandbox tests need root under CI=true");
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        assert!(!ci, "busybox-static is required under CI=true");
+    if !wharf_testkit::require_root() || !wharf_testkit::require("/bin/busybox") {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,8 @@ impl std::fmt::Debug for Credentials {
 #[derive(Clone, Debug)]
 pub struct CredentialStore {
     path: PathBuf,
+    /// Where `docker-credential-*` helpers are looked up: `PATH` unless set.
+    helper_path: Option<std::ffi::OsString>,
 }
 
 /// The key a registry host is filed under: Docker Hub's legacy URL, or the host itself.
@@ -66,7 +68,14 @@ impl CredentialStore {
     pub fn new(dir: &Path) -> CredentialStore {
         CredentialStore {
             path: dir.join("config.json"),
+            helper_path: None,
         }
+    }
+
+    /// Looks credential helpers up in `path` (a `PATH`-style list) instead of `PATH`.
+    pub fn with_helper_path(mut self, path: impl Into<std::ffi::OsString>) -> CredentialStore {
+        self.helper_path = Some(path.into());
+        self
     }
 
     /// The config file's path.
@@ -142,7 +151,7 @@ impl CredentialStore {
     pub async fn get(&self, host: &str) -> Result<Option<Credentials>, ClientError> {
         let config = self.read()?;
         if let Some(helper) = Self::helper_for(&config, host) {
-            return helper_get(&helper, &server_key(host)).await;
+            return helper_get(self.helper_path.as_deref(), &helper, &server_key(host)).await;
         }
         let Some(Value::Object(auths)) = config.get("auths") else {
             return Ok(None);
@@ -198,7 +207,13 @@ impl CredentialStore {
             let payload = serde_json::json!({
                 "ServerURL": key, "Username": creds.username, "Secret": creds.password,
             });
-            helper_run(&helper, "store", payload.to_string().as_bytes()).await?;
+            helper_run(
+                self.helper_path.as_deref(),
+                &helper,
+                "store",
+                payload.to_string().as_bytes(),
+            )
+            .await?;
             // docker keeps an empty entry so `docker info` lists the registry.
             let auths = config
                 .entry("auths")
@@ -229,7 +244,14 @@ impl CredentialStore {
         let key = server_key(host);
         let mut found = false;
         if let Some(helper) = Self::helper_for(&config, host) {
-            found = helper_run(&helper, "erase", key.as_bytes()).await.is_ok();
+            found = helper_run(
+                self.helper_path.as_deref(),
+                &helper,
+                "erase",
+                key.as_bytes(),
+            )
+            .await
+            .is_ok();
         }
         if let Some(Value::Object(a)) = config.get_mut("auths") {
             let before = a.len();
@@ -243,13 +265,23 @@ impl CredentialStore {
     }
 }
 
-async fn helper_run(helper: &str, verb: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+async fn helper_run(
+    path: Option<&std::ffi::OsStr>,
+    helper: &str,
+    verb: &str,
+    input: &[u8],
+) -> Result<Vec<u8>, ClientError> {
     let program = format!("docker-credential-{helper}");
     let fail = |reason: String| ClientError::Helper {
         helper: helper.to_owned(),
         reason,
     };
-    let mut child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    if let Some(p) = path {
+        // The program is looked up in the child's PATH when one is set.
+        command.env("PATH", p);
+    }
+    let mut child = command
         .arg(verb)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -278,8 +310,12 @@ async fn helper_run(helper: &str, verb: &str, input: &[u8]) -> Result<Vec<u8>, C
     Ok(out.stdout)
 }
 
-async fn helper_get(helper: &str, key: &str) -> Result<Option<Credentials>, ClientError> {
-    let out = match helper_run(helper, "get", key.as_bytes()).await {
+async fn helper_get(
+    path: Option<&std::ffi::OsStr>,
+    helper: &str,
+    key: &str,
+) -> Result<Option<Credentials>, ClientError> {
+    let out = match helper_run(path, helper, "get", key.as_bytes()).await {
         Ok(o) => o,
         Err(ClientError::Helper { reason, .. }) if reason.contains("credentials not found") => {
             return Ok(None);
@@ -368,20 +404,19 @@ mod tests {
         std::fs::write(&helper, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // The helper is found through PATH, as docker finds it.
+        // The helper is found through a PATH-style list, as docker finds it (this process's
+        // own PATH is left alone: other test threads read it).
         let path = format!(
             "{}:{}",
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        // SAFETY: this test binary sets PATH once, before any thread reads it for this helper.
-        unsafe { std::env::set_var("PATH", path) };
         std::fs::write(
             dir.path().join("config.json"),
             r#"{"credsStore":"wharftest"}"#,
         )
         .unwrap();
-        let s = CredentialStore::new(dir.path());
+        let s = CredentialStore::new(dir.path()).with_helper_path(path);
         assert_eq!(s.get("r.example").await.unwrap(), None);
         let c = Credentials {
             username: "u".into(),
