@@ -59,7 +59,7 @@ pub fn environment(
         Some(slot) => slot.1 = v,
         None => env.push((k.to_owned(), v)),
     };
-    set("PATH", crate::build::DEFAULT_PATH.to_owned(), &mut env);
+    set("PATH", crate::solve::DEFAULT_PATH.to_owned(), &mut env);
     set("HOSTNAME", hostname.to_owned(), &mut env);
     for e in strings(config.get("config").and_then(|c| c.get("Env"))) {
         if let Some((k, v)) = e.split_once('=') {

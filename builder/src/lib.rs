@@ -3,17 +3,18 @@
 //! # Layout
 //! - [`change`]: Dockerfile instructions applied to an image config, as `import --change`
 //!   takes them.
-//! - [`dockerfile`]: the Dockerfile front end (parser, typed instructions).
+//! - [`dockerfile`]: the Dockerfile front end (parser, typed instructions, word expansion).
 //! - [`context`]: the build context (`.dockerignore` rules, confined source resolution).
-//! - [`build`]: running a Dockerfile into an image.
-//! - [`snapshot`]: what a build step changed, as layer entries.
-//!
-//! The instruction layer, build graph, cache and sandbox arrive with issues 4 and 5.
+//! - [`solve`]: solving a Dockerfile into an image (stages, steps, the cache).
+//! - [`snapshot`]: layer snapshots, the views a step's root is mounted from, and what a step
+//!   changed, as layer entries.
+//! - [`sandbox`]: RUN's and `wharf run`'s Linux namespaces, capabilities and seccomp.
+//! - [`container`]: what `wharf run` needs of an image besides its root.
 
-pub mod build;
 pub mod change;
 pub mod container;
 pub mod context;
 pub mod dockerfile;
 pub mod sandbox;
 pub mod snapshot;
+pub mod solve;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use wharf_builder::build::{
+use wharf_builder::context::Context;
+use wharf_builder::solve::{
     BaseImage, BuildEvent, BuildOptions, CacheAccess, Download, Images, build,
 };
-use wharf_builder::context::Context;
 use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
 use wharf_common::media_type::Compression;
@@ -371,7 +371,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         _ => false,
     };
     let live = (tty && !quiet).then(LiveView::new);
-    let events: wharf_builder::build::Events = Arc::new(move |e| {
+    let events: wharf_builder::solve::Events = Arc::new(move |e| {
         if quiet {
             return;
         }
@@ -440,13 +440,13 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = tokio::select! {
         r = &mut fut => r,
         _ = tokio::signal::ctrl_c() => {
-            wharf_builder::build::Cancel::cancel_all();
+            wharf_builder::solve::Cancel::cancel_all();
             let _ = fut.await;
             drop(staging);
             anyhow::bail!("build cancelled");
         }
         _ = term.recv() => {
-            wharf_builder::build::Cancel::cancel_all();
+            wharf_builder::solve::Cancel::cancel_all();
             let _ = fut.await;
             drop(staging);
             anyhow::bail!("build cancelled");

@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{BuildEvent, Layer, Run, StageState, clean_abs, copy, key_of};
+use super::BuildEvent;
+use super::cache::key_of;
+use super::copy;
+use super::solver::Solver;
+use super::stage::{Layer, StageState, clean_abs};
 use crate::dockerfile::instructions::{CommandLine, RunSpec};
 use crate::sandbox::{self, Mount, Network, Root, Spec};
 
@@ -233,7 +237,7 @@ fn history_text(s: &mut StageState, argv: &[String]) -> String {
 
 /// Runs a RUN step; returns whether it came from the cache.
 pub(super) fn run(
-    run: &Run,
+    run: &Solver,
     s: &mut StageState,
     r: &RunSpec,
     done: &BTreeMap<usize, StageState>,
@@ -563,7 +567,7 @@ pub(super) fn run(
     let Some((mut view, n)) = s.view.0.take() else {
         return Err("the step's root is not mounted".into());
     };
-    let lowers: Vec<PathBuf> = super::chain_of(&s.layers)
+    let lowers: Vec<PathBuf> = super::stage::chain_of(&s.layers)
         .iter()
         .rev()
         .map(|(c, _)| run.opts.snapshots.dir(c))
@@ -587,14 +591,14 @@ fn now() -> i64 {
 
 /// The content key of a bind mount's source.
 fn bind_key(
-    run: &Run,
+    run: &Solver,
     s: &mut StageState,
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,
 ) -> Result<String, String> {
     match &m.from {
-        Some(f) => match super::stage_index(&run.df, f, stage).and_then(|j| done.get(&j)) {
+        Some(f) => match super::graph::stage_index(&run.df, f, stage).and_then(|j| done.get(&j)) {
             Some(d) => Ok(format!(" stage {}", d.key)),
             None => Ok(format!(" image {f}")),
         },
@@ -613,7 +617,7 @@ fn bind_key(
 
 /// Where a bind mount's source is on the host.
 fn bind_source(
-    run: &Run,
+    run: &Solver,
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,

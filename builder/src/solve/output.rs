@@ -9,7 +9,8 @@ use wharf_common::digest::Digest;
 use wharf_common::image::BlobRef;
 use wharf_common::media_type;
 
-use super::{BuildOptions, Layer, StageState};
+use super::BuildOptions;
+use super::stage::{Layer, StageState};
 
 /// An image a build produced.
 pub struct Built {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use wharf_common::archive::layer::{LayerEntry, LayerOptions, LayerSource, write_layer};
 
-use super::{BuildOptions, Layer, Run, StageState, clean_abs};
+use super::BuildOptions;
+use super::solver::Solver;
+use super::stage::{Layer, StageState, clean_abs};
 use crate::context::{Context, resolve_in_root};
 use crate::dockerfile::instructions::CopySpec;
 
@@ -227,7 +229,7 @@ pub(crate) enum From<'a> {
 
 /// Runs a COPY or ADD: returns the layer's entries, the root updated.
 pub(crate) fn copy(
-    run: &Run,
+    run: &Solver,
     s: &mut StageState,
     c: &CopySpec,
     add: bool,

@@ -1,0 +1,237 @@
+//! The build cache: step keys, the lookup of a step's layer, what a build recorded, and the
+//! digest of the context files a COPY selects (remembered in the store by file stamp).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use wharf_common::archive::layer::WrittenLayer;
+use wharf_common::digest::Digest;
+
+use crate::context::Context;
+use crate::dockerfile::instructions;
+
+use super::api::is_url;
+use super::solver::Solver;
+use super::stage::{Layer, StageState};
+
+/// Context files' remembered digests: absolute path → (stamp, digest).
+pub(super) type ContextDigests = HashMap<String, (wharf_common::store::FileStamp, Digest)>;
+
+/// A layer a build wrote: the key of its step, the layer, its file, and when it was made.
+pub type NewLayer = (Digest, WrittenLayer, PathBuf, i64);
+
+/// A cache key: the sha256 of the parts, each length-prefixed.
+pub(super) fn key_of(parts: &[&str]) -> Digest {
+    let mut h = wharf_common::digest::Algorithm::Sha256.hasher();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finish()
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = wharf_common::digest::Algorithm::Sha256.hasher();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+impl Solver {
+    /// What a layer's bytes depend on besides its files, for cache keys.
+    pub(crate) fn layer_options(&self) -> String {
+        format!(
+            "{:?} {:?}",
+            self.opts.source_date_epoch, self.opts.compression
+        )
+    }
+
+    /// Remembers the layer the step keyed `key` just wrote (the stage's newest), for the cache.
+    pub(crate) fn record(&self, key: &Digest, s: &StageState) {
+        if let Some(Layer::New(w, p)) = s.layers.last() {
+            self.new_layers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((key.clone(), w.clone(), p.clone(), s.time));
+        }
+    }
+
+    /// The cached layer for `key`, unless the cache is off.
+    pub(super) fn cached_layer(&self, key: &Digest) -> Option<(WrittenLayer, PathBuf, i64)> {
+        if self.opts.no_cache {
+            return None;
+        }
+        let cache = self.opts.cache.as_ref()?;
+        let entry = cache.runtime.block_on(cache.store.cache_get(key)).ok()??;
+        // Protected, then checked: a prune beside the build then spares it, or it was gone
+        // already and this is a miss.
+        cache
+            .runtime
+            .block_on(cache.lease.protect(&entry.layer))
+            .ok()?;
+        cache.store.blob_path(&entry.layer).exists().then_some(())?;
+        self.cache_hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(key.clone());
+        let path = cache.store.blob_path(&entry.layer);
+        let media_type = match entry.media_type.as_str() {
+            wharf_common::media_type::OCI_LAYER_GZIP => wharf_common::media_type::OCI_LAYER_GZIP,
+            wharf_common::media_type::OCI_LAYER_ZSTD => wharf_common::media_type::OCI_LAYER_ZSTD,
+            _ => wharf_common::media_type::OCI_LAYER,
+        };
+        Some((
+            WrittenLayer {
+                diff_id: entry.diff_id,
+                digest: entry.layer,
+                size: entry.size,
+                media_type,
+            },
+            path,
+            entry.created_at,
+        ))
+    }
+
+    /// A digest of exactly what a COPY/ADD from the context selects: paths, types, modes,
+    /// sizes, link targets and contents, never times. File contents are hashed once per
+    /// (device, inode, size, mtime) and remembered in the store.
+    pub(super) fn context_checksum(
+        &self,
+        s: &mut StageState,
+        c: &instructions::CopySpec,
+        ctx: &Context,
+    ) -> Result<Digest, String> {
+        use std::os::unix::fs::MetadataExt;
+        let env = s.expansion_env();
+        let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
+        let mut lines: Vec<String> = Vec::new();
+        let mut remember = Vec::new();
+        // (context-relative path, path relative to the source it was found under; empty for a
+        // source itself): --exclude applies to the second, .dockerignore to the first.
+        let mut stack: Vec<(String, String)> = Vec::new();
+        for h in &c.heredocs {
+            lines.push(format!("heredoc {} {} {}", h.name, h.expand, h.content));
+        }
+        for src in &c.sources {
+            if src.starts_with("<<") {
+                continue;
+            }
+            let src = self
+                .lexer
+                .process_word(src, &env)
+                .map_err(|e| e.to_string())?;
+            if is_url(&src) {
+                let digest = self
+                    .urls
+                    .get(&src)
+                    .map(|(_, d)| d.digest.to_string())
+                    .unwrap_or_default();
+                lines.push(format!("url {src} {digest}"));
+                continue;
+            }
+            let mut matched = ctx.select(&src).map_err(|e| e.to_string())?;
+            matched.reverse();
+            stack.extend(matched.into_iter().map(|m| (m, String::new())));
+            lines.push(format!("source {src}"));
+        }
+        while let Some((rel, src_rel)) = stack.pop() {
+            let excluded_by_flag = if src_rel.is_empty() { &rel } else { &src_rel };
+            if !excludes.is_empty() && excludes.excludes(excluded_by_flag) {
+                continue;
+            }
+            // A source itself is followed if it is a link (COPY copies what it points at); what
+            // .dockerignore leaves out is not there, wherever a link led.
+            let disk = match ctx.resolve(&rel, src_rel.is_empty()) {
+                Ok(d) => d,
+                Err(crate::context::ContextError::NotFound { .. }) if !src_rel.is_empty() => {
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
+            let mode = meta.mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&disk).map_err(|e| e.to_string())?;
+                lines.push(format!("link {rel} {mode:o} {}", target.display()));
+            } else if meta.is_dir() {
+                lines.push(format!("dir {rel} {mode:o}"));
+                let mut names: Vec<String> = std::fs::read_dir(&disk)
+                    .map_err(|e| format!("{rel}: {e}"))?
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect();
+                names.sort();
+                for n in names.into_iter().rev() {
+                    let child = if rel == "." {
+                        n.clone()
+                    } else {
+                        format!("{rel}/{n}")
+                    };
+                    let child_src = if src_rel.is_empty() {
+                        n
+                    } else {
+                        format!("{src_rel}/{n}")
+                    };
+                    stack.push((child, child_src));
+                }
+            } else {
+                let stamp = wharf_common::store::FileStamp {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    size: meta.len(),
+                    mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                };
+                let abs = disk.to_string_lossy().into_owned();
+                let known = self.remembered(ctx, &abs, stamp);
+                let digest = match known {
+                    Some(d) => d,
+                    None => {
+                        let d = hash_file(&disk).map_err(|e| format!("{rel}: {e}"))?;
+                        remember.push((abs, stamp, d.clone()));
+                        d
+                    }
+                };
+                lines.push(format!("file {rel} {mode:o} {} {digest}", meta.len()));
+            }
+        }
+        if let Some(c) = &self.opts.cache {
+            let _ = c.runtime.block_on(c.store.context_digests_put(&remember));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        Ok(key_of(&refs))
+    }
+
+    /// The digest remembered for the context file `abs` if it still has `stamp`. The store's
+    /// digests for a context are read in one query, the first time one is asked for.
+    fn remembered(
+        &self,
+        ctx: &Context,
+        abs: &str,
+        stamp: wharf_common::store::FileStamp,
+    ) -> Option<Digest> {
+        let cache = self.opts.cache.as_ref()?;
+        let root = ctx.root().to_string_lossy().into_owned();
+        let mut memo = self
+            .context_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !memo.contains_key(&root) {
+            let known = cache
+                .runtime
+                .block_on(cache.store.context_digests_under(&root))
+                .unwrap_or_default();
+            memo.insert(root.clone(), known);
+        }
+        memo.get(&root)?
+            .get(abs)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, d)| d.clone())
+    }
+}
