@@ -52,7 +52,7 @@ pub async fn run(ctx: &Ctx, args: SaveArgs) -> anyhow::Result<ExitCode> {
             }
             ArchiveTarget::Tar(Box::new(std::io::BufWriter::with_capacity(
                 1 << 20,
-                std::io::stdout(),
+                crate::printer::Stdout,
             )))
         }
     };
