@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use wharf_builder::context::Context;
 use wharf_builder::solve::{
-    BaseImage, BuildEvent, BuildOptions, CacheAccess, Download, Images, build,
+    BaseImage, BuildEvent, BuildOptions, CacheAccess, CancelToken, Download, Images, build,
 };
 use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
@@ -330,6 +330,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let cache_mounts = store.root().join("cache-mounts");
     wharf_common::store::private_dir(&cache_mounts)
         .with_context(|| format!("creating {}", cache_mounts.display()))?;
+    let cancel = CancelToken::new();
     let opts = BuildOptions {
         dockerfile,
         dockerfile_name: dockerfile_path.display().to_string(),
@@ -357,6 +358,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
         network,
         allow_network_host,
         add_hosts,
+        cancel: cancel.clone(),
     };
     let quiet = args.quiet || ctx.global.progress == crate::cli::ProgressMode::Quiet;
     let json = ctx.global.progress == crate::cli::ProgressMode::Json;
@@ -440,13 +442,13 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = tokio::select! {
         r = &mut fut => r,
         _ = tokio::signal::ctrl_c() => {
-            wharf_builder::solve::Cancel::cancel_all();
+            cancel.cancel();
             let _ = fut.await;
             drop(staging);
             anyhow::bail!("build cancelled");
         }
         _ = term.recv() => {
-            wharf_builder::solve::Cancel::cancel_all();
+            cancel.cancel();
             let _ = fut.await;
             drop(staging);
             anyhow::bail!("build cancelled");
@@ -455,7 +457,8 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Layers of every stage go into the store (by hard link, before the image is stored, so
     // the copy finds them there), so later builds can reuse them.
     let mut records = Vec::new();
-    for (key, layer, path, created_at) in &built.new_layers {
+    for new in &built.new_layers {
+        let (key, layer, path) = (&new.key, &new.layer, &new.file);
         let blob = BlobRef {
             digest: layer.digest.clone(),
             size: layer.size,
@@ -471,7 +474,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 diff_id: layer.diff_id.clone(),
                 media_type: layer.media_type.to_owned(),
                 size: layer.size,
-                created_at: *created_at,
+                created_at: new.created_at,
             },
         ));
     }

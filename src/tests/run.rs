@@ -925,3 +925,115 @@ fn issue_11_first_errors_say_what_is_wrong() {
         r.stdout
     );
 }
+
+/// A build's JSON progress events, from `wharf --progress json build …`; fails the test unless
+/// the build succeeds.
+fn json_build(w: &Wharf, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(WHARF)
+        .env("WHARF_ROOT", &w.root)
+        .env("DOCKER_CONFIG", &w.docker_config)
+        .args(["--progress", "json", "build"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn issue_12_a_slow_stage_holds_up_only_what_depends_on_it() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let ctx = w.dir().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // `slow` and `fast` are independent; `next` needs only `fast`, so it runs while `slow` is
+    // still sleeping (run in waves, it waited for both).
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS slow\nRUN sleep 3 && echo slow > /s\n\
+         FROM busybox AS fast\nRUN echo fast > /f\n\
+         FROM fast AS next\nRUN echo next > /n\n\
+         FROM busybox\nCOPY --from=slow /s /s\nCOPY --from=next /n /n\n",
+    )
+    .unwrap();
+    let events = json_build(&w, &["--no-cache", "-t", "queue:1", ctx.to_str().unwrap()]);
+    let id_of = |instruction: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "step" && e["data"]["instruction"] == instruction)
+            .and_then(|e| e["data"]["id"].as_u64())
+            .unwrap_or_else(|| panic!("no step {instruction:?} in {events:?}"))
+    };
+    let position = |kind: &str, id: u64| {
+        events
+            .iter()
+            .position(|e| e["type"] == kind && e["data"]["id"].as_u64() == Some(id))
+            .unwrap_or_else(|| panic!("no {kind} event for #{id}"))
+    };
+    let slow = id_of("RUN sleep 3 && echo slow > /s");
+    let next = id_of("RUN echo next > /n");
+    assert!(
+        position("done", next) < position("done", slow),
+        "the stage after `fast` waited for `slow`: {events:?}"
+    );
+}
+
+#[test]
+fn issue_12_run_mounts_from_an_image_are_keyed_by_its_content() {
+    if !ready() {
+        return;
+    }
+    let w = Wharf::new();
+    w.load_busybox();
+    let dir = w.dir().join("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = |word: &str| {
+        std::fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM busybox\nRUN echo {word} > /marker\n"),
+        )
+        .unwrap();
+        w.run(&["build", "-q", "-t", "marker:1", dir.to_str().unwrap()])
+            .ok();
+    };
+    let consumer = w.dir().join("consumer");
+    std::fs::create_dir_all(&consumer).unwrap();
+    std::fs::write(
+        consumer.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=bind,from=marker:1,target=/m cat /m/marker > /seen\n",
+    )
+    .unwrap();
+    let seen = || {
+        w.run(&[
+            "build",
+            "-q",
+            "-t",
+            "consumer:1",
+            consumer.to_str().unwrap(),
+        ])
+        .ok();
+        w.run(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "consumer:1",
+            "cat",
+            "/seen",
+        ])
+        .ok()
+        .stdout
+    };
+    image("first");
+    assert_eq!(seen().trim(), "first");
+    // The same name, other content: the RUN must run again, not reuse the first result.
+    image("second");
+    assert_eq!(seen().trim(), "second");
+}

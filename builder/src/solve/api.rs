@@ -91,6 +91,8 @@ pub struct BuildOptions {
     pub allow_network_host: bool,
     /// `--add-host NAME:ADDRESS`: extra `/etc/hosts` lines for RUN, as (name, address).
     pub add_hosts: Vec<(String, String)>,
+    /// Stops the build when cancelled (the caller keeps a clone).
+    pub cancel: super::CancelToken,
 }
 
 /// The local store as the build cache, reached from the build's blocking thread.

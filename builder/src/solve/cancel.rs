@@ -1,30 +1,52 @@
-//! Stopping builds: Ctrl-C kills every running RUN and fails the build.
+//! Stopping a build: a token the caller keeps and the build carries in its options. Cancelling
+//! kills every RUN the build is running and makes it fail as cancelled before its next step.
 
-/// Stopping a build (Ctrl-C): every running RUN is killed, and the build fails.
-pub struct Cancel;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// Stops one build (Ctrl-C). Clones share the state; the default token is never cancelled
+/// unless [`CancelToken::cancel`] is called on it or a clone.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<Inner>);
 
-/// Removes a running sandbox from [`Cancel`]'s list when dropped.
-pub(crate) struct Registered(i32);
+#[derive(Debug, Default)]
+struct Inner {
+    cancelled: AtomicBool,
+    /// Sandboxes running for the build, killed on cancel.
+    running: Mutex<Vec<i32>>,
+}
+
+/// Removes a running sandbox from its token's list when dropped.
+pub(crate) struct Registered {
+    token: CancelToken,
+    pid: i32,
+}
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        RUNNING
+        self.token
+            .0
+            .running
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|p| *p != self.0);
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| *p != self.pid);
     }
 }
 
-impl Cancel {
-    /// Stops every build in this process: RUN steps are killed and fail as cancelled.
-    pub fn cancel_all() {
-        CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
-        for pid in RUNNING
+impl CancelToken {
+    /// A token not cancelled yet.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Cancels the build: its RUN steps are killed and it fails as cancelled.
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        for pid in self
+            .0
+            .running
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
             // SAFETY: kill has no memory preconditions; the pid is a sandbox not yet waited for.
@@ -32,20 +54,55 @@ impl Cancel {
         }
     }
 
-    /// Whether [`Cancel::cancel_all`] was called.
-    pub fn cancelled() -> bool {
-        CANCELLED.load(std::sync::atomic::Ordering::SeqCst)
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn register(pid: i32) -> Registered {
-        let mut list = RUNNING
+    /// Puts a running sandbox on the list `cancel` kills; killed at once if the build is
+    /// cancelled already.
+    pub(crate) fn register(&self, pid: i32) -> Registered {
+        let mut list = self
+            .0
+            .running
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         list.push(pid);
-        if Cancel::cancelled() {
+        if self.is_cancelled() {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        Registered(pid)
+        Registered {
+            token: self.clone(),
+            pid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_per_build() {
+        let a = CancelToken::new();
+        let b = CancelToken::new();
+        let a2 = a.clone();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let guard = a.register(pid);
+        a2.cancel();
+        assert!(a.is_cancelled() && !b.is_cancelled());
+        let mut child = child;
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        drop(guard);
+        assert!(a.0.running.lock().unwrap().is_empty());
     }
 }

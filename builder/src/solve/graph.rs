@@ -67,54 +67,79 @@ pub(super) fn needed_stages(df: &Dockerfile, target: usize) -> Vec<usize> {
 }
 
 impl Solver {
+    /// Runs the `needed` stages, each as soon as every stage it depends on is built (a ready
+    /// queue, so a slow stage holds up only what depends on it), and assembles the target's
+    /// image. The first failure cancels the stages still running and is the build's error.
     pub(super) fn run_blocking(self, needed: &[usize], target: usize) -> Result<Built, BuildError> {
+        let file = &self.opts.dockerfile_name;
         let mut done: BTreeMap<usize, StageState> = BTreeMap::new();
-        let mut pending: Vec<usize> = needed.to_vec();
-        // Stages whose dependencies are all built run at the same time.
-        while !pending.is_empty() {
-            let (ready, wait): (Vec<usize>, Vec<usize>) = pending
-                .iter()
-                .partition(|&&i| stage_deps(&self.df, i).iter().all(|d| done.contains_key(d)));
-            if ready.is_empty() {
-                return Err(step_error(
-                    &self.opts.dockerfile_name,
-                    0,
-                    "scheduling stages",
-                    "stages depend on each other in a cycle".into(),
-                ));
-            }
-            let results: Vec<(usize, Result<StageState, BuildError>)> =
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = ready
-                        .iter()
-                        .map(|&i| {
-                            let done = &done;
-                            let run = &self;
-                            (i, scope.spawn(move || run.run_stage(i, done)))
-                        })
-                        .collect();
-                    handles
+        let mut waiting: Vec<usize> = needed.to_vec();
+        let solver = &self;
+        let scheduled = std::thread::scope(|scope| -> Result<(), BuildError> {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<StageState, BuildError>)>();
+            let mut running = 0usize;
+            loop {
+                let (ready, rest): (Vec<usize>, Vec<usize>) = waiting
+                    .iter()
+                    .partition(|&&i| stage_deps(&self.df, i).iter().all(|d| done.contains_key(d)));
+                waiting = rest;
+                for i in ready {
+                    // What the stage reads of the stages it depends on, as they ended.
+                    let inputs: BTreeMap<usize, StageState> = stage_deps(&self.df, i)
                         .into_iter()
-                        .map(|(i, h)| {
-                            (
-                                i,
-                                h.join().unwrap_or_else(|_| {
-                                    Err(step_error(
-                                        &self.opts.dockerfile_name,
-                                        0,
-                                        "running a stage",
-                                        "the stage's thread panicked".into(),
-                                    ))
-                                }),
-                            )
-                        })
-                        .collect()
-                });
-            for (i, r) in results {
-                done.insert(i, r?);
+                        .filter_map(|d| done.get(&d).map(|st| (d, st.clone())))
+                        .collect();
+                    let tx = tx.clone();
+                    running += 1;
+                    scope.spawn(move || {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            solver.run_stage(i, &inputs)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(step_error(
+                                file,
+                                0,
+                                "running a stage",
+                                "the stage's thread panicked".into(),
+                            ))
+                        });
+                        let _ = tx.send((i, result));
+                    });
+                }
+                if running == 0 {
+                    return if waiting.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(step_error(
+                            file,
+                            0,
+                            "scheduling stages",
+                            "stages depend on each other in a cycle".into(),
+                        ))
+                    };
+                }
+                let (i, result) = rx.recv().map_err(|_| {
+                    step_error(
+                        file,
+                        0,
+                        "running a stage",
+                        "a stage ended without a result".into(),
+                    )
+                })?;
+                running -= 1;
+                match result {
+                    Ok(state) => {
+                        done.insert(i, state);
+                    }
+                    Err(e) => {
+                        // The others stop at their next step; their RUNs are killed now.
+                        self.opts.cancel.cancel();
+                        return Err(e);
+                    }
+                }
             }
-            pending = wait;
-        }
+        });
+        scheduled?;
         let state = done
             .remove(&target)
             .unwrap_or_else(|| unreachable!("the target stage ran"));

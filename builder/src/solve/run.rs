@@ -13,12 +13,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use wharf_common::digest::Digest;
 
 use super::BuildEvent;
-use super::cache::key_of;
+use super::cache::CacheKey;
 use super::copy;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
+use super::step::StepOutcome;
 use crate::dockerfile::instructions::{CommandLine, RunSpec};
 use crate::sandbox::{self, Mount, Network, Root, Spec};
 
@@ -242,7 +244,7 @@ pub(super) fn run(
     r: &RunSpec,
     done: &BTreeMap<usize, StageState>,
     stage: usize,
-) -> Result<bool, String> {
+) -> Result<StepOutcome, String> {
     if r.security.as_deref() == Some("insecure") {
         return Err("--security=insecure needs an entitlement wharf does not grant".into());
     }
@@ -277,40 +279,49 @@ pub(super) fn run(
         .unwrap_or("")
         .to_owned();
     // The key: the chain, the command, and everything it runs with, secrets excepted.
-    let mut mount_keys = Vec::new();
+    let mut key = CacheKey::new("run");
+    key.digest(&s.key)
+        .texts(argv.iter().map(String::as_str))
+        .texts(env.iter().map(String::as_str))
+        .text(&workdir)
+        .text(&user)
+        .text(match network {
+            Network::Nat => "default",
+            Network::Host => "host",
+            Network::None => "none",
+        });
     for m in &mounts {
-        let mut k = format!(
-            "{} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-            m.kind, m.target, m.source, m.id, m.sharing, m.mode, m.uid, m.gid, m.readonly
-        );
+        let num = |n: Option<u32>| n.map(i64::from);
+        key.text("mount")
+            .text(&m.kind)
+            .opt_text(m.target.as_deref())
+            .opt_text(m.source.as_deref())
+            .opt_text(m.id.as_deref())
+            .opt_text(m.sharing.as_deref())
+            .opt_number(num(m.mode))
+            .opt_number(num(m.uid))
+            .opt_number(num(m.gid))
+            .number(i64::from(m.readonly));
         if m.kind == "bind" {
-            k.push_str(&bind_key(run, s, m, stage, done)?);
+            match bind_key(run, s, m, stage, done)? {
+                BindFrom::Stage(d) => key.text("stage").digest(&d),
+                BindFrom::Image(d) => key.text("image").digest(&d),
+                BindFrom::UnresolvedImage(name) => key.text("unresolved image").text(&name),
+                BindFrom::Context(d) => key.text("context").digest(&d),
+            };
         }
-        mount_keys.push(k);
     }
-    let pipe_text: Vec<String> = pipes
-        .iter()
-        .map(|(n, c)| format!("{n}\n{}", String::from_utf8_lossy(c)))
-        .collect();
-    let layer_opts = run.layer_options();
-    let key = key_of(&[
-        s.key.as_str(),
-        "run",
-        &serde_json::to_string(&argv).unwrap_or_default(),
-        &serde_json::to_string(&env).unwrap_or_default(),
-        &workdir,
-        &user,
-        &format!("{network:?}"),
-        &mount_keys.join("\n"),
-        &pipe_text.join("\n"),
-        &layer_opts,
-    ]);
+    for (name, content) in &pipes {
+        key.text("heredoc").text(name).bytes(content);
+    }
+    run.layer_options(&mut key);
+    let key = key.finish();
     let created_by = format!("RUN {} # buildkit", history_text(s, &argv));
-    if let Some((layer, path, created_at)) = run.cached_layer(&key) {
-        s.layers.push(Layer::New(layer, path));
-        s.time = created_at;
+    if let Some(hit) = run.cached_layer(&key) {
+        s.layers.push(Layer::New(hit.layer, hit.file));
+        s.time = hit.created_at;
         run.history(s, created_by, false);
-        return Ok(true);
+        return Ok(StepOutcome::Cached);
     }
     run.mount_root(s)?;
     let root = s.rootfs.clone();
@@ -355,7 +366,11 @@ pub(super) fn run(
             "cache" => {
                 let target = target.unwrap_or_default();
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
-                let name = key_of(&[&id]).hex().to_owned();
+                let name = CacheKey::new("cache mount")
+                    .text(&id)
+                    .finish()
+                    .hex()
+                    .to_owned();
                 let mut dir = run.opts.cache_mounts.join(&name);
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
@@ -537,7 +552,7 @@ pub(super) fn run(
     });
     let code = match started {
         Ok(running) => {
-            let guard = super::Cancel::register(running.pid());
+            let guard = run.opts.cancel.register(running.pid());
             let code = running.wait();
             drop(guard);
             code
@@ -549,7 +564,7 @@ pub(super) fn run(
     drop(private_dirs);
     let shown = serde_json::to_string(&argv).unwrap_or_default();
     let code = code.map_err(|e| format!("process {shown} could not start: {e}"))?;
-    if super::Cancel::cancelled() {
+    if run.opts.cancel.is_cancelled() {
         return Err("cancelled".into());
     }
     if code != 0 {
@@ -580,7 +595,7 @@ pub(super) fn run(
     s.view.0 = Some((view, n));
     run.commit_root(s)?;
     run.history(s, created_by, false);
-    Ok(false)
+    Ok(StepOutcome::Ran)
 }
 
 fn now() -> i64 {
@@ -596,23 +611,41 @@ fn bind_key(
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,
-) -> Result<String, String> {
+) -> Result<BindFrom, String> {
     match &m.from {
         Some(f) => match super::graph::stage_index(&run.df, f, stage).and_then(|j| done.get(&j)) {
-            Some(d) => Ok(format!(" stage {}", d.key)),
-            None => Ok(format!(" image {f}")),
+            Some(d) => Ok(BindFrom::Stage(d.key.clone())),
+            // An image by what it holds, as COPY --from keys it: a name retagged to other
+            // content must not find the old result.
+            None => Ok(match run.bases.get(f) {
+                Some(img) => BindFrom::Image(super::cache::image_key(img)),
+                None => BindFrom::UnresolvedImage(f.clone()),
+            }),
         },
         None => {
             let spec = crate::dockerfile::instructions::CopySpec {
                 sources: vec![m.source.clone().unwrap_or_else(|| ".".into())],
                 ..Default::default()
             };
-            Ok(format!(
-                " context {}",
-                run.context_checksum(s, &spec, run.context())?
-            ))
+            Ok(BindFrom::Context(run.context_checksum(
+                s,
+                &spec,
+                run.context(),
+            )?))
         }
     }
+}
+
+/// What a bind mount's key holds of its source.
+enum BindFrom {
+    /// An earlier stage, by its key.
+    Stage(Digest),
+    /// An image, by its config and layers.
+    Image(Digest),
+    /// An image the build did not resolve, by name.
+    UnresolvedImage(String),
+    /// Files of the context, by their checksum.
+    Context(Digest),
 }
 
 /// Where a bind mount's source is on the host.

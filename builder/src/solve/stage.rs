@@ -13,11 +13,11 @@ use crate::dockerfile::instructions;
 use crate::snapshot::View;
 
 use super::api::{BaseImage, BuildEvent};
-use super::cache::key_of;
-use super::cancel::Cancel;
+use super::cache::{CacheKey, image_key};
 use super::error::step_error;
 use super::graph::stage_index;
 use super::solver::Solver;
+use super::step::StepOutcome;
 use super::{BuildError, rfc3339};
 
 /// The PATH a stage gets when its base sets none.
@@ -346,7 +346,7 @@ impl Solver {
                     cmd_set: false,
                     // ARGs of the stage built on carry over.
                     args: parent.args.clone(),
-                    key: key_of(&[parent.key.as_str(), "stage"]),
+                    key: CacheKey::new("from stage").digest(&parent.key).finish(),
                     ..parent.clone()
                 }
             }
@@ -357,7 +357,7 @@ impl Solver {
                 StageState {
                     cmd_set: false,
                     time: 0,
-                    key: key_of(&["scratch"]),
+                    key: CacheKey::new("scratch").finish(),
                     image,
                     layers: Vec::new(),
                     rootfs,
@@ -387,10 +387,6 @@ impl Solver {
                 if let Some(c) = image.get_mut("config").and_then(Value::as_object_mut) {
                     c.remove("OnBuild");
                 }
-                let mut ids: Vec<&str> = vec!["image"];
-                let config_text = img.config.to_string();
-                ids.push(&config_text);
-                ids.extend(img.layers.iter().map(|(b, _)| b.digest.as_str()));
                 let time = img
                     .config
                     .get("created")
@@ -400,7 +396,7 @@ impl Solver {
                 let mut s = StageState {
                     cmd_set: false,
                     time,
-                    key: key_of(&ids),
+                    key: image_key(img),
                     image,
                     layers: base_layers(img),
                     rootfs,
@@ -459,7 +455,7 @@ impl Solver {
             });
             let started = std::time::Instant::now();
             state.step_id = id;
-            if Cancel::cancelled() {
+            if self.opts.cancel.is_cancelled() {
                 return Err(step_error(
                     file,
                     step.location.line,
@@ -467,13 +463,12 @@ impl Solver {
                     "cancelled".into(),
                 ));
             }
-            let cached = self
+            let outcome = self
                 .step(&mut state, step, done, i)
                 .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
-            emit(if cached {
-                BuildEvent::Cached(id)
-            } else {
-                BuildEvent::Done(id, started.elapsed())
+            emit(match outcome {
+                StepOutcome::Cached => BuildEvent::Cached(id),
+                StepOutcome::Config | StepOutcome::Ran => BuildEvent::Done(id, started.elapsed()),
             });
         }
         Ok(state)

@@ -6,11 +6,22 @@ use serde_json::{Value, json};
 
 use crate::dockerfile::instructions::{CommandLine, Healthcheck, Instruction, Step};
 
-use super::cache::key_of;
+use super::cache::{CacheKey, image_key};
 use super::graph::stage_index;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use super::{copy, run};
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StepOutcome {
+    /// It changed the image's config only.
+    Config,
+    /// Its layer came from the cache.
+    Cached,
+    /// It ran and wrote a layer.
+    Ran,
+}
 
 impl Solver {
     /// Runs one step; returns whether its result came from the cache.
@@ -20,16 +31,14 @@ impl Solver {
         step: &Step,
         done: &BTreeMap<usize, StageState>,
         stage: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<StepOutcome, String> {
         let (args_before, layers_before) = (s.args.len(), s.layers.len());
-        let cached = self.step_inner(s, step, done, stage)?;
+        let outcome = self.step_inner(s, step, done, stage)?;
         // Everything a later step could depend on goes into the chain: the step as written, the
         // ARG values it set (`--build-arg`s are not in the text) and the layers it made. The
         // config follows from those and the base's, which the stage's first key holds; adding
         // only what this step changed keeps the key's cost independent of the stage's length.
-        let args = serde_json::to_string(s.args.get(args_before..).unwrap_or_default())
-            .unwrap_or_default();
-        let layers: Vec<&str> = s
+        let layers = s
             .layers
             .get(layers_before..)
             .unwrap_or_default()
@@ -37,10 +46,14 @@ impl Solver {
             .map(|l| match l {
                 Layer::Base(b, _, _) => b.digest.as_str(),
                 Layer::New(w, _) => w.diff_id.as_str(),
-            })
-            .collect();
-        s.key = key_of(&[s.key.as_str(), &step.original, &args, &layers.join(",")]);
-        Ok(cached)
+            });
+        s.key = CacheKey::new("step")
+            .digest(&s.key)
+            .text(&step.original)
+            .pairs(s.args.get(args_before..).unwrap_or_default())
+            .texts(layers)
+            .finish();
+        Ok(outcome)
     }
 
     fn step_inner(
@@ -49,7 +62,7 @@ impl Solver {
         step: &Step,
         done: &BTreeMap<usize, StageState>,
         stage: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<StepOutcome, String> {
         match &step.instruction {
             Instruction::Arg(args) => {
                 for (name, default) in args {
@@ -273,17 +286,14 @@ impl Solver {
                     .and_then(Value::as_str)
                     .filter(|u| !u.is_empty())
                     .map(str::to_owned);
-                let key = key_of(&[
-                    s.key.as_str(),
-                    "workdir",
-                    &recorded,
-                    user.as_deref().unwrap_or(""),
-                    &self.layer_options(),
-                ]);
-                if let Some((layer, file, _)) = self.cached_layer(&key) {
-                    s.layers.push(Layer::New(layer, file));
+                let mut key = CacheKey::new("workdir");
+                key.digest(&s.key).text(&recorded).opt_text(user.as_deref());
+                self.layer_options(&mut key);
+                let key = key.finish();
+                if let Some(hit) = self.cached_layer(&key) {
+                    s.layers.push(Layer::New(hit.layer, hit.file));
                     self.history(s, format!("WORKDIR {recorded}"), false);
-                    return Ok(true);
+                    return Ok(StepOutcome::Cached);
                 }
                 self.mount_root(s)?;
                 let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
@@ -293,6 +303,7 @@ impl Solver {
                 self.record(&key, s);
                 self.commit_root(s)?;
                 self.history(s, format!("WORKDIR {recorded}"), false);
+                return Ok(StepOutcome::Ran);
             }
             Instruction::Healthcheck(h) => {
                 let value = match h {
@@ -378,42 +389,36 @@ impl Solver {
                 }
                 let args = shown.join(" ");
                 // The key: the chain so far, the instruction, and what its sources hold.
-                let sources = match (&from_root_name, named) {
+                let mut key = CacheKey::new("copy");
+                key.digest(&s.key).text(&step.original);
+                match (&from_root_name, named) {
                     (Some(f), _) => {
                         match stage_index(&self.df, f, stage).and_then(|j| done.get(&j)) {
-                            Some(d) => d.key.to_string(),
+                            Some(d) => key.text("stage").digest(&d.key),
                             None => match self.bases.get(f) {
-                                Some(img) => {
-                                    let config = img.config.to_string();
-                                    let mut parts = vec!["image", config.as_str()];
-                                    parts.extend(img.layers.iter().map(|(b, _)| b.digest.as_str()));
-                                    key_of(&parts).to_string()
-                                }
-                                None => format!("image {f}"),
+                                Some(img) => key.text("image").digest(&image_key(img)),
+                                None => key.text("unresolved image").text(f),
                             },
                         }
                     }
                     (None, Some(ctx)) => {
-                        format!("context {}", self.context_checksum(s, c, ctx)?)
+                        let sum = self.context_checksum(s, c, ctx)?;
+                        key.text("named context").digest(&sum)
                     }
-                    _ => self.context_checksum(s, c, &self.opts.context)?.to_string(),
+                    _ => {
+                        let sum = self.context_checksum(s, c, &self.opts.context)?;
+                        key.text("context").digest(&sum)
+                    }
                 };
-                let env = serde_json::to_string(&s.expansion_env()).unwrap_or_default();
                 let workdir = s.workdir();
-                let layer_opts = self.layer_options();
-                let key = key_of(&[
-                    s.key.as_str(),
-                    &step.original,
-                    &sources,
-                    &env,
-                    &workdir,
-                    &layer_opts,
-                ]);
-                if let Some((layer, path, created_at)) = self.cached_layer(&key) {
-                    s.layers.push(Layer::New(layer, path));
-                    s.time = created_at;
+                key.pairs(&s.expansion_env()).text(&workdir);
+                self.layer_options(&mut key);
+                let key = key.finish();
+                if let Some(hit) = self.cached_layer(&key) {
+                    s.layers.push(Layer::New(hit.layer, hit.file));
+                    s.time = hit.created_at;
                     self.history(s, format!("{word} {args} # buildkit"), false);
-                    return Ok(true);
+                    return Ok(StepOutcome::Cached);
                 }
                 let from_root = match &from_root_name {
                     Some(f) => Some(self.other_root(f, stage, done)?),
@@ -433,10 +438,11 @@ impl Solver {
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
                 self.record(&key, s);
                 self.history(s, format!("{word} {args} # buildkit"), false);
+                return Ok(StepOutcome::Ran);
             }
             Instruction::Run(r) => return run::run(self, s, r, done, stage),
         }
-        Ok(false)
+        Ok(StepOutcome::Config)
     }
 }
 
