@@ -1,8 +1,14 @@
-//! `--change` instructions (`CMD`, `ENTRYPOINT`, `ENV`, `EXPOSE`, `LABEL`, `ONBUILD`, `USER`,
-//! `VOLUME`, `WORKDIR`, `STOPSIGNAL`) applied to the `config` object of an image config, with
-//! docker's forms: JSON arrays or shell form for commands, `k=v` pairs or the legacy `k v`.
+//! `import --change`: Dockerfile instructions applied to an image's config. Each change is
+//! parsed by the Dockerfile parser and applied through the build's own config rules
+//! (`solve::Rules`), so `EXPOSE 80-82`, `ENV B=$A` or a quoted `LABEL` mean what they mean in a
+//! Dockerfile. As docker allows: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, USER, VOLUME,
+//! WORKDIR and STOPSIGNAL; WORKDIR sets the config only (an import has no files to change).
 
 use serde_json::{Map, Value, json};
+
+use crate::dockerfile::instructions::{self, Instruction};
+use crate::dockerfile::shell::Lexer;
+use crate::solve::{Rules, StageState};
 
 /// Why a change could not be applied. Each names the change as written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,212 +33,77 @@ pub enum ChangeError {
     },
 }
 
-/// Splits shell-like words, honouring single and double quotes and backslash escapes.
-fn words(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(n) => cur.push(n),
-                    None => return Err("trailing backslash".into()),
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(n) => cur.push(n),
-                        None => return Err("unterminated single quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(n) => cur.push(n),
-                            None => return Err("unterminated double quote".into()),
-                        },
-                        Some(n) => cur.push(n),
-                        None => return Err("unterminated double quote".into()),
-                    }
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        out.push(cur);
-    }
-    Ok(out)
+/// Applies `changes`, in order, to `config` (the `config` object of an image config), as one
+/// Dockerfile stage would: a CMD given before an ENTRYPOINT is kept, as docker keeps it.
+pub fn apply<S: AsRef<str>>(
+    config: &mut Map<String, Value>,
+    changes: &[S],
+) -> Result<(), ChangeError> {
+    let mut stage = StageState::for_config(std::mem::take(config));
+    let result = changes
+        .iter()
+        .try_for_each(|c| apply_one(&mut stage, c.as_ref()));
+    // The config comes back as far as the changes got; callers stop at the error.
+    *config = std::mem::take(stage.config());
+    result
 }
 
-/// A JSON array of strings, if `s` is one.
-fn json_array(s: &str) -> Option<Vec<String>> {
-    if !s.trim_start().starts_with('[') {
-        return None;
-    }
-    serde_json::from_str::<Vec<String>>(s).ok()
-}
-
-fn command(args: &str) -> Value {
-    match json_array(args) {
-        Some(v) => json!(v),
-        None => json!(["/bin/sh", "-c", args]),
-    }
-}
-
-fn pairs(change: &str, args: &str, legacy_ok: bool) -> Result<Vec<(String, String)>, ChangeError> {
+fn apply_one(stage: &mut StageState, change: &str) -> Result<(), ChangeError> {
     let invalid = |reason: String| ChangeError::Invalid {
         change: change.to_owned(),
         reason,
     };
-    let ws = words(args).map_err(invalid)?;
-    if ws.is_empty() {
-        return Err(invalid("needs at least one argument".into()));
+    if change.lines().count() > 1 {
+        return Err(invalid("a --change is one instruction, on one line".into()));
     }
-    if !ws[0].contains('=') {
-        if !legacy_ok {
-            return Err(invalid(format!("expected key=value, got {:?}", ws[0])));
-        }
-        // Legacy `ENV key value with spaces`.
-        let (k, v) = args
-            .trim()
-            .split_once(char::is_whitespace)
-            .unwrap_or((args.trim(), ""));
-        return Ok(vec![(k.to_owned(), v.trim().to_owned())]);
-    }
-    ws.into_iter()
-        .map(|w| match w.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err(invalid(format!("expected key=value, got {w:?}"))),
-        })
-        .collect()
-}
-
-fn object<'a>(config: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let v = config.entry(key).or_insert_with(|| json!({}));
-    if !v.is_object() {
-        *v = json!({});
-    }
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("just made an object"),
-    }
-}
-
-/// Applies one change to `config` (the `config` object of an image config).
-pub fn apply(config: &mut Map<String, Value>, change: &str) -> Result<(), ChangeError> {
-    let trimmed = change.trim();
-    let (word, args) = trimmed
-        .split_once(char::is_whitespace)
-        .map_or((trimmed, ""), |(w, a)| (w, a.trim()));
-    let instruction = word.to_ascii_uppercase();
-    let invalid = |reason: &str| ChangeError::Invalid {
-        change: change.to_owned(),
-        reason: reason.to_owned(),
+    let parsed = instructions::parse(&format!("FROM scratch\n{change}\n"), "--change")
+        .map_err(|e| invalid(e.message))?;
+    let step = match parsed.stages.first().map(|s| s.steps.as_slice()) {
+        Some([step]) => step,
+        _ => return Err(invalid("needs an instruction".into())),
     };
-    if args.is_empty() {
-        return Err(invalid(&format!("{instruction} needs an argument")));
-    }
-    match instruction.as_str() {
-        "CMD" => {
-            config.insert("Cmd".into(), command(args));
-        }
-        "ENTRYPOINT" => {
-            config.insert("Entrypoint".into(), command(args));
-        }
-        "ENV" => {
-            let mut env: Vec<String> = config
-                .get("Env")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (k, v) in pairs(change, args, true)? {
-                env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
-                env.push(format!("{k}={v}"));
-            }
-            config.insert("Env".into(), json!(env));
-        }
-        "LABEL" => {
-            let kv = pairs(change, args, false)?;
-            let labels = object(config, "Labels");
-            for (k, v) in kv {
-                labels.insert(k, json!(v));
-            }
-        }
-        "EXPOSE" => {
-            let ports = words(args).map_err(|r| invalid(&r))?;
-            let mut keys = Vec::new();
-            for p in ports {
-                let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                let ok = !num.is_empty()
-                    && num.split('-').all(|n| n.parse::<u16>().is_ok())
-                    && matches!(proto.to_ascii_lowercase().as_str(), "tcp" | "udp" | "sctp");
-                if !ok {
-                    return Err(invalid(&format!("invalid port {p:?}")));
-                }
-                keys.push(format!("{num}/{}", proto.to_ascii_lowercase()));
-            }
-            let exposed = object(config, "ExposedPorts");
-            for k in keys {
-                exposed.insert(k, json!({}));
-            }
-        }
-        "VOLUME" => {
-            let vols = match json_array(args) {
-                Some(v) => v,
-                None => words(args).map_err(|r| invalid(&r))?,
+    let word = change
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let lexer = Lexer::new(parsed.escape);
+    let rules = Rules {
+        lexer: &lexer,
+        build_args: &[],
+        meta: &[],
+        source_date_epoch: None,
+    };
+    match &step.instruction {
+        Instruction::Cmd(_)
+        | Instruction::Entrypoint(_)
+        | Instruction::Env(_)
+        | Instruction::Expose(_)
+        | Instruction::Label(_)
+        | Instruction::Onbuild(_)
+        | Instruction::User(_)
+        | Instruction::Volume(_)
+        | Instruction::StopSignal(_) => rules
+            .apply(stage, &step.instruction, &step.original)
+            .map(|_| ())
+            .map_err(invalid),
+        Instruction::Workdir(w) => {
+            let w = rules.expand(stage, w).map_err(invalid)?;
+            // As a build records it: an absolute path as written, a relative one joined on.
+            let recorded = if w.starts_with('/') {
+                w
+            } else {
+                let current = stage.workdir();
+                crate::solve::clean_abs(&format!("{current}/{w}"))
             };
-            let volumes = object(config, "Volumes");
-            for v in vols {
-                volumes.insert(v, json!({}));
-            }
+            stage.config().insert("WorkingDir".into(), json!(recorded));
+            Ok(())
         }
-        "USER" => {
-            config.insert("User".into(), json!(args));
-        }
-        "WORKDIR" => {
-            config.insert("WorkingDir".into(), json!(args));
-        }
-        "STOPSIGNAL" => {
-            config.insert("StopSignal".into(), json!(args));
-        }
-        "ONBUILD" => {
-            let list = config.entry("OnBuild").or_insert_with(|| json!([]));
-            if let Value::Array(a) = list {
-                a.push(json!(args));
-            }
-        }
-        _ => {
-            return Err(ChangeError::Unsupported {
-                change: change.to_owned(),
-                instruction,
-            });
-        }
+        _ => Err(ChangeError::Unsupported {
+            change: change.to_owned(),
+            instruction: word,
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -241,9 +112,7 @@ mod tests {
 
     fn run(changes: &[&str]) -> Value {
         let mut m = Map::new();
-        for c in changes {
-            apply(&mut m, c).unwrap();
-        }
+        apply(&mut m, changes).unwrap();
         Value::Object(m)
     }
 
@@ -267,7 +136,7 @@ mod tests {
         assert_eq!(v["Entrypoint"], json!(["/bin/sh", "-c", "echo hi"]));
         assert_eq!(
             v["Env"],
-            json!(["PATH=/bin:/usr/bin", "LEGACY=some value", "A=z"])
+            json!(["PATH=/bin:/usr/bin", "A=z", "LEGACY=some value"])
         );
         assert_eq!(v["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
         assert_eq!(v["Labels"], json!({"a": "b", "c d": "e"}));
@@ -279,20 +148,43 @@ mod tests {
     }
 
     #[test]
+    fn changes_mean_what_they_mean_in_a_dockerfile() {
+        let v = run(&[
+            "ENV A=one",
+            "ENV B=${A}-two",
+            "EXPOSE 80-82/tcp",
+            "WORKDIR /srv",
+            "WORKDIR app",
+        ]);
+        assert_eq!(v["Env"], json!(["A=one", "B=one-two"]));
+        assert_eq!(
+            v["ExposedPorts"],
+            json!({"80/tcp": {}, "81/tcp": {}, "82/tcp": {}})
+        );
+        assert_eq!(v["WorkingDir"], "/srv/app");
+    }
+
+    #[test]
     fn rejects_with_the_change_named() {
         let mut m = Map::new();
-        for (c, want) in [
-            ("RUN true", "not supported"),
-            ("EXPOSE http", "invalid port"),
-            ("LABEL x", "expected key=value"),
-            ("ENV A=\"open", "unterminated double quote"),
-            ("CMD", "needs an argument"),
+        for c in [
+            "RUN true",
+            "COPY a b",
+            "EXPOSE http",
+            "LABEL x",
+            "STOPSIGNAL SIGNOPE",
+            "FROM busybox",
+            "ENV A=1\nRUN true",
         ] {
-            let e = apply(&mut m, c).unwrap_err().to_string();
-            assert!(
-                e.contains(want) && e.contains(&format!("{c:?}")),
-                "{c}: {e}"
-            );
+            let e = apply(&mut m, &[c])
+                .err()
+                .unwrap_or_else(|| panic!("{c:?} was accepted"))
+                .to_string();
+            assert!(e.contains(&format!("{c:?}")), "{c}: {e}");
         }
+        let e = apply(&mut m, &["RUN true"]).unwrap_err().to_string();
+        assert!(e.contains("not supported by --change"), "{e}");
+        let e = apply(&mut m, &["EXPOSE http"]).unwrap_err().to_string();
+        assert!(e.contains("invalid port"), "{e}");
     }
 }

@@ -27,9 +27,7 @@ pub async fn run(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut config = Map::new();
-    for c in &args.changes {
-        wharf_builder::change::apply(&mut config, c)?;
-    }
+    wharf_builder::change::apply(&mut config, &args.changes)?;
     // SOURCE_DATE_EPOCH makes imports reproducible, as it does builds.
     let created = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v

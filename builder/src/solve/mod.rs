@@ -9,7 +9,8 @@
 //! - `prefetch.rs`: the ARGs before FROM, base images and ADD's URLs, before any stage runs.
 //! - `solver.rs`: the state one build shares across stages.
 //! - `stage.rs`: one stage's state and run; its root mounted as a view of snapshots.
-//! - `step.rs`: what each instruction does.
+//! - `step.rs`: what each instruction does; `config.rs`: the config rules (ENV, CMD, …), shared
+//!   with `import --change`.
 //! - `cache.rs`: step keys, cache lookups, context digests.
 //! - `copy.rs`, `run.rs`: COPY/ADD/WORKDIR and RUN.
 //! - `output.rs`: the image assembled from the target stage.
@@ -17,6 +18,7 @@
 mod api;
 mod cache;
 mod cancel;
+mod config;
 mod copy;
 mod error;
 mod graph;
@@ -36,12 +38,13 @@ pub(crate) use api::is_url;
 pub use api::{BaseImage, BuildEvent, BuildOptions, CacheAccess, Download, Events, Images};
 pub use cache::NewLayer;
 pub use cancel::CancelToken;
+pub(crate) use config::Rules;
 pub use error::BuildError;
 use error::step_error;
 use graph::needed_stages;
 pub use output::Built;
 use solver::Solver;
-pub(crate) use stage::DEFAULT_PATH;
+pub(crate) use stage::{DEFAULT_PATH, StageState, clean_abs};
 pub(crate) use wharf_common::time::rfc3339;
 
 /// Builds the Dockerfile in `opts`, reporting through `events`.

@@ -12,6 +12,7 @@ use crate::dockerfile::instructions::{Dockerfile, Instruction};
 use crate::dockerfile::shell::Lexer;
 
 use super::api::{BaseImage, BuildOptions, Download, Images, is_url};
+use super::config::build_arg;
 use super::error::{BuildError, step_error};
 use super::graph::{stage_index, step_sources};
 
@@ -43,17 +44,11 @@ pub(super) fn meta_args(
 ) -> Vec<(String, String)> {
     let mut meta: Vec<(String, String)> = platform_args(&opts.platform);
     for (name, default) in &df.meta_args {
-        let value = opts
-            .build_args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                default
-                    .as_ref()
-                    .and_then(|d| lexer.process_word(d, &meta).ok())
-            });
+        let value = build_arg(&opts.build_args, name).or_else(|| {
+            default
+                .as_ref()
+                .and_then(|d| lexer.process_word(d, &meta).ok())
+        });
         if let Some(v) = value {
             meta.push((name.clone(), v));
         }
@@ -149,20 +144,14 @@ pub(super) async fn fetch_urls(
             match &step.instruction {
                 Instruction::Arg(args) => {
                     for (name, default) in args {
-                        let value = opts
-                            .build_args
-                            .iter()
-                            .rev()
-                            .find(|(k, _)| k == name)
-                            .map(|(_, v)| v.clone())
-                            .or_else(|| match default {
-                                Some(d) => lexer.process_word(d, &scope).ok(),
-                                None => meta
-                                    .iter()
-                                    .rev()
-                                    .find(|(k, _)| k == name)
-                                    .map(|(_, v)| v.clone()),
-                            });
+                        let value = build_arg(&opts.build_args, name).or_else(|| match default {
+                            Some(d) => lexer.process_word(d, &scope).ok(),
+                            None => meta
+                                .iter()
+                                .rev()
+                                .find(|(k, _)| k == name)
+                                .map(|(_, v)| v.clone()),
+                        });
                         if let Some(v) = value {
                             scope.push((name.clone(), v));
                         }

@@ -12,13 +12,14 @@ use wharf_common::image::BlobRef;
 use crate::dockerfile::instructions;
 use crate::snapshot::View;
 
+use super::BuildError;
 use super::api::{BaseImage, BuildEvent};
 use super::cache::{CacheKey, image_key};
+use super::config::Rules;
 use super::error::step_error;
 use super::graph::stage_index;
 use super::solver::Solver;
 use super::step::StepOutcome;
-use super::{BuildError, rfc3339};
 
 /// The PATH a stage gets when its base sets none.
 pub(crate) const DEFAULT_PATH: &str =
@@ -57,7 +58,7 @@ pub(crate) struct StageState {
     pub time: i64,
     pub image: Map<String, Value>,
     pub layers: Vec<Layer>,
-    /// Where the stage's root is mounted, while [`Run::mount_root`]'s view is.
+    /// Where the stage's root is mounted, while [`Solver::mount_root`]'s view is.
     pub rootfs: PathBuf,
     pub view: ViewSlot,
     /// ARGs declared in the stage, with their values.
@@ -67,6 +68,27 @@ pub(crate) struct StageState {
     /// Where each ENV name sits in the config's `Env` list; `None` until first used (and after
     /// the config is replaced). Keeps a Dockerfile of many ENV lines linear.
     pub env_index: Option<HashMap<String, usize>>,
+}
+
+impl StageState {
+    /// A stage of nothing but `config` (the `config` object of an image config): what
+    /// `import --change` applies the config rules to.
+    pub(crate) fn for_config(config: Map<String, Value>) -> StageState {
+        let mut image = Map::new();
+        image.insert("config".into(), Value::Object(config));
+        StageState {
+            key: CacheKey::new("config only").finish(),
+            cmd_set: false,
+            time: 0,
+            image,
+            layers: Vec::new(),
+            rootfs: PathBuf::new(),
+            view: ViewSlot::default(),
+            args: Vec::new(),
+            step_id: 0,
+            env_index: None,
+        }
+    }
 }
 
 /// The variables in scope for expansion: ENV over ARGs, as [`StageState::expansion_env`]
@@ -488,25 +510,22 @@ impl Solver {
         }
     }
 
-    pub(super) fn history(&self, s: &mut StageState, created_by: String, empty_layer: bool) {
-        let mut h = json!({
-            "created": rfc3339(self.opts.source_date_epoch.unwrap_or(s.time)),
-            "created_by": created_by,
-            "comment": "buildkit.dockerfile.v0",
-        });
-        if empty_layer {
-            h["empty_layer"] = json!(true);
-        }
-        let list = s.image.entry("history").or_insert_with(|| json!([]));
-        if let Some(a) = list.as_array_mut() {
-            a.push(h);
+    /// The config rules with this build's lexer, ARGs and time.
+    pub(super) fn rules(&self) -> Rules<'_> {
+        Rules {
+            lexer: &self.lexer,
+            build_args: &self.opts.build_args,
+            meta: &self.meta,
+            source_date_epoch: self.opts.source_date_epoch,
         }
     }
 
+    pub(super) fn history(&self, s: &mut StageState, created_by: String, empty_layer: bool) {
+        self.rules().history(s, created_by, empty_layer);
+    }
+
     pub(super) fn expand(&self, s: &mut StageState, word: &str) -> Result<String, String> {
-        self.lexer
-            .process_word(word, &s.scope())
-            .map_err(|e| e.to_string())
+        self.rules().expand(s, word)
     }
 
     /// Mounts the stage's root (its layers' snapshots under a fresh upper directory) at
