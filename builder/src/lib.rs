@@ -10,6 +10,7 @@
 //!   changed, as layer entries.
 //! - [`sandbox`]: RUN's and `wharf run`'s Linux namespaces, capabilities and seccomp.
 //! - [`container`]: what `wharf run` needs of an image besides its root.
+//! - [`user`]: an image's users and groups, and docker's user specs resolved against them.
 
 pub mod change;
 pub mod container;
@@ -18,3 +19,4 @@ pub mod dockerfile;
 pub mod sandbox;
 pub mod snapshot;
 pub mod solve;
+pub mod user;

@@ -189,7 +189,9 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let passwd = base.read("/etc/passwd");
     let group = base.read("/etc/group");
-    let identity = sandbox::resolve_user(&passwd, &group, &user).map_err(anyhow::Error::msg)?;
+    let identity = wharf_builder::user::Users::parse(&passwd, &group)
+        .identity(&user)
+        .map_err(anyhow::Error::msg)?;
     let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
     let env = container::environment(
         config,

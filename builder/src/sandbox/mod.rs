@@ -17,6 +17,7 @@
 mod child;
 mod nat;
 
+use crate::user::Identity;
 pub use nat::SharedNetwork;
 mod seccomp;
 mod syscalls;
@@ -101,17 +102,6 @@ pub enum Root {
         /// The mount point.
         target: PathBuf,
     },
-}
-
-/// Who the command runs as.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Supplementary groups (those listing the user as a member).
-    pub groups: Vec<u32>,
 }
 
 /// One command to run.
@@ -914,76 +904,6 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
-
-/// Resolves a docker `USER` (`name`, `uid`, `name:group`, `uid:gid`) against the root's
-/// /etc/passwd and /etc/group, with the user's supplementary groups (the primary one first), as
-/// docker and BuildKit do.
-pub fn resolve_user(passwd: &str, group: &str, spec: &str) -> Result<Identity, String> {
-    let (user, grp) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let user = if user.is_empty() { "root" } else { user };
-    let entries = |db: &str| -> Vec<Vec<String>> {
-        db.lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .map(|l| l.split(':').map(str::to_owned).collect())
-            .collect()
-    };
-    let users = entries(passwd);
-    let groups = entries(group);
-    let found = users.iter().find(|f| {
-        f.first().map(String::as_str) == Some(user)
-            || (user.parse::<u32>().is_ok() && f.get(2).map(String::as_str) == Some(user))
-    });
-    let (uid, mut gid, name) = match (user.parse::<u32>(), found) {
-        (_, Some(f)) => (
-            f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
-            f.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
-            f.first().cloned(),
-        ),
-        (Ok(n), None) => (n, 0, None),
-        // An image without /etc/passwd still runs as root.
-        (Err(_), None) if user == "root" => (0, 0, None),
-        (Err(_), None) => {
-            return Err(format!(
-                "unable to find user {user}: no matching entries in passwd file"
-            ));
-        }
-    };
-    if let Some(g) = grp {
-        gid = match groups
-            .iter()
-            .find(|f| f.first().map(String::as_str) == Some(g))
-        {
-            Some(f) => f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
-            None => g.parse().map_err(|_| {
-                format!("unable to find group {g}: no matching entries in group file")
-            })?,
-        };
-    }
-    // Supplementary groups: the primary group, then those that list the user as a member, as
-    // containerd and BuildKit (since the fix for CVE-2023-25173) set them.
-    let mut extra = vec![gid];
-    if grp.is_none()
-        && let Some(name) = name
-    {
-        for f in &groups {
-            let members = f.get(3).map(String::as_str).unwrap_or("");
-            if members.split(',').any(|m| m == name)
-                && let Some(id) = f.get(2).and_then(|s| s.parse::<u32>().ok())
-                && !extra.contains(&id)
-            {
-                extra.push(id);
-            }
-        }
-    }
-    Ok(Identity {
-        uid,
-        gid,
-        groups: extra,
-    })
 }
 
 #[cfg(test)]

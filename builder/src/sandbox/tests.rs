@@ -97,7 +97,8 @@ fn users_and_groups_come_from_the_image() {
     let Some(root) = busybox_root() else { return };
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
-    let who = resolve_user(&passwd, &group, "u").unwrap();
+    let users = crate::user::Users::parse(&passwd, &group);
+    let who = users.identity("u").unwrap();
     assert_eq!(
         who,
         Identity {
@@ -106,9 +107,9 @@ fn users_and_groups_come_from_the_image() {
             groups: vec![1000, 2000]
         }
     );
-    let explicit = resolve_user(&passwd, &group, "5:7").unwrap();
+    let explicit = users.identity("5:7").unwrap();
     assert_eq!((explicit.gid, explicit.groups), (7, vec![7]));
-    assert!(resolve_user(&passwd, &group, "nobody").is_err());
+    assert!(users.identity("nobody").is_err());
     let (code, out, err) = sh(root.path(), "id -u; id -g; id -G; touch /root/x", |s| {
         s.user = who.clone();
     });

@@ -13,17 +13,7 @@ use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use crate::context::{Context, resolve_in_root};
 use crate::dockerfile::instructions::CopySpec;
-
-/// Owner of copied files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Owner {
-    uid: u32,
-    gid: u32,
-}
-
-impl Owner {
-    const ROOT: Owner = Owner { uid: 0, gid: 0 };
-}
+use crate::user::{Owner, Users};
 
 /// The owner a copied entry gets: `--chown`'s, else its own when copied from a stage or image
 /// (`keep`), else root.
@@ -44,42 +34,6 @@ fn mode_of(chmod: Option<&str>, meta: &std::fs::Metadata, is_dir: bool) -> Resul
         Some(m) => apply_chmod(m, meta.mode(), is_dir),
         None => Ok(meta.mode() & 0o7777),
     }
-}
-
-/// Resolves `user[:group]` against the stage's /etc/passwd and /etc/group.
-pub(crate) fn resolve_owner(rootfs: &Path, spec: &str) -> Result<Owner, String> {
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let passwd = crate::context::read_in_root(rootfs, "etc/passwd");
-    let groups = crate::context::read_in_root(rootfs, "etc/group");
-    let lookup = |db: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        db.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.first() != Some(&name) {
-                return None;
-            }
-            let id = f.get(2)?.parse().ok()?;
-            Some((id, f.get(3).and_then(|g| g.parse().ok())))
-        })
-    };
-    let (uid, primary) = match user.parse::<u32>() {
-        Ok(n) => (n, None),
-        Err(_) => lookup(&passwd, user).ok_or_else(|| {
-            format!("unable to find user {user}: no matching entries in passwd file")
-        })?,
-    };
-    let gid = match group {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(&groups, g).map(|(id, _)| id).ok_or_else(|| {
-                format!("unable to find group {g}: no matching entries in group file")
-            })?,
-        },
-        None => primary.unwrap_or(uid),
-    };
-    Ok(Owner { uid, gid })
 }
 
 /// Octal (`755`) or symbolic (`u+x,go=r`) modes, applied to `current`.
@@ -252,10 +206,10 @@ pub(crate) fn copy(
         clean_abs(&format!("{workdir}/{dest_raw}"))
     };
     let owner = match &c.chown {
-        Some(spec) => Some(resolve_owner(
-            &s.rootfs,
-            &lexer.process_word(spec, &env).map_err(|e| e.to_string())?,
-        )?),
+        Some(spec) => Some(
+            Users::read(&s.rootfs)
+                .owner(&lexer.process_word(spec, &env).map_err(|e| e.to_string())?)?,
+        ),
         None => None,
     };
     let chmod = match &c.chmod {
@@ -796,45 +750,5 @@ mod tests {
         assert_eq!(apply_chmod("a=rX", 0o600, true).unwrap(), 0o555);
         assert_eq!(apply_chmod("a=rX", 0o600, false).unwrap(), 0o444);
         assert!(apply_chmod("q+z", 0o644, false).is_err());
-    }
-
-    #[test]
-    fn owners_from_passwd_and_group() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("etc")).unwrap();
-        std::fs::write(
-            t.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.path().join("etc/group"),
-            "root:x:0:\nstaff:x:50:\napp:x:1001:\n",
-        )
-        .unwrap();
-        assert_eq!(
-            resolve_owner(t.path(), "app").unwrap(),
-            Owner {
-                uid: 1000,
-                gid: 1001
-            }
-        );
-        assert_eq!(
-            resolve_owner(t.path(), "app:staff").unwrap(),
-            Owner { uid: 1000, gid: 50 }
-        );
-        assert_eq!(
-            resolve_owner(t.path(), "42").unwrap(),
-            Owner { uid: 42, gid: 42 }
-        );
-        assert_eq!(
-            resolve_owner(t.path(), "42:7").unwrap(),
-            Owner { uid: 42, gid: 7 }
-        );
-        assert!(
-            resolve_owner(t.path(), "nobody")
-                .unwrap_err()
-                .contains("unable to find user nobody")
-        );
     }
 }

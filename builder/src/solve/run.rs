@@ -325,10 +325,7 @@ pub(super) fn run(
     }
     run.mount_root(s)?;
     let root = s.rootfs.clone();
-    let identity = {
-        let read = |p: &str| crate::context::read_in_root(&root, p);
-        sandbox::resolve_user(&read("etc/passwd"), &read("etc/group"), &user)?
-    };
+    let identity = { crate::user::Users::read(&root).identity(&user)? };
     // Files the sandbox mounts: under the build's scratch directory.
     let scratch = tempfile::Builder::new()
         .prefix("run-")

@@ -96,7 +96,7 @@ impl Solver {
                     return Ok(StepOutcome::Cached);
                 }
                 self.mount_root(s)?;
-                let owner = user.and_then(|u| copy::resolve_owner(&s.rootfs, &u).ok());
+                let owner = user.and_then(|u| crate::user::Users::read(&s.rootfs).owner(&u).ok());
                 let created = copy::mkdir_p(s, &path, owner, 0o755).map_err(|e| e.to_string())?;
                 // A layer even when the directory was there (an empty one), as BuildKit makes.
                 copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
