@@ -5,6 +5,7 @@
 //! WORKDIR and STOPSIGNAL; WORKDIR sets the config only (an import has no files to change).
 
 use serde_json::{Map, Value, json};
+use wharf_common::error::Chain;
 
 use crate::dockerfile::instructions::{self, Instruction};
 use crate::dockerfile::shell::Lexer;
@@ -86,9 +87,11 @@ fn apply_one(stage: &mut StageState, change: &str) -> Result<(), ChangeError> {
         | Instruction::StopSignal(_) => rules
             .apply(stage, &step.instruction, &step.original)
             .map(|_| ())
-            .map_err(invalid),
+            .map_err(|e| invalid(Chain(&e).to_string())),
         Instruction::Workdir(w) => {
-            let w = rules.expand(stage, w).map_err(invalid)?;
+            let w = rules
+                .expand(stage, w)
+                .map_err(|e| invalid(Chain(&e).to_string()))?;
             // As a build records it: an absolute path as written, a relative one joined on.
             let recorded = if w.starts_with('/') {
                 w

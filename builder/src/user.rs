@@ -67,12 +67,23 @@ fn entries(db: &str) -> Vec<Entry> {
         .collect()
 }
 
-fn unknown_user(user: &str) -> String {
-    format!("unable to find user {user}: no matching entries in passwd file")
+/// A user spec names what the image does not have (docker's words).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserError {
+    /// No such user in `/etc/passwd`.
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    /// No such group in `/etc/group`.
+    #[error("unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
 }
 
-fn unknown_group(group: &str) -> String {
-    format!("unable to find group {group}: no matching entries in group file")
+fn unknown_user(user: &str) -> UserError {
+    UserError::UnknownUser(user.to_owned())
+}
+
+fn unknown_group(group: &str) -> UserError {
+    UserError::UnknownGroup(group.to_owned())
 }
 
 impl Users {
@@ -92,7 +103,7 @@ impl Users {
         )
     }
 
-    fn group_id(&self, group: &str) -> Result<u32, String> {
+    fn group_id(&self, group: &str) -> Result<u32, UserError> {
         match self.groups.iter().find(|g| g.name() == group) {
             Some(g) => Ok(g.id().unwrap_or(0)),
             None => group.parse().map_err(|_| unknown_group(group)),
@@ -100,7 +111,7 @@ impl Users {
     }
 
     /// A `USER` spec, as RUN and `wharf run` run it.
-    pub fn identity(&self, spec: &str) -> Result<Identity, String> {
+    pub fn identity(&self, spec: &str) -> Result<Identity, UserError> {
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
@@ -141,7 +152,7 @@ impl Users {
     }
 
     /// A `--chown` spec, as COPY and ADD own files with it.
-    pub fn owner(&self, spec: &str) -> Result<Owner, String> {
+    pub fn owner(&self, spec: &str) -> Result<Owner, UserError> {
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
@@ -207,15 +218,13 @@ mod tests {
             }
         );
         assert_eq!(Users::parse("", "").identity("root").unwrap().uid, 0);
-        assert!(
-            db.identity("nobody")
-                .unwrap_err()
-                .contains("unable to find user nobody")
+        assert_eq!(
+            db.identity("nobody").unwrap_err().to_string(),
+            "unable to find user nobody: no matching entries in passwd file"
         );
-        assert!(
-            db.identity("u:nogroup")
-                .unwrap_err()
-                .contains("unable to find group nogroup")
+        assert_eq!(
+            db.identity("u:nogroup").unwrap_err(),
+            UserError::UnknownGroup("nogroup".into())
         );
     }
 
@@ -232,10 +241,9 @@ mod tests {
         assert_eq!(db.owner("app:staff").unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(db.owner("42").unwrap(), Owner { uid: 42, gid: 42 });
         assert_eq!(db.owner("42:7").unwrap(), Owner { uid: 42, gid: 7 });
-        assert!(
-            db.owner("nobody")
-                .unwrap_err()
-                .contains("unable to find user nobody")
+        assert_eq!(
+            db.owner("nobody").unwrap_err(),
+            UserError::UnknownUser("nobody".into())
         );
     }
 }

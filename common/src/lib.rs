@@ -9,6 +9,7 @@
 //! - [`archive`]: docker-archive, OCI layout and OCI archive reading and writing, `import`.
 //! - [`blob`]: blob bytes in motion (`BlobStream`, `Fetched`, `verified`), below the client
 //!   and the copy engine.
+//! - [`error`]: [`error::Chain`], an error with its causes as one line.
 //! - [`copy`]: the copy engine (`Source`, `Dest`, `copy_image`) every transfer goes through.
 //! - [`progress`]: the events copies report (`CopyEvent`, `Reporter`).
 //! - [`root`]: paths resolved inside a root directory, as a chroot would (`Root`, `Parent`).
@@ -24,6 +25,7 @@ pub mod blob;
 pub mod client;
 pub mod copy;
 pub mod digest;
+pub mod error;
 pub mod image;
 pub mod media_type;
 pub mod progress;

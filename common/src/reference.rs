@@ -61,7 +61,7 @@ pub enum ReferenceError {
         tag: String,
     },
     /// The digest after `@` is not a digest.
-    #[error("invalid reference format {input:?}: {source}")]
+    #[error("invalid reference format {input:?}")]
     Digest {
         /// The reference as given.
         input: String,

@@ -23,7 +23,7 @@ pub use service::{Registry, ServiceError};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Opening the storage or database failed.
-    #[error("opening the registry at {root}: {source}")]
+    #[error("opening the registry at {root}")]
     Open {
         /// The storage root.
         root: String,

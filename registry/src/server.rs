@@ -23,7 +23,7 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(String),
     /// Binding or accepting failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

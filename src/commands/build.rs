@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use wharf_builder::context::Context;
 use wharf_builder::solve::{
-    BaseImage, BuildEvent, BuildOptions, CacheAccess, CancelToken, Download, Images, build,
+    BaseImage, BuildEvent, BuildOptions, CacheAccess, CancelToken, Cause, Download, Images, build,
 };
 use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
 use wharf_common::image::{BlobRef, Manifest, Platform};
@@ -151,13 +151,10 @@ impl Images for StoreImages<'_> {
         &'a self,
         url: &'a str,
         to: &'a std::path::Path,
-    ) -> BoxFuture<'a, Result<Download, String>> {
+    ) -> BoxFuture<'a, Result<Download, Cause>> {
         Box::pin(async move {
-            let client = self.ctx.client(None).map_err(|e| format!("{e:#}"))?;
-            let (digest, _, last_modified) = client
-                .download(url, to)
-                .await
-                .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+            let client = self.ctx.client(None)?;
+            let (digest, _, last_modified) = client.download(url, to).await?;
             Ok(Download {
                 digest,
                 last_modified: last_modified
@@ -171,12 +168,8 @@ impl Images for StoreImages<'_> {
         &'a self,
         reference: &'a str,
         platform: &'a Platform,
-    ) -> BoxFuture<'a, Result<BaseImage, String>> {
-        Box::pin(async move {
-            self.load(reference, platform)
-                .await
-                .map_err(|e| format!("{e:#}"))
-        })
+    ) -> BoxFuture<'a, Result<BaseImage, Cause>> {
+        Box::pin(async move { Ok(self.load(reference, platform).await?) })
     }
 }
 
@@ -325,8 +318,7 @@ pub async fn run(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // it writes) is protected by this lease from the first read to the last write.
     let lease = Arc::new(store.lease().await?);
     let staging = store.staging_dir_blocking()?;
-    let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
-        .map_err(anyhow::Error::msg)?;
+    let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))?;
     let cache_mounts = store.root().join("cache-mounts");
     wharf_common::store::private_dir(&cache_mounts)
         .with_context(|| format!("creating {}", cache_mounts.display()))?;
@@ -664,9 +656,9 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
             let (mut entries, mut bytes) = store.cache_prune().await?;
             // Snapshots and RUN cache mounts are build cache too, removed only while no build or
             // container uses them (a running one holds the snapshots' lock).
-            let snapshots = wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))
-                .map_err(anyhow::Error::msg)?;
-            match snapshots.prune().map_err(anyhow::Error::msg)? {
+            let snapshots =
+                wharf_builder::snapshot::Snapshots::new(store.root().join("snapshots"))?;
+            match snapshots.prune()? {
                 Some((n, freed)) => {
                     entries += n as u64;
                     bytes += freed;
@@ -676,25 +668,23 @@ pub async fn builder(ctx: &Ctx, args: BuilderArgs) -> anyhow::Result<ExitCode> {
                 ),
             }
             let mounts = store.root().join("cache-mounts");
-            let removed = snapshots
-                .when_unused(|| -> anyhow::Result<u64> {
-                    let mut n = 0;
-                    if let Ok(list) = std::fs::read_dir(&mounts) {
-                        for e in list.flatten() {
-                            let p = e.path();
-                            bytes += wharf_builder::snapshot::disk_usage(&p);
-                            let gone = if p.is_dir() {
-                                std::fs::remove_dir_all(&p)
-                            } else {
-                                std::fs::remove_file(&p)
-                            };
-                            gone.with_context(|| format!("removing {}", p.display()))?;
-                            n += 1;
-                        }
+            let removed = snapshots.when_unused(|| -> anyhow::Result<u64> {
+                let mut n = 0;
+                if let Ok(list) = std::fs::read_dir(&mounts) {
+                    for e in list.flatten() {
+                        let p = e.path();
+                        bytes += wharf_builder::snapshot::disk_usage(&p);
+                        let gone = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                        gone.with_context(|| format!("removing {}", p.display()))?;
+                        n += 1;
                     }
-                    Ok(n)
-                })
-                .map_err(anyhow::Error::msg)?;
+                }
+                Ok(n)
+            })?;
             if let Some(n) = removed {
                 entries += n?;
             }

@@ -145,7 +145,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = &img.config;
     // The layers' snapshots, extracted once and shared with builds.
     let chain = img.chain();
-    let snapshots = Snapshots::new(store.root().join("snapshots")).map_err(anyhow::Error::msg)?;
+    let snapshots = Snapshots::new(store.root().join("snapshots"))?;
     let id = hex::encode(rand::random::<[u8; 32]>());
     let containers = store.root().join("containers");
     wharf_common::store::private_dir(&containers)
@@ -161,7 +161,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let make_copy = {
         let (chain, copy_at) = (chain.clone(), copy_at.clone());
         move || -> anyhow::Result<Base> {
-            snapshot::copy_root(&chain, &copy_at).map_err(anyhow::Error::msg)?;
+            snapshot::copy_root(&chain, &copy_at)?;
             Ok(Base::Copy(copy_at))
         }
     };
@@ -189,9 +189,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let passwd = base.read("/etc/passwd");
     let group = base.read("/etc/group");
-    let identity = wharf_builder::user::Users::parse(&passwd, &group)
-        .identity(&user)
-        .map_err(anyhow::Error::msg)?;
+    let identity = wharf_builder::user::Users::parse(&passwd, &group).identity(&user)?;
     let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
     let env = container::environment(
         config,
@@ -424,7 +422,7 @@ impl Base {
 /// docker's exit codes when the command cannot start: 127 not found, 126 not executable, 125
 /// anything else.
 fn start_failed(e: &SandboxError) -> ExitCode {
-    crate::printer::err_line(&format!("wharf: {e}"));
+    crate::printer::err_line(&format!("wharf: {}", wharf_common::error::Chain(e)));
     match e {
         SandboxError::Exec { source, .. } => match source.raw_os_error() {
             Some(libc::ENOENT | libc::ENOTDIR) => ExitCode::from(127),

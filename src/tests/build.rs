@@ -309,8 +309,16 @@ fn issue_4_build_errors_name_the_line() {
     .unwrap();
     let r = w.run(&["build", tmp.path().to_str().unwrap()]).fails();
     assert!(
+        r.stderr.contains(
+            ":2: COPY missing.txt /\n  Caused by: missing.txt: not found in the build context"
+        ),
+        "{}",
         r.stderr
-            .contains(":2: COPY missing.txt /: missing.txt: not found in the build context"),
+    );
+    // Each cause is said once (issue 12: messages used to repeat their source).
+    assert_eq!(
+        r.stderr.matches("not found in the build context").count(),
+        1,
         "{}",
         r.stderr
     );

@@ -153,6 +153,15 @@ fn issue_5_builds_with_run_match_buildkit_and_run_like_docker() {
             theirs.stderr
         );
     }
+    // Why a command could not start is said once, not in the message and again as its cause.
+    let r = wharf_run(&["busybox", "no-such-command"]);
+    assert!(r.stderr.contains("no-such-command"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
 }
 

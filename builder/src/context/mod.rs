@@ -27,7 +27,7 @@ pub enum ContextError {
         excluded: bool,
     },
     /// Reading the context failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// Where.
         path: PathBuf,

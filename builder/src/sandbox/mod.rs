@@ -150,7 +150,7 @@ pub enum SandboxError {
     #[error("{0:?} contains a NUL byte")]
     Nul(String),
     /// Preparing on the host side failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Prepare {
         /// What was being done.
         what: String,
@@ -158,7 +158,7 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     /// A step inside failed before the command started.
-    #[error("sandbox: {step}: {source}")]
+    #[error("sandbox: {step}")]
     Setup {
         /// The step.
         step: String,
@@ -166,7 +166,7 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     /// The command was not found or could not be executed.
-    #[error("{command}: {source}")]
+    #[error("{command}")]
     Exec {
         /// argv\[0\].
         command: String,

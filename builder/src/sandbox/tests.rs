@@ -214,7 +214,15 @@ fn contained_processes_network_and_mounts() {
         shared_network: None,
     })
     .unwrap_err();
-    assert!(e.to_string().starts_with("no-such-command: "), "{e}");
+    // The command is the message; why it could not run is the source, said once.
+    assert_eq!(e.to_string(), "no-such-command", "{e:?}");
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("No such file or directory")),
+        "{e:?}"
+    );
 }
 
 #[test]

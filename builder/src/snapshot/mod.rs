@@ -22,7 +22,9 @@ pub mod diff;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use wharf_common::archive::unpack::{UnpackOptions, apply_layer_file};
+use wharf_common::archive::unpack::{UnpackError, UnpackOptions, apply_layer_file};
+
+use crate::error::{IoContext, IoError, c_path};
 use wharf_common::digest::Digest;
 
 /// The snapshot directory of a store.
@@ -70,17 +72,33 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     out
 }
 
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> String {
-    move |e| format!("{what}: {e}")
+/// Why a snapshot or a view could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file or mount operation failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A layer could not be extracted or applied.
+    #[error("extracting layer {layer}")]
+    Layer {
+        /// The layer file.
+        layer: PathBuf,
+        /// Why.
+        #[source]
+        source: UnpackError,
+    },
+    /// `WHARF_SNAPSHOTTER` names no mode.
+    #[error("WHARF_SNAPSHOTTER={0:?}: expected \"overlay\" or \"copy\"")]
+    BadMode(String),
 }
 
 impl Snapshots {
     /// The snapshots under `root` (created when missing).
-    pub fn new(root: impl Into<PathBuf>) -> Result<Snapshots, String> {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Snapshots, SnapshotError> {
         let root = root.into();
         // Snapshots keep image files' owners and setuid bits: other users must not reach them.
-        wharf_common::store::private_dir(&root).map_err(io(root.display()))?;
-        std::fs::create_dir_all(root.join("tmp")).map_err(io(root.display()))?;
+        wharf_common::store::private_dir(&root).at(root.display())?;
+        std::fs::create_dir_all(root.join("tmp")).at(root.display())?;
         let lock_path = root.join(".lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -88,15 +106,13 @@ impl Snapshots {
             .read(true)
             .write(true)
             .open(&lock_path)
-            .map_err(io(lock_path.display()))?;
-        flock(&lock, libc::LOCK_SH).map_err(io(lock_path.display()))?;
+            .at(lock_path.display())?;
+        flock(&lock, libc::LOCK_SH).at(lock_path.display())?;
         let copy = match std::env::var("WHARF_SNAPSHOTTER").as_deref() {
             Ok("copy") => true,
             Ok("overlay") | Err(_) => false,
             Ok(other) => {
-                return Err(format!(
-                    "WHARF_SNAPSHOTTER={other:?}: expected \"overlay\" or \"copy\""
-                ));
+                return Err(SnapshotError::BadMode(other.to_owned()));
             }
         };
         Ok(Snapshots {
@@ -112,29 +128,31 @@ impl Snapshots {
     }
 
     /// A new empty directory on the snapshots' filesystem (for upper and work directories).
-    pub fn scratch(&self) -> Result<tempfile::TempDir, String> {
+    pub fn scratch(&self) -> Result<tempfile::TempDir, IoError> {
         tempfile::Builder::new()
             .prefix("s-")
             .tempdir_in(self.root.join("tmp"))
-            .map_err(io("a scratch directory for snapshots"))
+            .at("a scratch directory for snapshots")
     }
 
     /// The snapshot directories of a stack of layers (chain id, layer file), bottom first,
     /// extracting those not there yet.
-    pub fn ensure(&self, layers: &[(Digest, PathBuf)]) -> Result<Vec<PathBuf>, String> {
+    pub fn ensure(&self, layers: &[(Digest, PathBuf)]) -> Result<Vec<PathBuf>, SnapshotError> {
         let mut out = Vec::with_capacity(layers.len());
         for (chain, file) in layers {
             let dir = self.dir(chain);
             if !dir.exists() {
                 let tmp = self.scratch()?;
                 let fs = tmp.path().join("fs");
-                std::fs::create_dir(&fs).map_err(io(fs.display()))?;
+                std::fs::create_dir(&fs).at(fs.display())?;
                 let opts = UnpackOptions {
                     overlay: true,
                     ..UnpackOptions::image_layers()
                 };
-                apply_layer_file(&fs, file, &opts)
-                    .map_err(|e| format!("extracting layer {}: {e}", file.display()))?;
+                apply_layer_file(&fs, file, &opts).map_err(|source| SnapshotError::Layer {
+                    layer: file.clone(),
+                    source,
+                })?;
                 self.adopt(chain, &fs)?;
             }
             out.push(dir);
@@ -144,14 +162,9 @@ impl Snapshots {
 
     /// Makes `dir` (an upper directory, or an extracted layer) the snapshot of `chain`. If
     /// another build made it first, theirs is kept.
-    pub fn adopt(&self, chain: &Digest, dir: &Path) -> Result<PathBuf, String> {
+    pub fn adopt(&self, chain: &Digest, dir: &Path) -> Result<PathBuf, IoError> {
         let target = self.dir(chain);
-        let (from, to) = (
-            std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|e| e.to_string())?,
-            std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-                .map_err(|e| e.to_string())?,
-        );
+        let (from, to) = (c_path(dir)?, c_path(&target)?);
         // Never over another snapshot (a plain rename replaces an empty directory, which
         // another stage may be using as a lower layer).
         // SAFETY: NUL-terminated paths.
@@ -167,37 +180,37 @@ impl Snapshots {
         if r == 0 {
             return Ok(target);
         }
-        let e = std::io::Error::last_os_error();
+        let e = IoError::last(format_args!("keeping snapshot {}", target.display()));
         if target.is_dir() {
             let _ = std::fs::remove_dir_all(dir);
             return Ok(target);
         }
-        Err(format!("keeping snapshot {}: {e}", target.display()))
+        Err(e)
     }
 
     /// Runs `f` if no build or container is using the snapshots (the exclusive lock), then
     /// goes back to sharing: `None` when they are in use.
-    pub fn when_unused<T>(&self, f: impl FnOnce() -> T) -> Result<Option<T>, String> {
+    pub fn when_unused<T>(&self, f: impl FnOnce() -> T) -> Result<Option<T>, IoError> {
         let got = flock(&self.lock, libc::LOCK_EX | libc::LOCK_NB)
-            .map_err(io(self.root.join(".lock").display()))?;
+            .at(self.root.join(".lock").display())?;
         if !got {
             return Ok(None);
         }
         let out = f();
-        flock(&self.lock, libc::LOCK_SH).map_err(io(self.root.join(".lock").display()))?;
+        flock(&self.lock, libc::LOCK_SH).at(self.root.join(".lock").display())?;
         Ok(Some(out))
     }
 
     /// Removes every snapshot (`builder prune`), unless a build or a container is using them;
     /// returns how many went and the disk space they held (`None`: in use, none removed).
     /// Each is renamed into `tmp/` first, so no half-removed snapshot is ever found in place.
-    pub fn prune(&self) -> Result<Option<(usize, u64)>, String> {
+    pub fn prune(&self) -> Result<Option<(usize, u64)>, IoError> {
         self.when_unused(|| {
             let mut n = 0;
             let mut bytes = 0;
             let tmp = self.root.join("tmp");
             for e in std::fs::read_dir(&self.root)
-                .map_err(io(self.root.display()))?
+                .at(self.root.display())?
                 .flatten()
             {
                 let name = e.file_name();
@@ -206,15 +219,12 @@ impl Snapshots {
                 }
                 let gone = tmp.join(format!("gone-{}", name.to_string_lossy()));
                 bytes += disk_usage(&e.path());
-                std::fs::rename(e.path(), &gone).map_err(io(e.path().display()))?;
-                std::fs::remove_dir_all(&gone).map_err(io(gone.display()))?;
+                std::fs::rename(e.path(), &gone).at(e.path().display())?;
+                std::fs::remove_dir_all(&gone).at(gone.display())?;
                 n += 1;
             }
             // What killed processes left in tmp/ (nobody uses the snapshots now).
-            for e in std::fs::read_dir(&tmp)
-                .map_err(io(tmp.display()))?
-                .flatten()
-            {
+            for e in std::fs::read_dir(&tmp).at(tmp.display())?.flatten() {
                 bytes += disk_usage(&e.path());
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -253,25 +263,26 @@ pub fn disk_usage(path: &Path) -> u64 {
 
 /// Makes `root` (a new directory) hold a stack of layers (chain id, layer file; bottom first),
 /// each applied in turn: the copy a root is where overlays cannot be had.
-pub fn copy_root(chain: &[(Digest, PathBuf)], root: &Path) -> Result<(), String> {
-    std::fs::create_dir(root).map_err(io(root.display()))?;
+pub fn copy_root(chain: &[(Digest, PathBuf)], root: &Path) -> Result<(), SnapshotError> {
+    std::fs::create_dir(root).at(root.display())?;
     for (_, file) in chain {
-        apply_layer_file(root, file, &UnpackOptions::image_layers())
-            .map_err(|e| format!("applying layer {}: {e}", file.display()))?;
+        apply_layer_file(root, file, &UnpackOptions::image_layers()).map_err(|source| {
+            SnapshotError::Layer {
+                layer: file.clone(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }
 
 /// Gives the calling thread (and the threads and processes it starts) a private mount
 /// namespace, so the overlays it mounts are seen by nobody else and vanish with it.
-pub fn private_mounts() -> Result<(), String> {
+pub fn private_mounts() -> Result<(), IoError> {
     // SAFETY: unshare and mount take no pointers we own beyond static strings.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(format!(
-                "a private mount namespace for the build: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(IoError::last("a private mount namespace for the build"));
         }
         if libc::mount(
             std::ptr::null(),
@@ -281,10 +292,7 @@ pub fn private_mounts() -> Result<(), String> {
             std::ptr::null(),
         ) != 0
         {
-            return Err(format!(
-                "making the build's mounts private: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(IoError::last("making the build's mounts private"));
         }
     }
     Ok(())
@@ -347,7 +355,7 @@ impl View {
         snapshots: &Snapshots,
         chain: &[(Digest, PathBuf)],
         writable: bool,
-    ) -> Result<(View, Option<String>), String> {
+    ) -> Result<(View, Option<String>), SnapshotError> {
         if snapshots.mode() == Mode::Overlay {
             let lowers = snapshots.ensure(chain)?;
             match View::overlay(snapshots, &lowers, writable) {
@@ -360,11 +368,12 @@ impl View {
                     });
                     return Ok((View::copy(snapshots, chain)?, notice));
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "mounting an overlay of {} layers: {e}",
-                        chain.len()
-                    ));
+                Err(source) => {
+                    return Err(IoError {
+                        what: format!("mounting an overlay of {} layers", chain.len()),
+                        source,
+                    }
+                    .into());
                 }
             }
         }
@@ -372,7 +381,7 @@ impl View {
     }
 
     fn overlay(snapshots: &Snapshots, lowers: &[PathBuf], writable: bool) -> std::io::Result<View> {
-        let dir = snapshots.scratch().map_err(std::io::Error::other)?;
+        let dir = snapshots.scratch().map_err(|e| e.source)?;
         let merged = dir.path().join("merged");
         let empty = dir.path().join("empty");
         for d in ["merged", "empty", "upper", "work"] {
@@ -410,7 +419,7 @@ impl View {
         })
     }
 
-    fn copy(snapshots: &Snapshots, chain: &[(Digest, PathBuf)]) -> Result<View, String> {
+    fn copy(snapshots: &Snapshots, chain: &[(Digest, PathBuf)]) -> Result<View, SnapshotError> {
         let dir = snapshots.scratch()?;
         let root = dir.path().join("root");
         copy_root(chain, &root)?;
@@ -428,9 +437,9 @@ impl View {
 
     /// Before a step whose changes [`View::changes`] will be asked for (a copy scans its
     /// whole root now).
-    pub fn begin_change(&mut self) -> Result<(), String> {
+    pub fn begin_change(&mut self) -> Result<(), IoError> {
         if let Kind::Copy { before } = &mut self.kind {
-            *before = Some(diff::Scan::of(&self.root).map_err(io("scanning the root"))?);
+            *before = Some(diff::Scan::of(&self.root).at("scanning the root")?);
         }
         Ok(())
     }
@@ -442,36 +451,34 @@ impl View {
         &mut self,
         made: &[String],
         lowers: &[PathBuf],
-    ) -> Result<Vec<diff::Entry>, String> {
+    ) -> Result<Vec<diff::Entry>, IoError> {
         match &mut self.kind {
             Kind::Overlay { .. } => {
                 self.unmount()?;
                 let upper = self.dir.path().join("upper");
                 diff::remove_made(&upper, made);
                 diff::prune_copied_up(&upper, Path::new(""), lowers);
-                diff::upper_entries(&upper).map_err(io("reading what the step changed"))
+                diff::upper_entries(&upper).at("reading what the step changed")
             }
             Kind::Copy { before } => {
                 diff::remove_made(&self.root, made);
                 let before = before.take().unwrap_or_default();
-                diff::scan_changes(&before, &self.root).map_err(io("finding what the step changed"))
+                diff::scan_changes(&before, &self.root).at("finding what the step changed")
             }
         }
     }
 
-    fn unmount(&mut self) -> Result<(), String> {
+    fn unmount(&mut self) -> Result<(), IoError> {
         if let Kind::Overlay { mounted } = &mut self.kind
             && *mounted
         {
-            let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
-                .map_err(|_| "NUL in a path".to_owned())?;
+            let c = c_path(&self.root)?;
             // SAFETY: c is a valid NUL-terminated path.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(format!(
-                    "unmounting {}: {}",
-                    self.root.display(),
-                    std::io::Error::last_os_error()
-                ));
+                return Err(IoError::last(format_args!(
+                    "unmounting {}",
+                    self.root.display()
+                )));
             }
             *mounted = false;
         }
@@ -481,7 +488,11 @@ impl View {
     /// After a step that added a layer (`chain` its chain id): an overlay's upper directory
     /// becomes the layer's snapshot and the view is done (None); a copy already shows the
     /// layer and is kept.
-    pub fn commit(mut self, snapshots: &Snapshots, chain: &Digest) -> Result<Option<View>, String> {
+    pub fn commit(
+        mut self,
+        snapshots: &Snapshots,
+        chain: &Digest,
+    ) -> Result<Option<View>, IoError> {
         match self.kind {
             Kind::Overlay { .. } => {
                 self.unmount()?;

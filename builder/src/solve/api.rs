@@ -10,6 +10,7 @@ use wharf_common::digest::Digest;
 use wharf_common::image::{BlobRef, Platform};
 use wharf_common::media_type::Compression;
 
+use super::error::Cause;
 use crate::context::Context;
 use crate::dockerfile::instructions::Lint;
 use crate::sandbox::Network;
@@ -41,10 +42,10 @@ pub trait Images: Send + Sync {
         &'a self,
         reference: &'a str,
         platform: &'a Platform,
-    ) -> BoxFuture<'a, Result<BaseImage, String>>;
+    ) -> BoxFuture<'a, Result<BaseImage, Cause>>;
 
     /// Downloads `url` into the file `to`.
-    fn fetch<'a>(&'a self, url: &'a str, to: &'a Path) -> BoxFuture<'a, Result<Download, String>>;
+    fn fetch<'a>(&'a self, url: &'a str, to: &'a Path) -> BoxFuture<'a, Result<Download, Cause>>;
 }
 
 /// Whether an ADD source is a URL.

@@ -1,6 +1,8 @@
 //! The build cache: step keys, the lookup of a step's layer, what a build recorded, and the
 //! digest of the context files a COPY selects (remembered in the store by file stamp).
 
+use super::error::StepError;
+use crate::error::IoContext;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -207,7 +209,7 @@ impl Solver {
         s: &mut StageState,
         c: &instructions::CopySpec,
         ctx: &Context,
-    ) -> Result<Digest, String> {
+    ) -> Result<Digest, StepError> {
         use std::os::unix::fs::MetadataExt;
         let env = s.expansion_env();
         let excludes = crate::context::ignore::Patterns::from_list(&c.exclude);
@@ -226,10 +228,7 @@ impl Solver {
             if src.starts_with("<<") {
                 continue;
             }
-            let src = self
-                .lexer
-                .process_word(src, &env)
-                .map_err(|e| e.to_string())?;
+            let src = self.lexer.process_word(src, &env)?;
             if is_url(&src) {
                 let digest = self
                     .urls
@@ -239,7 +238,7 @@ impl Solver {
                 key.text("url").text(&src).text(&digest);
                 continue;
             }
-            let mut matched = ctx.select(&src).map_err(|e| e.to_string())?;
+            let mut matched = ctx.select(&src)?;
             matched.reverse();
             stack.extend(matched.into_iter().map(|m| (m, String::new())));
             key.text("source").text(&src);
@@ -256,12 +255,12 @@ impl Solver {
                 Err(crate::context::ContextError::NotFound { .. }) if !src_rel.is_empty() => {
                     continue;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
-            let meta = std::fs::symlink_metadata(&disk).map_err(|e| format!("{rel}: {e}"))?;
+            let meta = std::fs::symlink_metadata(&disk).at(&rel)?;
             let mode = meta.mode() & 0o7777;
             if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&disk).map_err(|e| e.to_string())?;
+                let target = std::fs::read_link(&disk).at(&rel)?;
                 key.text("link")
                     .text(&rel)
                     .number(i64::from(mode))
@@ -269,7 +268,7 @@ impl Solver {
             } else if meta.is_dir() {
                 key.text("dir").text(&rel).number(i64::from(mode));
                 let mut names: Vec<String> = std::fs::read_dir(&disk)
-                    .map_err(|e| format!("{rel}: {e}"))?
+                    .at(&rel)?
                     .flatten()
                     .filter_map(|e| e.file_name().to_str().map(str::to_owned))
                     .collect();
@@ -299,7 +298,7 @@ impl Solver {
                 let digest = match known {
                     Some(d) => d,
                     None => {
-                        let d = hash_file(&disk).map_err(|e| format!("{rel}: {e}"))?;
+                        let d = hash_file(&disk).at(&rel)?;
                         remember.push((abs, stamp, d.clone()));
                         d
                     }

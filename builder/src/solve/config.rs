@@ -2,6 +2,8 @@
 //! STOPSIGNAL, VOLUME, HEALTHCHECK and ONBUILD do to an image's config, each with the history
 //! entry BuildKit records. One set of rules for Dockerfiles and for `import --change`.
 
+use super::error::StepError;
+use crate::dockerfile::shell::ShellError;
 use serde_json::{Value, json};
 
 use crate::dockerfile::instructions::{CommandLine, Healthcheck, Instruction};
@@ -50,10 +52,8 @@ impl Rules<'_> {
     }
 
     /// `word` expanded with the stage's ARGs and ENV.
-    pub(crate) fn expand(&self, s: &mut StageState, word: &str) -> Result<String, String> {
-        self.lexer
-            .process_word(word, &s.scope())
-            .map_err(|e| e.to_string())
+    pub(crate) fn expand(&self, s: &mut StageState, word: &str) -> Result<String, ShellError> {
+        self.lexer.process_word(word, &s.scope())
     }
 
     /// Applies `instruction` (written as `original`) if it is a config rule; `Ok(false)` when it
@@ -63,7 +63,7 @@ impl Rules<'_> {
         s: &mut StageState,
         instruction: &Instruction,
         original: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StepError> {
         match instruction {
             Instruction::Arg(args) => {
                 for (name, default) in args {
@@ -105,14 +105,8 @@ impl Rules<'_> {
                 let mut values = Vec::new();
                 let env = s.scope();
                 for (k, v) in pairs {
-                    let k = self
-                        .lexer
-                        .process_word(k, &env)
-                        .map_err(|e| e.to_string())?;
-                    let v = self
-                        .lexer
-                        .process_word(v, &env)
-                        .map_err(|e| e.to_string())?;
+                    let k = self.lexer.process_word(k, &env)?;
+                    let v = self.lexer.process_word(v, &env)?;
                     expanded.push(format!("{k}={v}"));
                     values.push((k, v));
                 }
@@ -151,9 +145,9 @@ impl Rules<'_> {
                         };
                         let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
                         let bad = || {
-                            format!(
+                            StepError::Invalid(format!(
                                 "invalid port {word:?}: expected <port>[-<port>][/tcp|udp|sctp]"
-                            )
+                            ))
                         };
                         if !matches!(proto, "tcp" | "udp" | "sctp") {
                             return Err(bad());
@@ -241,7 +235,9 @@ impl Rules<'_> {
                 for p in paths {
                     let p = self.expand(s, p)?;
                     if p.is_empty() {
-                        return Err("VOLUME specified can not be an empty string".into());
+                        return Err(StepError::Invalid(
+                            "VOLUME specified can not be an empty string".into(),
+                        ));
                     }
                     list.push(p);
                 }

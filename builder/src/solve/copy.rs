@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use wharf_common::archive::layer::{LayerEntry, LayerOptions, LayerSource, write_layer};
 
 use super::BuildOptions;
+use super::error::StepError;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use crate::context::{Context, resolve_in_root};
 use crate::dockerfile::instructions::CopySpec;
+use crate::error::{IoContext, IoError};
 use crate::user::{Owner, Users};
 
 /// The owner a copied entry gets: `--chown`'s, else its own when copied from a stage or image
@@ -29,9 +31,9 @@ fn owner_of(chown: Option<Owner>, keep: bool, meta: &std::fs::Metadata) -> Owner
 }
 
 /// The mode a copied entry gets: its own, or `--chmod` applied to it.
-fn mode_of(chmod: Option<&str>, meta: &std::fs::Metadata, is_dir: bool) -> Result<u32, String> {
+fn mode_of(chmod: Option<&str>, meta: &std::fs::Metadata, is_dir: bool) -> Result<u32, StepError> {
     match chmod {
-        Some(m) => apply_chmod(m, meta.mode(), is_dir),
+        Some(m) => Ok(apply_chmod(m, meta.mode(), is_dir)?),
         None => Ok(meta.mode() & 0o7777),
     }
 }
@@ -90,23 +92,23 @@ pub(crate) fn mkdir_p(
     path: &str,
     owner: Option<Owner>,
     mode: u32,
-) -> std::io::Result<Vec<LayerEntry>> {
+) -> Result<Vec<LayerEntry>, StepError> {
     let mut entries = Vec::new();
     let mut current = String::new();
     for seg in path.split('/').filter(|p| !p.is_empty()) {
         current = format!("{current}/{seg}");
-        let disk = resolve_in_root(&s.rootfs, &current, true).map_err(std::io::Error::other)?;
+        let disk = resolve_in_root(&s.rootfs, &current, true)?;
         match std::fs::symlink_metadata(&disk) {
             Ok(m) if m.is_dir() => continue,
             Ok(_) => {
-                return Err(std::io::Error::other(format!(
+                return Err(StepError::Invalid(format!(
                     "{current} exists and is not a directory"
                 )));
             }
             Err(_) => {}
         }
-        std::fs::create_dir(&disk)?;
-        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(mode))?;
+        std::fs::create_dir(&disk).at(&current)?;
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(mode)).at(&current)?;
         let o = owner.unwrap_or(Owner::ROOT);
         chown(&disk, o);
         entries.push(LayerEntry {
@@ -131,13 +133,23 @@ pub(crate) fn commit_layer(
     s: &mut StageState,
     entries: Vec<LayerEntry>,
     opts: &BuildOptions,
-) -> std::io::Result<()> {
+) -> Result<(), IoError> {
     let dir = opts.work_dir.join("layers");
-    std::fs::create_dir_all(&dir)?;
+    let writing = || format!("writing a layer in {}", dir.display());
+    write_layer_file(s, entries, opts, &dir).at(writing())
+}
+
+fn write_layer_file(
+    s: &mut StageState,
+    entries: Vec<LayerEntry>,
+    opts: &BuildOptions,
+    dir: &Path,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     // A name of its own, created exclusively: stages write layers at the same time.
     let tmp = tempfile::Builder::new()
         .prefix(".layer-")
-        .tempfile_in(&dir)?;
+        .tempfile_in(dir)?;
     let (file, path) = tmp.keep().map_err(|e| e.error)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let written = write_layer(
@@ -188,16 +200,14 @@ pub(crate) fn copy(
     c: &CopySpec,
     add: bool,
     from: Option<From<'_>>,
-) -> Result<Vec<LayerEntry>, String> {
+) -> Result<Vec<LayerEntry>, StepError> {
     let from_root = match &from {
         Some(From::Root(p)) => Some(*p),
         _ => None,
     };
     let env = s.expansion_env();
     let lexer = run.lexer();
-    let dest_raw = lexer
-        .process_word(&c.dest, &env)
-        .map_err(|e| e.to_string())?;
+    let dest_raw = lexer.process_word(&c.dest, &env)?;
     let workdir = s.workdir();
     let dest_dir_form = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
     let dest = if dest_raw.starts_with('/') {
@@ -206,14 +216,11 @@ pub(crate) fn copy(
         clean_abs(&format!("{workdir}/{dest_raw}"))
     };
     let owner = match &c.chown {
-        Some(spec) => Some(
-            Users::read(&s.rootfs)
-                .owner(&lexer.process_word(spec, &env).map_err(|e| e.to_string())?)?,
-        ),
+        Some(spec) => Some(Users::read(&s.rootfs).owner(&lexer.process_word(spec, &env)?)?),
         None => None,
     };
     let chmod = match &c.chmod {
-        Some(m) => Some(lexer.process_word(m, &env).map_err(|e| e.to_string())?),
+        Some(m) => Some(lexer.process_word(m, &env)?),
         None => None,
     };
     // Directories the copy creates get --chmod's mode too, as BuildKit (v0.32) makes them.
@@ -240,12 +247,10 @@ pub(crate) fn copy(
         if let Some(name) = src.strip_prefix("<<") {
             let name = name.trim_start_matches('-').trim_matches(['"', '\'']);
             let Some(h) = c.heredocs.iter().find(|h| h.name == name) else {
-                return Err(format!("heredoc {src} has no body"));
+                return Err(StepError::Invalid(format!("heredoc {src} has no body")));
             };
             let content = if h.expand {
-                lexer
-                    .process_word(&h.content, &env)
-                    .map_err(|e| e.to_string())?
+                lexer.process_word(&h.content, &env)?
             } else {
                 h.content.clone()
             };
@@ -257,14 +262,14 @@ pub(crate) fn copy(
             });
             continue;
         }
-        let src = lexer.process_word(src, &env).map_err(|e| e.to_string())?;
+        let src = lexer.process_word(src, &env)?;
         if add && super::is_url(&src) {
             let (path, dl) = run
                 .url(&src)
                 .ok_or_else(|| {
-                    format!(
+                    StepError::Invalid(format!(
                         "{src}: this URL was not fetched when the build started: its variables have other values now (ADD URLs are fetched first, expanded with the ARG and ENV lines before their step)"
-                    )
+                    ))
                 })?;
             sources += 1;
             let name = src
@@ -280,13 +285,13 @@ pub(crate) fn copy(
             urls.push((name.to_owned(), path.clone(), dl.last_modified.unwrap_or(0)));
             continue;
         }
-        let matched = ctx.select(&src).map_err(|e| e.to_string())?;
+        let matched = ctx.select(&src)?;
         for rel in matched {
             if !excludes.is_empty() && excludes.excludes(&rel) {
                 continue;
             }
             sources += 1;
-            let disk = ctx.resolve(&rel, true).map_err(|e| e.to_string())?;
+            let disk = ctx.resolve(&rel, true)?;
             items.push(Item {
                 dest: rel,
                 disk: Some(disk),
@@ -296,17 +301,15 @@ pub(crate) fn copy(
     }
     let dest_is_dir = dest_dir_form
         || sources > 1
-        || std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?)
-            .is_ok_and(|m| m.is_dir());
+        || std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true)?).is_ok_and(|m| m.is_dir());
     if sources > 1
         && !dest_dir_form
-        && !std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?)
-            .is_ok_and(|m| m.is_dir())
+        && !std::fs::metadata(resolve_in_root(&s.rootfs, &dest, true)?).is_ok_and(|m| m.is_dir())
     {
-        return Err(format!(
+        return Err(StepError::Invalid(format!(
             "when using {} with more than one source file, the destination must be a directory and end with a /",
             if add { "ADD" } else { "COPY" }
-        ));
+        )));
     }
     let mut entries = Vec::new();
     let parent_of = |p: &str| {
@@ -315,9 +318,9 @@ pub(crate) fn copy(
             .unwrap_or_default()
     };
     if dest_is_dir {
-        entries.extend(mkdir_p(s, &dest, owner, dir_mode).map_err(|e| e.to_string())?);
+        entries.extend(mkdir_p(s, &dest, owner, dir_mode)?);
     } else {
-        entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode).map_err(|e| e.to_string())?);
+        entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode)?);
     }
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     // A file from a URL: mode 0600 (unless --chmod), the server's Last-Modified, never unpacked.
@@ -327,7 +330,7 @@ pub(crate) fn copy(
         } else {
             dest.clone()
         };
-        let content = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+        let content = std::fs::read(&path).at(&name)?;
         let mode = match &chmod {
             Some(m) => apply_chmod(m, 0o600, false)?,
             None => 0o600,
@@ -372,7 +375,7 @@ pub(crate) fn copy(
                 )?;
             }
             (Some(disk), None) => {
-                let meta = std::fs::metadata(&disk).map_err(|e| format!("{}: {e}", item.dest))?;
+                let meta = std::fs::metadata(&disk).at(&item.dest)?;
                 // --parents keeps the source's directories under the destination.
                 let dest = if c.parents {
                     let sub = if meta.is_dir() {
@@ -381,7 +384,7 @@ pub(crate) fn copy(
                         parent_of(&item.dest)
                     };
                     let d = clean_abs(&format!("{dest}/{sub}"));
-                    entries.extend(mkdir_p(s, &d, owner, dir_mode).map_err(|e| e.to_string())?);
+                    entries.extend(mkdir_p(s, &d, owner, dir_mode)?);
                     d
                 } else {
                     dest.clone()
@@ -390,18 +393,14 @@ pub(crate) fn copy(
                 if meta.is_dir() {
                     // A directory's contents go into the destination, which is made with the
                     // source directory's mode and time if it is not there.
-                    let on_disk =
-                        resolve_in_root(&s.rootfs, &dest, true).map_err(|e| e.to_string())?;
+                    let on_disk = resolve_in_root(&s.rootfs, &dest, true)?;
                     if !std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
-                        entries.extend(
-                            mkdir_p(s, &parent_of(&dest), owner, dir_mode)
-                                .map_err(|e| e.to_string())?,
-                        );
+                        entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode)?);
                         let _ = std::fs::remove_file(&on_disk);
-                        std::fs::create_dir(&on_disk).map_err(|e| format!("{dest}: {e}"))?;
+                        std::fs::create_dir(&on_disk).at(&dest)?;
                         let mode = mode_of(chmod.as_deref(), &meta, true)?;
                         std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
-                            .map_err(|e| e.to_string())?;
+                            .at(&dest)?;
                         let o = owner_of(owner, from_root.is_some(), &meta);
                         chown(&on_disk, o);
                         entries.push(LayerEntry {
@@ -506,16 +505,20 @@ fn extract_archive(
     archive: &Path,
     dest: &str,
     entries: &mut Vec<LayerEntry>,
-) -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+) -> Result<(), StepError> {
+    let tmp = tempfile::tempdir().at("a directory to unpack an archive in")?;
     // As Docker unpacks ADD archives: `.wh.` names are ordinary files here.
     let opts = wharf_common::archive::unpack::UnpackOptions {
         whiteouts: false,
         ..Default::default()
     };
-    wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &opts)
-        .map_err(|e| format!("unpacking {}: {e}", archive.display()))?;
-    entries.extend(mkdir_p(s, dest, None, 0o755).map_err(|e| e.to_string())?);
+    wharf_common::archive::unpack::apply_layer(tmp.path(), reader, &opts).map_err(|e| {
+        StepError::Caller {
+            what: format!("unpacking {}", archive.display()),
+            source: e.into(),
+        }
+    })?;
+    entries.extend(mkdir_p(s, dest, None, 0o755)?);
     let mut links = HashMap::new();
     walk(
         s,
@@ -545,9 +548,9 @@ fn walk(
     ignore: Option<(&crate::context::ignore::Patterns, &str)>,
     links: &mut HashMap<(u64, u64), PathBuf>,
     entries: &mut Vec<LayerEntry>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .at(dir.display())?
         .flatten()
         .map(|e| e.file_name())
         .collect();
@@ -577,21 +580,21 @@ fn walk(
             continue;
         }
         let disk = dir.join(&name);
-        let meta = std::fs::symlink_metadata(&disk).map_err(|e| e.to_string())?;
+        let meta = std::fs::symlink_metadata(&disk).at(disk.display())?;
         let target = dest.join(&name);
         if meta.is_dir() {
             let mode = mode_of(chmod, &meta, true)?;
             let o = owner_of(owner, keep_owner, &meta);
             // Symlinked destination directories are followed, inside the root, as BuildKit does;
             // nothing here follows a link with the host's view of the filesystem.
-            let on_disk = resolve_in_root(&s.rootfs, &target, true).map_err(|e| e.to_string())?;
+            let on_disk = resolve_in_root(&s.rootfs, &target, true)?;
             let existed = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
             if !existed {
                 let _ = std::fs::remove_file(&on_disk);
-                std::fs::create_dir_all(&on_disk).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(&on_disk).at(target.display())?;
             }
             std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| e.to_string())?;
+                .at(target.display())?;
             chown(&on_disk, o);
             // An ignored directory is walked only for exceptions (`!pattern`) inside it: it
             // stays out unless one of them is there.
@@ -653,23 +656,23 @@ fn put_file(
     keep_owner: bool,
     links: &mut HashMap<(u64, u64), PathBuf>,
     entries: &mut Vec<LayerEntry>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let o = owner_of(owner, keep_owner, meta);
-    let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
+    let on_disk = resolve_in_root(&s.rootfs, target, false)?;
     if std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir()) {
-        return Err(format!(
+        return Err(StepError::Invalid(format!(
             "cannot copy to {}: it is a directory in the image",
             target.display()
-        ));
+        )));
     }
     let _ = std::fs::remove_file(&on_disk);
     let base = LayerEntry::new(image_path(&s.rootfs, &on_disk), LayerSource::Dir);
     let ft = std::fs::symlink_metadata(disk)
-        .map_err(|e| e.to_string())?
+        .at(disk.display())?
         .file_type();
     if ft.is_symlink() {
-        let link = std::fs::read_link(disk).map_err(|e| e.to_string())?;
-        std::os::unix::fs::symlink(&link, &on_disk).map_err(|e| e.to_string())?;
+        let link = std::fs::read_link(disk).at(disk.display())?;
+        std::os::unix::fs::symlink(&link, &on_disk).at(target.display())?;
         chown(&on_disk, o);
         entries.push(LayerEntry {
             source: LayerSource::Symlink(link),
@@ -686,8 +689,8 @@ fn put_file(
     if meta.nlink() > 1
         && let Some(first) = links.get(&key)
     {
-        let first_disk = resolve_in_root(&s.rootfs, first, false).map_err(|e| e.to_string())?;
-        std::fs::hard_link(&first_disk, &on_disk).map_err(|e| e.to_string())?;
+        let first_disk = resolve_in_root(&s.rootfs, first, false)?;
+        std::fs::hard_link(&first_disk, &on_disk).at(target.display())?;
         entries.push(LayerEntry {
             source: LayerSource::Hardlink(first.strip_prefix("/").unwrap_or(first).to_path_buf()),
             ..base
@@ -695,9 +698,9 @@ fn put_file(
         return Ok(());
     }
     links.insert(key, target.to_path_buf());
-    std::fs::copy(disk, &on_disk).map_err(|e| format!("copying {}: {e}", disk.display()))?;
+    std::fs::copy(disk, &on_disk).at(format_args!("copying {}", disk.display()))?;
     std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| e.to_string())?;
+        .at(target.display())?;
     chown(&on_disk, o);
     entries.push(LayerEntry {
         source: LayerSource::File(on_disk),
@@ -717,12 +720,11 @@ fn put_bytes(
     mode: u32,
     o: Owner,
     entries: &mut Vec<LayerEntry>,
-) -> Result<(), String> {
-    let on_disk = resolve_in_root(&s.rootfs, target, false).map_err(|e| e.to_string())?;
+) -> Result<(), StepError> {
+    let on_disk = resolve_in_root(&s.rootfs, target, false)?;
     let _ = std::fs::remove_file(&on_disk);
-    std::fs::write(&on_disk, content).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(&on_disk, content).at(target)?;
+    std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode)).at(target)?;
     chown(&on_disk, o);
     entries.push(LayerEntry {
         mode,

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::dockerfile::instructions::{Dockerfile, Instruction, Step};
 
-use super::error::step_error;
 use super::output;
 use super::solver::Solver;
 use super::stage::StageState;
@@ -96,11 +95,9 @@ impl Solver {
                             solver.run_stage(i, &inputs)
                         }))
                         .unwrap_or_else(|_| {
-                            Err(step_error(
-                                file,
-                                0,
+                            Err(BuildError::internal(
                                 "running a stage",
-                                "the stage's thread panicked".into(),
+                                "the stage's thread panicked",
                             ))
                         });
                         let _ = tx.send((i, result));
@@ -110,21 +107,11 @@ impl Solver {
                     return if waiting.is_empty() {
                         Ok(())
                     } else {
-                        Err(step_error(
-                            file,
-                            0,
-                            "scheduling stages",
-                            "stages depend on each other in a cycle".into(),
-                        ))
+                        Err(BuildError::Cycle { file: file.clone() })
                     };
                 }
                 let (i, result) = rx.recv().map_err(|_| {
-                    step_error(
-                        file,
-                        0,
-                        "running a stage",
-                        "a stage ended without a result".into(),
-                    )
+                    BuildError::internal("running a stage", "a stage ended without a result")
                 })?;
                 running -= 1;
                 match result {
@@ -155,13 +142,7 @@ impl Solver {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        output::assemble(state, &self.opts, new_layers, hits).map_err(|e| {
-            step_error(
-                &self.opts.dockerfile_name,
-                0,
-                "exporting the image",
-                e.to_string(),
-            )
-        })
+        output::assemble(state, &self.opts, new_layers, hits)
+            .map_err(|e| BuildError::internal("exporting the image", e))
     }
 }

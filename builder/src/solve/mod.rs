@@ -39,8 +39,7 @@ pub use api::{BaseImage, BuildEvent, BuildOptions, CacheAccess, Download, Events
 pub use cache::NewLayer;
 pub use cancel::CancelToken;
 pub(crate) use config::Rules;
-pub use error::BuildError;
-use error::step_error;
+pub use error::{BuildError, Cause, StepError};
 use graph::needed_stages;
 pub use output::Built;
 use solver::Solver;
@@ -66,7 +65,7 @@ pub async fn build(
     for stage in &mut df.stages {
         stage.base = lexer
             .process_word(&stage.base, &meta)
-            .map_err(|e| step_error(&file, stage.location.line, &stage.original, e.to_string()))?;
+            .map_err(|e| BuildError::step(&file, stage.location.line, &stage.original, e.into()))?;
         for step in &mut stage.steps {
             if let Instruction::Copy(c) = &mut step.instruction
                 && let Some(f) = c.from.as_mut()
@@ -100,8 +99,8 @@ pub async fn build(
         context_memo: std::sync::Mutex::new(BTreeMap::new()),
         step_ids: std::sync::atomic::AtomicUsize::new(0),
         from_views: std::sync::Mutex::new(BTreeMap::new()),
-        context_view: std::sync::OnceLock::new(),
-        network: std::sync::OnceLock::new(),
+        context_view: std::sync::Mutex::new(None),
+        network: std::sync::Mutex::new(None),
     };
     // The build's own thread, in a mount namespace of its own: the overlays it mounts are
     // seen by nobody else and go away with it, whatever happens.
@@ -111,22 +110,12 @@ pub async fn build(
         .spawn(move || {
             let result = match crate::snapshot::private_mounts() {
                 Ok(()) => run.run_blocking(&needed, target),
-                Err(message) => Err(BuildError::Step {
-                    file: run.opts.dockerfile_name.clone(),
-                    line: 0,
-                    instruction: "preparing the build".into(),
-                    message,
-                }),
+                Err(e) => Err(BuildError::internal("preparing the build", e)),
             };
             let _ = tx.send(result);
         });
-    let failed = |message: String| BuildError::Step {
-        file: file.clone(),
-        line: 0,
-        instruction: String::new(),
-        message,
-    };
-    spawned.map_err(|e| failed(e.to_string()))?;
-    rx.await
-        .map_err(|_| failed("the build's thread ended without a result".into()))?
+    spawned.map_err(|e| BuildError::internal("starting the build's thread", e))?;
+    rx.await.map_err(|_| {
+        BuildError::internal("running the build", "its thread ended without a result")
+    })?
 }

@@ -13,8 +13,9 @@ use crate::dockerfile::shell::Lexer;
 
 use super::api::{BaseImage, BuildOptions, Download, Images, is_url};
 use super::config::build_arg;
-use super::error::{BuildError, step_error};
+use super::error::{BuildError, StepError};
 use super::graph::{stage_index, step_sources};
+use crate::error::IoContext;
 
 /// The platform arguments every build defines.
 fn platform_args(p: &Platform) -> Vec<(String, String)> {
@@ -73,7 +74,7 @@ pub(super) async fn resolve_bases(
         let stage = &df.stages[i];
         let base = lexer
             .process_word(&stage.base, &meta)
-            .map_err(|e| step_error(file, stage.location.line, &stage.original, e.to_string()))?;
+            .map_err(|e| BuildError::step(file, stage.location.line, &stage.original, e.into()))?;
         let mut wanted = vec![(base, stage.location.line)];
         for step in &stage.steps {
             for from in step_sources(step) {
@@ -90,15 +91,16 @@ pub(super) async fn resolve_bases(
             {
                 continue;
             }
-            let img = images
-                .base(&name, &opts.platform)
-                .await
-                .map_err(|message| BuildError::Base {
-                    file: file.clone(),
-                    line,
-                    reference: name.clone(),
-                    message,
-                })?;
+            let img =
+                images
+                    .base(&name, &opts.platform)
+                    .await
+                    .map_err(|source| BuildError::Base {
+                        file: file.clone(),
+                        line,
+                        reference: name.clone(),
+                        source,
+                    })?;
             bases.insert(name, img);
         }
     }
@@ -181,32 +183,27 @@ pub(super) async fn fetch_urls(
                     continue;
                 }
                 let dir = opts.work_dir.join("urls");
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    step_error(file, step.location.line, &step.original, e.to_string())
-                })?;
+                let failed =
+                    |e: StepError| BuildError::step(file, step.location.line, &step.original, e);
+                std::fs::create_dir_all(&dir)
+                    .at(dir.display())
+                    .map_err(|e| failed(e.into()))?;
                 let path = dir.join(urls.len().to_string());
-                let got = images.fetch(&url, &path).await.map_err(|m| {
-                    step_error(
-                        file,
-                        step.location.line,
-                        &step.original,
-                        format!("fetching {url}: {m}"),
-                    )
+                let got = images.fetch(&url, &path).await.map_err(|source| {
+                    failed(StepError::Caller {
+                        what: format!("fetching {url}"),
+                        source,
+                    })
                 })?;
                 if let Some(want) = &c.checksum {
                     let want = lexer
                         .process_word(want, &scope)
                         .unwrap_or_else(|_| want.clone());
                     if want != got.digest.as_str() {
-                        return Err(step_error(
-                            file,
-                            step.location.line,
-                            &step.original,
-                            format!(
-                                "{url}: content has digest {}, --checksum says {want}",
-                                got.digest
-                            ),
-                        ));
+                        return Err(failed(StepError::Invalid(format!(
+                            "{url}: content has digest {}, --checksum says {want}",
+                            got.digest
+                        ))));
                     }
                 }
                 urls.insert(url, (path, got));

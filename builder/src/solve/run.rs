@@ -18,10 +18,13 @@ use wharf_common::digest::Digest;
 use super::BuildEvent;
 use super::cache::CacheKey;
 use super::copy;
+use super::error::StepError;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use super::step::StepOutcome;
+use crate::context::ContextError;
 use crate::dockerfile::instructions::{CommandLine, RunSpec};
+use crate::error::{IoContext, IoError};
 use crate::sandbox::{self, Mount, Network, Root, Spec};
 
 /// The hostname RUN sees.
@@ -244,26 +247,24 @@ pub(super) fn run(
     r: &RunSpec,
     done: &BTreeMap<usize, StageState>,
     stage: usize,
-) -> Result<StepOutcome, String> {
+) -> Result<StepOutcome, StepError> {
     if r.security.as_deref() == Some("insecure") {
-        return Err("--security=insecure needs an entitlement wharf does not grant".into());
+        return Err(StepError::Invalid(
+            "--security=insecure needs an entitlement wharf does not grant".into(),
+        ));
     }
     let env_words = s.expansion_env();
-    let expand = |w: &str| {
-        run.lexer()
-            .process_word(w, &env_words)
-            .map_err(|e| e.to_string())
-    };
+    let expand = |w: &str| run.lexer().process_word(w, &env_words);
     let network = match r.network.as_deref() {
         None | Some("default") => run.opts.network,
         Some(n) => n.parse::<Network>()?,
     };
     if network == Network::Host && !run.opts.allow_network_host {
-        return Err(
+        return Err(StepError::Invalid(
             "RUN --network=host is not allowed: it needs `wharf build --allow network.host` \
              (BuildKit's network.host entitlement)"
                 .into(),
-        );
+        ));
     }
     let mut mounts = Vec::new();
     for m in &r.mounts {
@@ -330,17 +331,16 @@ pub(super) fn run(
     let scratch = tempfile::Builder::new()
         .prefix("run-")
         .tempdir_in(&run.opts.work_dir)
-        .map_err(|e| format!("a directory for the step: {e}"))?;
-    let write = |name: &str, content: &[u8], mode: u32| -> Result<PathBuf, String> {
+        .at("a directory for the step")?;
+    let write = |name: &str, content: &[u8], mode: u32| -> Result<PathBuf, IoError> {
         let p = scratch.path().join(name);
-        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(&p, content).at(p.display())?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).at(p.display())?;
         Ok(p)
     };
     let mut sandbox_mounts =
         sandbox::etc_files(scratch.path(), HOSTNAME, network, &run.opts.add_hosts)
-            .map_err(|e| e.to_string())?;
+            .at("/etc/hosts and resolv.conf for the step")?;
     for (name, content) in &pipes {
         sandbox_mounts.push(Mount::Bind {
             source: write(&format!("pipe-{}", sandbox_mounts.len()), content, 0o755)?,
@@ -374,7 +374,7 @@ pub(super) fn run(
                     .truncate(false)
                     .write(true)
                     .open(run.opts.cache_mounts.join(format!("{name}.lock")))
-                    .map_err(|e| format!("cache mount {id}: {e}"))?;
+                    .at(format_args!("cache mount {id}"))?;
                 match m.sharing.as_deref().unwrap_or("shared") {
                     "locked" => {
                         // SAFETY: flock on a descriptor we own.
@@ -398,7 +398,7 @@ pub(super) fn run(
                             let t = tempfile::Builder::new()
                                 .prefix("private-")
                                 .tempdir_in(&run.opts.cache_mounts)
-                                .map_err(|e| format!("cache mount {id}: {e}"))?;
+                                .at(format_args!("cache mount {id}"))?;
                             dir = t.path().join("d");
                             private_dirs.push(t);
                         }
@@ -406,12 +406,12 @@ pub(super) fn run(
                     _ => {}
                 }
                 if !dir.exists() {
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("cache mount {id}: {e}"))?;
+                    std::fs::create_dir_all(&dir).at(format_args!("cache mount {id}"))?;
                     std::fs::set_permissions(
                         &dir,
                         std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
                     )
-                    .map_err(|e| format!("cache mount {id}: {e}"))?;
+                    .at(format_args!("cache mount {id}"))?;
                     let _ = std::os::unix::fs::chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
                 }
                 sandbox_mounts.push(Mount::Bind {
@@ -432,12 +432,14 @@ pub(super) fn run(
                                 .as_deref()
                                 .and_then(|t| t.rsplit('/').next().map(str::to_owned))
                         })
-                        .ok_or_else(|| "a secret mount needs an id or a target".to_owned())?;
+                        .ok_or_else(|| {
+                            StepError::Invalid("a secret mount needs an id or a target".into())
+                        })?;
                 let Some(value) = run.opts.secrets.get(&id) else {
                     if m.required {
-                        return Err(format!(
+                        return Err(StepError::Invalid(format!(
                             "secret {id} is required but was not given (wharf build --secret id={id},src=…)"
-                        ));
+                        )));
                     }
                     continue;
                 };
@@ -467,10 +469,13 @@ pub(super) fn run(
                         .arg(&source)
                         .arg(&copy_to)
                         .status()
-                        .map_err(|e| e.to_string())?
+                        .at("running cp for a rw mount")?
                         .success();
                     if !ok {
-                        return Err(format!("copying {} for a rw mount", source.display()));
+                        return Err(StepError::Invalid(format!(
+                            "copying {} for a rw mount failed",
+                            source.display()
+                        )));
                     }
                     copy_to
                 };
@@ -509,8 +514,8 @@ pub(super) fn run(
     )?;
     let created = make_mount_points(&root, &points)?;
     // Output streams to progress, line by line.
-    let (out_r, out_w) = sandbox::pipe().map_err(|e| e.to_string())?;
-    let err_w = out_w.try_clone().map_err(|e| e.to_string())?;
+    let (out_r, out_w) = sandbox::pipe().at("a pipe for the step's output")?;
+    let err_w = out_w.try_clone().at("a pipe for the step's output")?;
     let id = s.step_id;
     let events = run.events.clone();
     let reader = std::thread::spawn(move || {
@@ -560,24 +565,20 @@ pub(super) fn run(
     drop(locks);
     drop(private_dirs);
     let shown = serde_json::to_string(&argv).unwrap_or_default();
-    let code = code.map_err(|e| format!("process {shown} could not start: {e}"))?;
+    let code = code?;
     if run.opts.cancel.is_cancelled() {
-        return Err("cancelled".into());
+        return Err(StepError::Cancelled);
     }
     if code != 0 {
-        let mut msg = format!("process {shown} did not complete successfully: exit code: {code}");
-        if !tail.is_empty() {
-            msg.push_str("\n  last output:");
-            for l in &tail {
-                msg.push_str("\n    ");
-                msg.push_str(l);
-            }
-        }
-        return Err(msg);
+        return Err(StepError::Exit {
+            command: shown,
+            code,
+            tail,
+        });
     }
     // The layer: what the step changed, less the mount points made above.
     let Some((mut view, n)) = s.view.0.take() else {
-        return Err("the step's root is not mounted".into());
+        unreachable!("mount_root mounted the step's root");
     };
     let lowers: Vec<PathBuf> = super::stage::chain_of(&s.layers)
         .iter()
@@ -586,7 +587,7 @@ pub(super) fn run(
         .collect();
     let entries = view.changes(&created, &lowers)?;
     // A layer even when nothing changed (an empty one), as BuildKit makes.
-    copy::commit_layer(s, entries, &run.opts).map_err(|e| e.to_string())?;
+    copy::commit_layer(s, entries, &run.opts)?;
     s.time = now();
     run.record(&key, s);
     s.view.0 = Some((view, n));
@@ -608,7 +609,7 @@ fn bind_key(
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,
-) -> Result<BindFrom, String> {
+) -> Result<BindFrom, StepError> {
     match &m.from {
         Some(f) => match super::graph::stage_index(&run.df, f, stage).and_then(|j| done.get(&j)) {
             Some(d) => Ok(BindFrom::Stage(d.key.clone())),
@@ -651,31 +652,32 @@ fn bind_source(
     m: &MountSpec,
     stage: usize,
     done: &BTreeMap<usize, StageState>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, StepError> {
     let rel = m.source.clone().unwrap_or_else(|| ".".into());
     match &m.from {
         Some(f) => {
             let root = run.other_root(f, stage, done)?;
-            crate::context::resolve_in_root(&root, &rel, true).map_err(|e| e.to_string())
+            Ok(crate::context::resolve_in_root(&root, &rel, true)?)
         }
         None => {
             // The filtered context: what .dockerignore leaves out is not there, wherever a
             // link points, and the mount shows none of it.
-            let disk = run
-                .context()
-                .resolve(&rel, true)
-                .map_err(|e| e.to_string())?;
+            let disk = run.context().resolve(&rel, true)?;
             if std::fs::symlink_metadata(&disk).is_err() {
-                return Err(format!("{rel}: not found in the build context"));
+                return Err(ContextError::NotFound {
+                    source_path: rel,
+                    excluded: false,
+                }
+                .into());
             }
-            run.context_for_mount(&disk)
+            Ok(run.context_for_mount(&disk)?)
         }
     }
 }
 
 /// Creates the mount points (absolute paths, directory or file) missing in `root`, with their
 /// missing parents; returns the image paths created, parents first.
-fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<String>, String> {
+fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<String>, StepError> {
     let mut created = Vec::new();
     for (target, is_dir) in points {
         let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
@@ -683,8 +685,7 @@ fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<Strin
         for (i, part) in parts.iter().enumerate() {
             cur.push('/');
             cur.push_str(part);
-            let disk =
-                crate::context::resolve_in_root(root, &cur, true).map_err(|e| e.to_string())?;
+            let disk = crate::context::resolve_in_root(root, &cur, true)?;
             if std::fs::symlink_metadata(&disk).is_ok() {
                 continue;
             }
@@ -700,7 +701,7 @@ fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<Strin
                     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755))
                 })
             };
-            made.map_err(|e| format!("mount point {cur}: {e}"))?;
+            made.at(format_args!("mount point {cur}"))?;
             let rel = disk
                 .strip_prefix(root)
                 .map(|p| p.to_string_lossy().into_owned())

@@ -2,6 +2,7 @@
 //! bases and downloads, the layers written and cache entries used, and the views and network
 //! namespace made on first use.
 
+use crate::error::{IoContext, IoError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -36,12 +37,10 @@ pub(super) struct Solver {
     pub(super) from_views: std::sync::Mutex<BTreeMap<String, View>>,
     /// The context less what `.dockerignore` leaves out, for RUN's bind mounts: made on the
     /// first one that needs it.
-    pub(super) context_view:
-        std::sync::OnceLock<Result<crate::context::view::FilteredView, String>>,
+    pub(super) context_view: std::sync::Mutex<Option<crate::context::view::FilteredView>>,
     /// The network namespace (and NAT) RUN steps on the default network share, made on the
     /// first one.
-    pub(super) network:
-        std::sync::OnceLock<Result<std::sync::Arc<crate::sandbox::SharedNetwork>, String>>,
+    pub(super) network: std::sync::Mutex<Option<std::sync::Arc<crate::sandbox::SharedNetwork>>>,
 }
 
 impl Solver {
@@ -60,28 +59,40 @@ impl Solver {
     /// The network namespace RUN steps with the default network join.
     pub(crate) fn shared_network(
         &self,
-    ) -> Result<std::sync::Arc<crate::sandbox::SharedNetwork>, String> {
-        self.network
-            .get_or_init(|| {
-                crate::sandbox::SharedNetwork::new()
-                    .map(std::sync::Arc::new)
-                    .map_err(|e| format!("giving RUN its network: {e}"))
-            })
-            .clone()
+    ) -> Result<std::sync::Arc<crate::sandbox::SharedNetwork>, IoError> {
+        let mut network = self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = &*network {
+            return Ok(n.clone());
+        }
+        let made =
+            std::sync::Arc::new(crate::sandbox::SharedNetwork::new().at("giving RUN its network")?);
+        *network = Some(made.clone());
+        Ok(made)
     }
 
     /// Where the context's entry `rel` (canonical, from [`Context::resolve`]) is for a bind
     /// mount: in the filtered view when `.dockerignore` leaves anything out.
-    pub(crate) fn context_for_mount(&self, disk: &Path) -> Result<PathBuf, String> {
+    pub(crate) fn context_for_mount(&self, disk: &Path) -> Result<PathBuf, IoError> {
         let ctx = self.context();
         if ctx.ignore().is_empty() {
             return Ok(disk.to_owned());
         }
-        let view = self
+        let mut view = self
             .context_view
-            .get_or_init(|| crate::context::view::FilteredView::new(ctx, &self.opts.work_dir))
-            .as_ref()
-            .map_err(|e| format!("a filtered view of the build context: {e}"))?;
-        Ok(view.root().join(ctx.relative(disk)))
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let root = match &*view {
+            Some(v) => v.root().to_owned(),
+            None => {
+                let made = crate::context::view::FilteredView::new(ctx, &self.opts.work_dir)?;
+                let root = made.root().to_owned();
+                *view = Some(made);
+                root
+            }
+        };
+        Ok(root.join(ctx.relative(disk)))
     }
 }

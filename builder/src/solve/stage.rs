@@ -10,13 +10,15 @@ use wharf_common::digest::Digest;
 use wharf_common::image::BlobRef;
 
 use crate::dockerfile::instructions;
-use crate::snapshot::View;
+use crate::dockerfile::shell::ShellError;
+use crate::error::IoError;
+use crate::snapshot::{SnapshotError, View};
 
 use super::BuildError;
 use super::api::{BaseImage, BuildEvent};
 use super::cache::{CacheKey, image_key};
 use super::config::Rules;
-use super::error::step_error;
+use super::error::StepError;
 use super::graph::stage_index;
 use super::solver::Solver;
 use super::step::StepOutcome;
@@ -333,28 +335,25 @@ impl Solver {
             total,
             text: stage.original.clone(),
         });
+        let failed = |e: StepError| BuildError::step(file, stage.location.line, &stage.original, e);
         let base = self
             .lexer
             .process_word(&stage.base, &self.meta)
-            .map_err(|e| step_error(file, stage.location.line, &stage.original, e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         if let Some(p) = &stage.platform {
-            let p = self.lexer.process_word(p, &self.meta).map_err(|e| {
-                step_error(file, stage.location.line, &stage.original, e.to_string())
-            })?;
+            let p = self
+                .lexer
+                .process_word(p, &self.meta)
+                .map_err(|e| failed(e.into()))?;
             let host = &self.opts.platform;
             let mut parts = p.split('/');
             if parts.next() != Some(host.os.as_str())
                 || parts.next() != Some(host.architecture.as_str())
             {
-                return Err(step_error(
-                    file,
-                    stage.location.line,
-                    &stage.original,
-                    format!(
-                        "--platform={p}: only the host's platform ({}/{}) can be built here",
-                        host.os, host.architecture
-                    ),
-                ));
+                return Err(failed(StepError::Invalid(format!(
+                    "--platform={p}: only the host's platform ({}/{}) can be built here",
+                    host.os, host.architecture
+                ))));
             }
         }
         let rootfs = PathBuf::new();
@@ -430,16 +429,14 @@ impl Solver {
                 for t in triggers {
                     let parsed = instructions::parse(&format!("FROM scratch\n{t}\n"), "ONBUILD")
                         .map_err(|e| {
-                            step_error(
-                                file,
-                                stage.location.line,
-                                &stage.original,
-                                format!("ONBUILD trigger {t:?}: {}", e.message),
-                            )
+                            failed(StepError::Invalid(format!(
+                                "ONBUILD trigger {t:?}: {}",
+                                e.message
+                            )))
                         })?;
                     for step in &parsed.stages[0].steps {
-                        self.step(&mut s, step, done, i).map_err(|m| {
-                            step_error(file, stage.location.line, &format!("ONBUILD {t}"), m)
+                        self.step(&mut s, step, done, i).map_err(|e| {
+                            BuildError::step(file, stage.location.line, &format!("ONBUILD {t}"), e)
                         })?;
                     }
                 }
@@ -478,16 +475,11 @@ impl Solver {
             let started = std::time::Instant::now();
             state.step_id = id;
             if self.opts.cancel.is_cancelled() {
-                return Err(step_error(
-                    file,
-                    step.location.line,
-                    &step.original,
-                    "cancelled".into(),
-                ));
+                return Err(BuildError::Cancelled);
             }
             let outcome = self
                 .step(&mut state, step, done, i)
-                .map_err(|m| step_error(file, step.location.line, &step.original, m))?;
+                .map_err(|e| BuildError::step(file, step.location.line, &step.original, e))?;
             emit(match outcome {
                 StepOutcome::Cached => BuildEvent::Cached(id),
                 StepOutcome::Config | StepOutcome::Ran => BuildEvent::Done(id, started.elapsed()),
@@ -524,13 +516,13 @@ impl Solver {
         self.rules().history(s, created_by, empty_layer);
     }
 
-    pub(super) fn expand(&self, s: &mut StageState, word: &str) -> Result<String, String> {
+    pub(super) fn expand(&self, s: &mut StageState, word: &str) -> Result<String, ShellError> {
         self.rules().expand(s, word)
     }
 
     /// Mounts the stage's root (its layers' snapshots under a fresh upper directory) at
     /// `s.rootfs`, unless it is mounted already.
-    pub(crate) fn mount_root(&self, s: &mut StageState) -> Result<(), String> {
+    pub(crate) fn mount_root(&self, s: &mut StageState) -> Result<(), SnapshotError> {
         if s.view.0.as_ref().is_some_and(|(_, n)| *n == s.layers.len()) {
             return Ok(());
         }
@@ -546,7 +538,7 @@ impl Solver {
 
     /// After a step added a layer: what the step changed (the view's upper directory)
     /// becomes that layer's snapshot.
-    pub(crate) fn commit_root(&self, s: &mut StageState) -> Result<(), String> {
+    pub(crate) fn commit_root(&self, s: &mut StageState) -> Result<(), IoError> {
         if let Some((view, _)) = s.view.0.take()
             && let Some((chain, _)) = chain_of(&s.layers).pop()
             && let Some(kept) = view.commit(&self.opts.snapshots, &chain)?
@@ -565,23 +557,22 @@ impl Solver {
         name: &str,
         stage: usize,
         done: &BTreeMap<usize, StageState>,
-    ) -> Result<PathBuf, String> {
-        let (key, layers) = match stage_index(&self.df, name, stage) {
-            Some(j) => (
-                format!("stage {j}"),
-                done.get(&j)
-                    .map(|d| d.layers.clone())
-                    .ok_or_else(|| format!("stage {name} did not run"))?,
-            ),
-            None => (
-                format!("image {name}"),
-                base_layers(
-                    self.bases
-                        .get(name)
-                        .ok_or_else(|| format!("image {name} was not resolved"))?,
+    ) -> Result<PathBuf, StepError> {
+        let (key, layers) =
+            match stage_index(&self.df, name, stage) {
+                Some(j) => (
+                    format!("stage {j}"),
+                    done.get(&j)
+                        .map(|d| d.layers.clone())
+                        .ok_or_else(|| StepError::Invalid(format!("stage {name} did not run")))?,
                 ),
-            ),
-        };
+                None => (
+                    format!("image {name}"),
+                    base_layers(self.bases.get(name).ok_or_else(|| {
+                        StepError::Invalid(format!("image {name} was not resolved"))
+                    })?),
+                ),
+            };
         // Under a lock: stages run in parallel and may ask for the same one.
         let mut views = self
             .from_views

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::dockerfile::instructions::{Instruction, Step};
 
 use super::cache::{CacheKey, image_key};
+use super::error::StepError;
 use super::graph::stage_index;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
@@ -31,7 +32,7 @@ impl Solver {
         step: &Step,
         done: &BTreeMap<usize, StageState>,
         stage: usize,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, StepError> {
         let (args_before, layers_before) = (s.args.len(), s.layers.len());
         let outcome = self.step_inner(s, step, done, stage)?;
         // Everything a later step could depend on goes into the chain: the step as written, the
@@ -62,7 +63,7 @@ impl Solver {
         step: &Step,
         done: &BTreeMap<usize, StageState>,
         stage: usize,
-    ) -> Result<StepOutcome, String> {
+    ) -> Result<StepOutcome, StepError> {
         if self.rules().apply(s, &step.instruction, &step.original)? {
             return Ok(StepOutcome::Config);
         }
@@ -97,9 +98,9 @@ impl Solver {
                 }
                 self.mount_root(s)?;
                 let owner = user.and_then(|u| crate::user::Users::read(&s.rootfs).owner(&u).ok());
-                let created = copy::mkdir_p(s, &path, owner, 0o755).map_err(|e| e.to_string())?;
+                let created = copy::mkdir_p(s, &path, owner, 0o755)?;
                 // A layer even when the directory was there (an empty one), as BuildKit makes.
-                copy::commit_layer(s, created, &self.opts).map_err(|e| e.to_string())?;
+                copy::commit_layer(s, created, &self.opts)?;
                 self.record(&key, s);
                 self.commit_root(s)?;
                 self.history(s, format!("WORKDIR {recorded}"), false);
@@ -174,7 +175,7 @@ impl Solver {
                 };
                 self.mount_root(s)?;
                 let entries = copy::copy(self, s, c, add, from)?;
-                copy::commit_layer(s, entries, &self.opts).map_err(|e| e.to_string())?;
+                copy::commit_layer(s, entries, &self.opts)?;
                 self.commit_root(s)?;
                 s.time = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -415,7 +415,7 @@ impl StagedArchive {
             |d: &Digest| ArchiveError::Missing(format!("blobs/{}/{}", d.algorithm(), d.hex()));
         let bad = |e: crate::image::ImageError| ArchiveError::BadName {
             member: format!("blobs/{}/{}", top.digest.algorithm(), top.digest.hex()),
-            reason: e.to_string(),
+            reason: crate::error::Chain(&e).to_string(),
         };
         match crate::image::Manifest::parse(&top.bytes, &top.media_type, &top.digest)
             .map_err(bad)?
@@ -469,7 +469,7 @@ impl StagedArchive {
         for entry in index.manifests() {
             let digest = Digest::try_from(entry.digest()).map_err(|e| ArchiveError::BadName {
                 member: "index.json".into(),
-                reason: e.to_string(),
+                reason: crate::error::Chain(&e).to_string(),
             })?;
             let bytes = self.read_blob(&digest)?;
             let actual = Digest::of(digest.algorithm(), &bytes);
@@ -484,7 +484,7 @@ impl StagedArchive {
                 _ => {
                     detect_media_type(&bytes, None, &digest).map_err(|e| ArchiveError::BadName {
                         member: "index.json".into(),
-                        reason: e.to_string(),
+                        reason: crate::error::Chain(&e).to_string(),
                     })?
                 }
             };

@@ -24,7 +24,7 @@ pub const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The tar stream is damaged.
-    #[error("layer member {at}: {source}")]
+    #[error("layer member {at}")]
     Corrupt {
         /// The member (or `(header)` when unknown).
         at: String,
@@ -40,7 +40,7 @@ pub enum UnpackError {
         reason: String,
     },
     /// The layer file could not be opened or its compression read.
-    #[error("layer {path}: {source}")]
+    #[error("layer {path}")]
     Open {
         /// The layer file.
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum UnpackError {
         source: io::Error,
     },
     /// Writing the root failed.
-    #[error("layer member {at}: writing {path}: {source}")]
+    #[error("layer member {at}: writing {path}")]
     Io {
         /// The member.
         at: String,

@@ -495,7 +495,7 @@ impl Repository {
             detect_media_type(&bytes, content_type.as_deref(), &digest).map_err(|e| {
                 ClientError::Protocol {
                     url: url.clone(),
-                    reason: e.to_string(),
+                    reason: crate::error::Chain(&e).to_string(),
                 }
             })?;
         Ok(Fetched {
@@ -621,7 +621,7 @@ impl Repository {
                     {
                         Ok(Ok(b)) => st.body = Some(b),
                         Ok(Err(e)) if e.is_transient() => {
-                            st.last = e.to_string();
+                            st.last = crate::error::Chain(&e).to_string();
                             continue;
                         }
                         Ok(Err(e)) => {

@@ -98,7 +98,8 @@ fn malformed_references_name_the_input() {
         (":tag", "missing repository name"),
     ];
     for (input, want) in cases {
-        let err = input.parse::<Reference>().unwrap_err().to_string();
+        let err = input.parse::<Reference>().unwrap_err();
+        let err = crate::error::Chain(&err).to_string();
         assert!(err.contains(want), "{input:?}: {err}");
         assert!(
             err.contains(&format!("{input:?}")),

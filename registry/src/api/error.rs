@@ -5,6 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use wharf_common::error::Chain;
 
 use crate::service::{NameError, ServiceError};
 
@@ -249,7 +250,7 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
         use OciErrorCode as C;
-        let detail = e.to_string();
+        let detail = Chain(&e).to_string();
         match e {
             ServiceError::BlobUnknown(_) => ApiError::new(C::BlobUnknown, detail),
             ServiceError::ManifestUnknown(_) => ApiError::new(C::ManifestUnknown, detail),
@@ -289,7 +290,7 @@ impl From<ServiceError> for ApiError {
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> ApiError {
         use OciErrorCode as C;
-        let detail = e.to_string();
+        let detail = Chain(&e).to_string();
         match e {
             RequestError::NoEndpoint(_) => {
                 ApiError::new(C::Unsupported, detail).with_status(StatusCode::NOT_FOUND)

@@ -14,10 +14,10 @@ pub use sqlite::SqliteMetadata;
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     /// The database refused or failed.
-    #[error("metadata database: {0}")]
+    #[error("metadata database")]
     Db(#[from] sqlx::Error),
     /// Migrations could not be applied.
-    #[error("migrating the metadata database: {0}")]
+    #[error("migrating the metadata database")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored value does not parse (a damaged database).
     #[error("metadata database holds a bad value: {0}")]

@@ -551,7 +551,7 @@ impl Registry {
         let every = self.inner.config.uploads.purge_interval;
         loop {
             if let Err(e) = self.purge_expired_uploads().await {
-                tracing::error!(error = %e, "removing expired uploads");
+                tracing::error!(error = %wharf_common::error::Chain(&e), "removing expired uploads");
             }
             tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         }

@@ -20,7 +20,7 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// An IO error on `path`.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
