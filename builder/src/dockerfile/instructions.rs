@@ -6,7 +6,9 @@
 //! follow BuildKit's rule names ([`Lint`]).
 
 use std::fmt;
+use std::time::Duration;
 
+use super::flags::{At, Chmod, Flags, MountSpec, Typed, mount_flag};
 use super::parser::{self, Heredoc, Node, ParseError};
 
 /// Where an instruction is.
@@ -79,14 +81,14 @@ pub enum Healthcheck {
     Cmd {
         /// The test command.
         command: CommandLine,
-        /// `--interval`, as written.
-        interval: Option<String>,
+        /// `--interval`.
+        interval: Option<Duration>,
         /// `--timeout`.
-        timeout: Option<String>,
+        timeout: Option<Duration>,
         /// `--start-period`.
-        start_period: Option<String>,
+        start_period: Option<Duration>,
         /// `--start-interval`.
-        start_interval: Option<String>,
+        start_interval: Option<Duration>,
         /// `--retries`.
         retries: Option<u32>,
     },
@@ -104,7 +106,7 @@ pub struct CopySpec {
     /// `--chown`.
     pub chown: Option<String>,
     /// `--chmod`.
-    pub chmod: Option<String>,
+    pub chmod: Option<Typed<Chmod>>,
     /// `--link`.
     pub link: bool,
     /// `--parents`.
@@ -124,8 +126,8 @@ pub struct CopySpec {
 pub struct RunSpec {
     /// What to run.
     pub command: CommandLine,
-    /// `--mount`, each as written.
-    pub mounts: Vec<String>,
+    /// `--mount`, each.
+    pub mounts: Vec<Typed<MountSpec>>,
     /// `--network`.
     pub network: Option<String>,
     /// `--security`.
@@ -214,87 +216,6 @@ pub struct Dockerfile {
     pub escape: char,
 }
 
-/// Builder flags of one instruction, checked against what it accepts.
-struct Flags<'a> {
-    values: Vec<(String, Option<String>)>,
-    node: &'a Node,
-}
-
-impl<'a> Flags<'a> {
-    fn parse(node: &'a Node, allowed: &[&str]) -> Result<Flags<'a>, (usize, String)> {
-        let mut values = Vec::new();
-        for raw in &node.flags {
-            let Some(f) = raw.strip_prefix("--") else {
-                return Err((0, format!("invalid flag {raw:?}")));
-            };
-            let (name, value) = match f.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (f, None),
-            };
-            if !allowed.contains(&name) {
-                let keyword = node.value.to_ascii_uppercase();
-                let col = node.original.find(raw.as_str()).unwrap_or(0);
-                return Err((col, format!("unknown flag: --{name} (for {keyword})")));
-            }
-            values.push((name.to_owned(), value));
-        }
-        Ok(Flags { values, node })
-    }
-
-    /// The value of a flag given at most once.
-    fn string(&self, name: &str) -> Result<Option<String>, (usize, String)> {
-        let mut found = self.values.iter().filter(|(n, _)| n == name);
-        let first = found.next();
-        if found.next().is_some() {
-            return Err((self.col(name), format!("--{name} is given more than once")));
-        }
-        match first {
-            None => Ok(None),
-            Some((_, Some(v))) => Ok(Some(v.clone())),
-            Some((_, None)) => Err((
-                self.col(name),
-                format!("--{name} needs a value: --{name}=…"),
-            )),
-        }
-    }
-
-    /// Every value of a repeatable flag.
-    fn all(&self, name: &str) -> Result<Vec<String>, (usize, String)> {
-        self.values
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| {
-                v.clone().ok_or_else(|| {
-                    (
-                        self.col(name),
-                        format!("--{name} needs a value: --{name}=…"),
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// A boolean flag: `--name`, `--name=true` or `--name=false`.
-    fn bool(&self, name: &str) -> Result<bool, (usize, String)> {
-        match self.values.iter().rev().find(|(n, _)| n == name) {
-            None => Ok(false),
-            Some((_, None)) => Ok(true),
-            Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err((
-                    self.col(name),
-                    format!("--{name}={v}: expected true or false"),
-                )),
-            },
-        }
-    }
-
-    fn col(&self, name: &str) -> usize {
-        self.node.original.find(&format!("--{name}")).unwrap_or(0)
-    }
-}
-
 /// Parses and checks a Dockerfile. `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
     let lines: Vec<&str> = text.lines().collect();
@@ -331,7 +252,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
         let indent = lines
             .get(node.start_line.saturating_sub(1))
             .map_or(0, |l| l.len() - l.trim_start().len());
-        let at = |(col, message): (usize, String)| error(node.start_line, indent + col, message);
+        let at = |(col, message): At| error(node.start_line, indent + col, message);
         let keyword = node.value.to_ascii_lowercase();
         if keyword == "from" {
             df.stages
@@ -393,7 +314,7 @@ fn check_stage_names(
     Ok(())
 }
 
-fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage, (usize, String)> {
+fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage, At> {
     let flags = Flags::parse(node, &["platform"])?;
     let args = node.args();
     let (base, name) = match args.as_slice() {
@@ -477,7 +398,7 @@ fn pairs(node: &Node) -> Vec<(String, String)> {
         .collect()
 }
 
-fn one_arg(node: &Node, what: &str) -> Result<String, (usize, String)> {
+fn one_arg(node: &Node, what: &str) -> Result<String, At> {
     match node.args().as_slice() {
         [one] => Ok((*one).to_owned()),
         _ => Err((
@@ -490,300 +411,364 @@ fn one_arg(node: &Node, what: &str) -> Result<String, (usize, String)> {
     }
 }
 
-fn instruction(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, (usize, String)> {
+/// One instruction's node, checked: the keyword picks its parser.
+fn instruction(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
     let keyword = node.value.to_ascii_lowercase();
-    let no_flags = |n: &Node| Flags::parse(n, &[]).map(|_| ());
-    let line = node.start_line;
-    Ok(match keyword.as_str() {
-        "add" | "copy" => {
-            let add = keyword == "add";
-            let allowed: &[&str] = if add {
-                &[
-                    "chown",
-                    "chmod",
-                    "link",
-                    "exclude",
-                    "checksum",
-                    "keep-git-dir",
-                    "parents",
-                ]
-            } else {
-                &["from", "chown", "chmod", "link", "exclude", "parents"]
-            };
-            let flags = Flags::parse(node, allowed)?;
-            let mut args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
-            let heredocs = node.heredocs.clone();
-            let min = if heredocs.is_empty() { 2 } else { 1 };
-            if args.len() < min {
-                return Err((
-                    0,
-                    format!(
-                        "{} requires at least two arguments, but only one was provided. Destination could not be determined",
-                        node.value.to_ascii_uppercase()
-                    ),
-                ));
-            }
-            let dest = args.pop().unwrap_or_default();
-            let spec = CopySpec {
-                sources: args,
-                dest,
-                from: if add { None } else { flags.string("from")? },
-                chown: flags.string("chown")?,
-                chmod: flags.string("chmod")?,
-                link: flags.bool("link")?,
-                parents: flags.bool("parents")?,
-                exclude: flags.all("exclude")?,
-                checksum: if add { flags.string("checksum")? } else { None },
-                keep_git_dir: add && flags.bool("keep-git-dir")?,
-                heredocs,
-            };
-            if add {
-                Instruction::Add(spec)
-            } else {
-                Instruction::Copy(spec)
-            }
-        }
-        "arg" => {
-            no_flags(node)?;
-            let args = node.args();
-            if args.is_empty() {
-                return Err((
-                    0,
-                    "ARG requires at least one argument: ARG <name>[=<default>]".into(),
-                ));
-            }
-            Instruction::Arg(
-                args.into_iter()
-                    .map(|a| match a.split_once('=') {
-                        Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-                        None => (a.to_owned(), None),
-                    })
-                    .collect(),
-            )
-        }
-        "cmd" | "entrypoint" => {
-            no_flags(node)?;
-            if !node.json && !node.args().is_empty() {
-                lints.push(Lint {
-                    rule: "JSONArgsRecommended",
-                    message: format!(
-                        "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
-                        node.value.to_ascii_uppercase()
-                    ),
-                    line,
-                });
-            }
-            let c = command_line(node);
-            if keyword == "cmd" {
-                Instruction::Cmd(c)
-            } else {
-                Instruction::Entrypoint(c)
-            }
-        }
-        "env" | "label" => {
-            no_flags(node)?;
-            let p = pairs(node);
-            if p.is_empty() {
-                return Err((
-                    0,
-                    format!(
-                        "{} requires at least one argument: {} <key>=<value>",
-                        keyword.to_ascii_uppercase(),
-                        keyword.to_ascii_uppercase()
-                    ),
-                ));
-            }
-            if node.args().get(2).is_some_and(|s| s.is_empty()) {
-                lints.push(Lint {
-                    rule: "LegacyKeyValueFormat",
-                    message: format!(
-                        "\"{} key=value\" should be used instead of legacy \"{} key value\" format",
-                        keyword.to_ascii_uppercase(),
-                        keyword.to_ascii_uppercase()
-                    ),
-                    line,
-                });
-            }
-            if keyword == "env" {
-                Instruction::Env(p)
-            } else {
-                Instruction::Label(p)
-            }
-        }
-        "expose" => {
-            no_flags(node)?;
-            let ports: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
-            if ports.is_empty() {
-                return Err((
-                    0,
-                    "EXPOSE requires at least one argument: EXPOSE <port>[/<protocol>]".into(),
-                ));
-            }
-            Instruction::Expose(ports)
-        }
-        "healthcheck" => {
-            let flags = Flags::parse(
-                node,
-                &[
-                    "interval",
-                    "timeout",
-                    "start-period",
-                    "start-interval",
-                    "retries",
-                ],
-            )?;
-            let args = node.args();
-            match args.first().map(|t| t.to_ascii_uppercase()).as_deref() {
-                Some("NONE") => {
-                    if args.len() > 1 || !node.flags.is_empty() {
-                        return Err((0, "HEALTHCHECK NONE takes no other arguments".into()));
-                    }
-                    Instruction::Healthcheck(Healthcheck::None)
-                }
-                Some("CMD") => {
-                    if args.len() < 2 {
-                        return Err((0, "HEALTHCHECK CMD requires a command".into()));
-                    }
-                    let command = match node.next.as_deref().and_then(|t| t.next.as_deref()) {
-                        Some(_) if node.json => {
-                            CommandLine::Exec(args[1..].iter().map(|s| (*s).to_owned()).collect())
-                        }
-                        _ => CommandLine::Shell(args[1].to_owned()),
-                    };
-                    let retries = match flags.string("retries")? {
-                        None => None,
-                        Some(r) => Some(r.parse::<u32>().map_err(|_| {
-                            (
-                                flags.col("retries"),
-                                format!("--retries={r}: expected a whole number"),
-                            )
-                        })?),
-                    };
-                    Instruction::Healthcheck(Healthcheck::Cmd {
-                        command,
-                        interval: flags.string("interval")?,
-                        timeout: flags.string("timeout")?,
-                        start_period: flags.string("start-period")?,
-                        start_interval: flags.string("start-interval")?,
-                        retries,
-                    })
-                }
-                Some(other) => {
-                    return Err((
-                        0,
-                        format!("unknown type {other:?} for HEALTHCHECK (try CMD or NONE)"),
-                    ));
-                }
-                None => return Err((0, "HEALTHCHECK requires CMD <command> or NONE".into())),
-            }
-        }
-        "maintainer" => {
-            no_flags(node)?;
-            lints.push(Lint {
-                rule: "MaintainerDeprecated",
-                message: "Maintainer instruction is deprecated in favor of using label".into(),
-                line,
-            });
-            Instruction::Maintainer(one_arg(node, "MAINTAINER <name>")?)
-        }
-        "onbuild" => {
-            no_flags(node)?;
-            let Some(child) = node.next.as_deref().and_then(|n| n.children.first()) else {
-                return Err((
-                    0,
-                    "ONBUILD requires an instruction: ONBUILD <INSTRUCTION>".into(),
-                ));
-            };
-            match child.value.to_ascii_lowercase().as_str() {
-                "onbuild" => {
-                    return Err((
-                        0,
-                        "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
-                    ));
-                }
-                "from" | "maintainer" => {
-                    return Err((
-                        0,
-                        format!(
-                            "{} isn't allowed as an ONBUILD trigger",
-                            child.value.to_ascii_uppercase()
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-            instruction(child, &mut Vec::new()).map_err(|(_, m)| (0, format!("ONBUILD: {m}")))?;
-            let text = node.original.trim();
-            let trigger = text[text.find(char::is_whitespace).unwrap_or(text.len())..].trim();
-            Instruction::Onbuild(trigger.to_owned())
-        }
-        "run" => {
-            let flags = Flags::parse(node, &["mount", "network", "security", "device"])?;
-            if node.args().is_empty() && node.heredocs.is_empty() {
-                return Err((
-                    0,
-                    "RUN requires a command: RUN <command> or RUN [\"executable\", …]".into(),
-                ));
-            }
-            if let Some(n) = flags.string("network")?
-                && !matches!(n.as_str(), "default" | "none" | "host")
-            {
-                return Err((
-                    flags.col("network"),
-                    format!("--network={n}: expected default, none or host"),
-                ));
-            }
-            if let Some(s) = flags.string("security")?
-                && !matches!(s.as_str(), "sandbox" | "insecure")
-            {
-                return Err((
-                    flags.col("security"),
-                    format!("--security={s}: expected sandbox or insecure"),
-                ));
-            }
-            Instruction::Run(RunSpec {
-                command: command_line(node),
-                mounts: flags.all("mount")?,
-                network: flags.string("network")?,
-                security: flags.string("security")?,
-                heredocs: node.heredocs.clone(),
-            })
-        }
-        "shell" => {
-            no_flags(node)?;
-            if !node.json {
-                return Err((0, "SHELL requires the arguments to be in JSON form: SHELL [\"executable\", \"parameters\"]".into()));
-            }
-            let args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
-            if args.is_empty() {
-                return Err((0, "SHELL requires at least one argument".into()));
-            }
-            Instruction::Shell(args)
-        }
-        "stopsignal" => {
-            no_flags(node)?;
-            Instruction::StopSignal(one_arg(node, "STOPSIGNAL <signal>")?)
-        }
-        "user" => {
-            no_flags(node)?;
-            Instruction::User(one_arg(node, "USER <user>[:<group>]")?)
-        }
-        "volume" => {
-            no_flags(node)?;
-            let paths: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
-            if paths.is_empty() || paths.iter().any(String::is_empty) {
-                return Err((0, "VOLUME requires at least one non-empty path".into()));
-            }
-            Instruction::Volume(paths)
-        }
-        "workdir" => {
-            no_flags(node)?;
-            Instruction::Workdir(one_arg(node, "WORKDIR <path>")?)
-        }
-        _ => {
-            return Err((0, format!("unknown instruction: {}", node.value)));
-        }
+    let parse: fn(&Node, &mut Vec<Lint>) -> Result<Instruction, At> = match keyword.as_str() {
+        "add" => add,
+        "arg" => arg,
+        "cmd" => cmd,
+        "copy" => copy,
+        "entrypoint" => entrypoint,
+        "env" => env,
+        "expose" => expose,
+        "healthcheck" => healthcheck,
+        "label" => label,
+        "maintainer" => maintainer,
+        "onbuild" => onbuild,
+        "run" => run,
+        "shell" => shell,
+        "stopsignal" => stopsignal,
+        "user" => user,
+        "volume" => volume,
+        "workdir" => workdir,
+        _ => return Err((0, format!("unknown instruction: {}", node.value))),
+    };
+    parse(node, lints)
+}
+
+fn no_flags(node: &Node) -> Result<(), At> {
+    Flags::parse(node, &[]).map(|_| ())
+}
+
+fn add(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    let flags = Flags::parse(
+        node,
+        &[
+            "chown",
+            "chmod",
+            "link",
+            "exclude",
+            "checksum",
+            "keep-git-dir",
+            "parents",
+        ],
+    )?;
+    let spec = CopySpec {
+        checksum: flags.string("checksum")?,
+        keep_git_dir: flags.bool("keep-git-dir")?,
+        ..copy_spec(node, &flags)?
+    };
+    Ok(Instruction::Add(spec))
+}
+
+fn copy(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    let flags = Flags::parse(
+        node,
+        &["from", "chown", "chmod", "link", "exclude", "parents"],
+    )?;
+    let spec = CopySpec {
+        from: flags.string("from")?,
+        ..copy_spec(node, &flags)?
+    };
+    Ok(Instruction::Copy(spec))
+}
+
+/// What COPY and ADD share: sources, destination, heredocs and the common flags.
+fn copy_spec(node: &Node, flags: &Flags<'_>) -> Result<CopySpec, At> {
+    let mut args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
+    let min = if node.heredocs.is_empty() { 2 } else { 1 };
+    if args.len() < min {
+        return Err((
+            0,
+            format!(
+                "{} requires at least two arguments, but only one was provided. Destination could not be determined",
+                node.value.to_ascii_uppercase()
+            ),
+        ));
+    }
+    let dest = args.pop().unwrap_or_default();
+    Ok(CopySpec {
+        sources: args,
+        dest,
+        chown: flags.string("chown")?,
+        chmod: flags.typed("chmod", Chmod::parse)?,
+        link: flags.bool("link")?,
+        parents: flags.bool("parents")?,
+        exclude: flags.all("exclude")?,
+        heredocs: node.heredocs.clone(),
+        ..CopySpec::default()
     })
+}
+
+fn arg(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    let args = node.args();
+    if args.is_empty() {
+        return Err((
+            0,
+            "ARG requires at least one argument: ARG <name>[=<default>]".into(),
+        ));
+    }
+    Ok(Instruction::Arg(
+        args.into_iter()
+            .map(|a| match a.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (a.to_owned(), None),
+            })
+            .collect(),
+    ))
+}
+
+fn cmd(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+    Ok(Instruction::Cmd(command_form(node, lints)?))
+}
+
+fn entrypoint(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+    Ok(Instruction::Entrypoint(command_form(node, lints)?))
+}
+
+/// CMD's and ENTRYPOINT's command, with BuildKit's lint for the shell form.
+fn command_form(node: &Node, lints: &mut Vec<Lint>) -> Result<CommandLine, At> {
+    no_flags(node)?;
+    if !node.json && !node.args().is_empty() {
+        lints.push(Lint {
+            rule: "JSONArgsRecommended",
+            message: format!(
+                "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
+                node.value.to_ascii_uppercase()
+            ),
+            line: node.start_line,
+        });
+    }
+    Ok(command_line(node))
+}
+
+fn env(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+    Ok(Instruction::Env(key_values(node, lints)?))
+}
+
+fn label(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+    Ok(Instruction::Label(key_values(node, lints)?))
+}
+
+/// ENV's and LABEL's pairs, with BuildKit's lint for the legacy `KEY value` form.
+fn key_values(node: &Node, lints: &mut Vec<Lint>) -> Result<Vec<(String, String)>, At> {
+    no_flags(node)?;
+    let word = node.value.to_ascii_uppercase();
+    let p = pairs(node);
+    if p.is_empty() {
+        return Err((
+            0,
+            format!("{word} requires at least one argument: {word} <key>=<value>"),
+        ));
+    }
+    if node.args().get(2).is_some_and(|s| s.is_empty()) {
+        lints.push(Lint {
+            rule: "LegacyKeyValueFormat",
+            message: format!(
+                "\"{word} key=value\" should be used instead of legacy \"{word} key value\" format"
+            ),
+            line: node.start_line,
+        });
+    }
+    Ok(p)
+}
+
+fn expose(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    let ports: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
+    if ports.is_empty() {
+        return Err((
+            0,
+            "EXPOSE requires at least one argument: EXPOSE <port>[/<protocol>]".into(),
+        ));
+    }
+    Ok(Instruction::Expose(ports))
+}
+
+fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    let flags = Flags::parse(
+        node,
+        &[
+            "interval",
+            "timeout",
+            "start-period",
+            "start-interval",
+            "retries",
+        ],
+    )?;
+    let args = node.args();
+    let check = match args.first().map(|t| t.to_ascii_uppercase()).as_deref() {
+        Some("NONE") => {
+            if args.len() > 1 || !node.flags.is_empty() {
+                return Err((0, "HEALTHCHECK NONE takes no other arguments".into()));
+            }
+            Healthcheck::None
+        }
+        Some("CMD") => {
+            if args.len() < 2 {
+                return Err((0, "HEALTHCHECK CMD requires a command".into()));
+            }
+            let command = match node.next.as_deref().and_then(|t| t.next.as_deref()) {
+                Some(_) if node.json => {
+                    CommandLine::Exec(args[1..].iter().map(|s| (*s).to_owned()).collect())
+                }
+                _ => CommandLine::Shell(args[1].to_owned()),
+            };
+            let retries = match flags.string("retries")? {
+                None => None,
+                Some(r) => Some(r.parse::<u32>().map_err(|_| {
+                    (
+                        flags.col("retries"),
+                        format!("--retries={r}: expected a whole number"),
+                    )
+                })?),
+            };
+            Healthcheck::Cmd {
+                command,
+                interval: flags.duration("interval")?,
+                timeout: flags.duration("timeout")?,
+                start_period: flags.duration("start-period")?,
+                start_interval: flags.duration("start-interval")?,
+                retries,
+            }
+        }
+        Some(other) => {
+            return Err((
+                0,
+                format!("unknown type {other:?} for HEALTHCHECK (try CMD or NONE)"),
+            ));
+        }
+        None => return Err((0, "HEALTHCHECK requires CMD <command> or NONE".into())),
+    };
+    Ok(Instruction::Healthcheck(check))
+}
+
+fn maintainer(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    lints.push(Lint {
+        rule: "MaintainerDeprecated",
+        message: "Maintainer instruction is deprecated in favor of using label".into(),
+        line: node.start_line,
+    });
+    Ok(Instruction::Maintainer(one_arg(node, "MAINTAINER <name>")?))
+}
+
+fn onbuild(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    let Some(child) = node.next.as_deref().and_then(|n| n.children.first()) else {
+        return Err((
+            0,
+            "ONBUILD requires an instruction: ONBUILD <INSTRUCTION>".into(),
+        ));
+    };
+    match child.value.to_ascii_lowercase().as_str() {
+        "onbuild" => {
+            return Err((
+                0,
+                "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
+            ));
+        }
+        "from" | "maintainer" => {
+            return Err((
+                0,
+                format!(
+                    "{} isn't allowed as an ONBUILD trigger",
+                    child.value.to_ascii_uppercase()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    // The trigger is checked now and kept as text: it runs in the images built on this one.
+    instruction(child, &mut Vec::new()).map_err(|(_, m)| (0, format!("ONBUILD: {m}")))?;
+    let text = node.original.trim();
+    let trigger = text[text.find(char::is_whitespace).unwrap_or(text.len())..].trim();
+    Ok(Instruction::Onbuild(trigger.to_owned()))
+}
+
+fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    let flags = Flags::parse(node, &["mount", "network", "security", "device"])?;
+    if node.args().is_empty() && node.heredocs.is_empty() {
+        return Err((
+            0,
+            "RUN requires a command: RUN <command> or RUN [\"executable\", …]".into(),
+        ));
+    }
+    let network = flags.string("network")?;
+    if let Some(n) = &network
+        && !matches!(n.as_str(), "default" | "none" | "host")
+    {
+        return Err((
+            flags.col("network"),
+            format!("--network={n}: expected default, none or host"),
+        ));
+    }
+    let security = flags.string("security")?;
+    if let Some(s) = &security
+        && !matches!(s.as_str(), "sandbox" | "insecure")
+    {
+        return Err((
+            flags.col("security"),
+            format!("--security={s}: expected sandbox or insecure"),
+        ));
+    }
+    let mounts = flags
+        .all("mount")?
+        .iter()
+        .map(|m| mount_flag(m).map_err(|e| (flags.col("mount"), e)))
+        .collect::<Result<_, _>>()?;
+    Ok(Instruction::Run(RunSpec {
+        command: command_line(node),
+        mounts,
+        network,
+        security,
+        heredocs: node.heredocs.clone(),
+    }))
+}
+
+fn shell(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    if !node.json {
+        return Err((
+            0,
+            "SHELL requires the arguments to be in JSON form: SHELL [\"executable\", \"parameters\"]"
+                .into(),
+        ));
+    }
+    let args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
+    if args.is_empty() {
+        return Err((0, "SHELL requires at least one argument".into()));
+    }
+    Ok(Instruction::Shell(args))
+}
+
+fn stopsignal(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    Ok(Instruction::StopSignal(one_arg(
+        node,
+        "STOPSIGNAL <signal>",
+    )?))
+}
+
+fn user(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    Ok(Instruction::User(one_arg(node, "USER <user>[:<group>]")?))
+}
+
+fn volume(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    let paths: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
+    if paths.is_empty() || paths.iter().any(String::is_empty) {
+        return Err((0, "VOLUME requires at least one non-empty path".into()));
+    }
+    Ok(Instruction::Volume(paths))
+}
+
+fn workdir(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+    no_flags(node)?;
+    Ok(Instruction::Workdir(one_arg(node, "WORKDIR <path>")?))
 }
 
 #[cfg(test)]
@@ -823,13 +808,19 @@ mod tests {
         );
         assert_eq!(c.exclude, ["*.md", "x"]);
         assert_eq!(
-            (c.chown.as_deref(), c.chmod.as_deref()),
-            (Some("1:1"), Some("644"))
+            (c.chown.as_deref(), c.chmod.as_ref()),
+            (Some("1:1"), Some(&Typed::Parsed(Chmod::Octal(0o644))))
         );
         let Instruction::Run(r) = &build.steps[1].instruction else {
             panic!()
         };
-        assert_eq!(r.mounts, ["type=cache,target=/c"]);
+        let Typed::Parsed(m) = &r.mounts[0] else {
+            panic!("{:?}", r.mounts)
+        };
+        assert_eq!(
+            (m.kind.as_str(), m.target.as_deref()),
+            ("cache", Some("/c"))
+        );
         assert_eq!(r.command, CommandLine::Shell("make".into()));
         let last = &df.stages[1];
         let Instruction::Copy(c) = &last.steps[0].instruction else {
@@ -853,7 +844,10 @@ mod tests {
             command,
             &CommandLine::Exec(vec!["/out".into(), "-h".into()])
         );
-        assert_eq!((interval.as_deref(), *retries), (Some("5s"), Some(3)));
+        assert_eq!(
+            (*interval, *retries),
+            (Some(Duration::from_secs(5)), Some(3))
+        );
         assert_eq!(
             last.steps[3].instruction,
             Instruction::Onbuild("RUN echo hi".into())
@@ -883,6 +877,21 @@ mod tests {
             ("FROM a\nONBUILD ONBUILD RUN x\n", "chaining ONBUILD"),
             ("FROM a\nRUN --network=bridge x\n", "--network=bridge"),
             ("FROM a\nHEALTHCHECK --retries=x CMD y\n", "--retries=x"),
+            // Flag values are checked with the Dockerfile, before anything runs.
+            (
+                "FROM a\nHEALTHCHECK --interval=5 CMD y\n",
+                "invalid duration \"5\"",
+            ),
+            (
+                "FROM a\nHEALTHCHECK --timeout=10us CMD y\n",
+                "less than 1ms",
+            ),
+            ("FROM a\nCOPY --chmod=u+q a /b\n", "invalid chmod \"u+q\""),
+            ("FROM a\nRUN --mount=type=cache x\n", "a target is required"),
+            (
+                "FROM a\nRUN --mount=type=cache,bogus=$X x\n",
+                "unknown option \"bogus\"",
+            ),
             (
                 "FROM a\nCMD [\"a\", 1]\n",
                 "arrays must be comprised of strings",

@@ -282,7 +282,7 @@ impl Rules<'_> {
                             ("StartInterval", start_interval),
                         ] {
                             if let Some(d) = d {
-                                v[key] = json!(parse_duration_ns(d)?);
+                                v[key] = json!(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
                             }
                         }
                         if let Some(r) = retries {
@@ -347,44 +347,6 @@ fn go_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(" "))
 }
 
-/// Go durations (`1h30m`, `5s`, `250ms`) in nanoseconds.
-fn parse_duration_ns(text: &str) -> Result<i64, String> {
-    let bad = || format!("invalid duration {text:?}: expected a duration like 30s, 1m30s or 250ms");
-    let mut total: f64 = 0.0;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    if rest == "0" {
-        return Ok(0);
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += n * mult;
-        rest = &rest[unit_len..];
-    }
-    Ok(total as i64)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -393,11 +355,7 @@ mod tests {
     use crate::solve::{clean_abs, rfc3339};
 
     #[test]
-    fn durations_and_times() {
-        assert_eq!(parse_duration_ns("5s").unwrap(), 5_000_000_000);
-        assert_eq!(parse_duration_ns("1m30s").unwrap(), 90_000_000_000);
-        assert_eq!(parse_duration_ns("250ms").unwrap(), 250_000_000);
-        assert!(parse_duration_ns("5").is_err());
+    fn times_signals_and_paths() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert!(

@@ -13,6 +13,7 @@ use super::error::StepError;
 use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use crate::context::{Context, resolve_in_root};
+use crate::dockerfile::flags::Chmod;
 use crate::dockerfile::instructions::CopySpec;
 use crate::error::{IoContext, IoError};
 use crate::user::{Owner, Users};
@@ -31,58 +32,11 @@ fn owner_of(chown: Option<Owner>, keep: bool, meta: &std::fs::Metadata) -> Owner
 }
 
 /// The mode a copied entry gets: its own, or `--chmod` applied to it.
-fn mode_of(chmod: Option<&str>, meta: &std::fs::Metadata, is_dir: bool) -> Result<u32, StepError> {
+fn mode_of(chmod: Option<&Chmod>, meta: &std::fs::Metadata, is_dir: bool) -> u32 {
     match chmod {
-        Some(m) => Ok(apply_chmod(m, meta.mode(), is_dir)?),
-        None => Ok(meta.mode() & 0o7777),
+        Some(m) => m.apply(meta.mode(), is_dir),
+        None => meta.mode() & 0o7777,
     }
-}
-
-/// Octal (`755`) or symbolic (`u+x,go=r`) modes, applied to `current`.
-fn apply_chmod(spec: &str, current: u32, is_dir: bool) -> Result<u32, String> {
-    if spec.chars().all(|c| c.is_ascii_digit()) {
-        return u32::from_str_radix(spec, 8).map_err(|_| format!("invalid chmod {spec:?}"));
-    }
-    let mut mode = current & 0o7777;
-    for clause in spec.split(',') {
-        let op_at = clause
-            .find(['+', '-', '='])
-            .ok_or_else(|| format!("invalid chmod {spec:?}"))?;
-        let (who, rest) = clause.split_at(op_at);
-        let op = rest.chars().next().unwrap_or('=');
-        let perms = &rest[1..];
-        let mut mask = 0u32;
-        let who = if who.is_empty() { "a" } else { who };
-        for w in who.chars() {
-            mask |= match w {
-                'u' => 0o4700,
-                'g' => 0o2070,
-                'o' => 0o0007,
-                'a' => 0o6777,
-                _ => return Err(format!("invalid chmod {spec:?}")),
-            };
-        }
-        let mut bits = 0u32;
-        for p in perms.chars() {
-            bits |= match p {
-                'r' => 0o444,
-                'w' => 0o222,
-                'x' => 0o111,
-                'X' if is_dir || current & 0o111 != 0 => 0o111,
-                'X' => 0,
-                's' => 0o6000,
-                't' => 0o1000,
-                _ => return Err(format!("invalid chmod {spec:?}")),
-            };
-        }
-        let bits = bits & mask;
-        match op {
-            '+' => mode |= bits,
-            '-' => mode &= !bits,
-            _ => mode = (mode & !(mask & 0o7777)) | bits,
-        }
-    }
-    Ok(mode)
 }
 
 /// Creates `path` and its missing parents in the root with `mode` (no umask); returns the
@@ -220,12 +174,15 @@ pub(crate) fn copy(
         None => None,
     };
     let chmod = match &c.chmod {
-        Some(m) => Some(lexer.process_word(m, &env)?),
+        Some(m) => Some(m.resolve(
+            |t| lexer.process_word(t, &env).map_err(StepError::from),
+            Chmod::parse,
+        )?),
         None => None,
     };
     // Directories the copy creates get --chmod's mode too, as BuildKit (v0.32) makes them.
     let dir_mode = match &chmod {
-        Some(m) => apply_chmod(m, 0o755, true)?,
+        Some(m) => m.apply(0o755, true),
         None => 0o755,
     };
     // The sources, as (context-relative path, root they are in).
@@ -332,7 +289,7 @@ pub(crate) fn copy(
         };
         let content = std::fs::read(&path).at(&name)?;
         let mode = match &chmod {
-            Some(m) => apply_chmod(m, 0o600, false)?,
+            Some(m) => m.apply(0o600, false),
             None => 0o600,
         };
         put_bytes(
@@ -362,7 +319,7 @@ pub(crate) fn copy(
                     dest.clone()
                 };
                 let mode = match &chmod {
-                    Some(m) => apply_chmod(m, 0o644, false)?,
+                    Some(m) => m.apply(0o644, false),
                     None => 0o644,
                 };
                 put_bytes(
@@ -398,7 +355,7 @@ pub(crate) fn copy(
                         entries.extend(mkdir_p(s, &parent_of(&dest), owner, dir_mode)?);
                         let _ = std::fs::remove_file(&on_disk);
                         std::fs::create_dir(&on_disk).at(&dest)?;
-                        let mode = mode_of(chmod.as_deref(), &meta, true)?;
+                        let mode = mode_of(chmod.as_ref(), &meta, true);
                         std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(mode))
                             .at(&dest)?;
                         let o = owner_of(owner, from_root.is_some(), &meta);
@@ -421,7 +378,7 @@ pub(crate) fn copy(
                         &disk,
                         Path::new(&dest),
                         owner,
-                        chmod.as_deref(),
+                        chmod.as_ref(),
                         from_root.is_some(),
                         &excludes,
                         "",
@@ -445,7 +402,7 @@ pub(crate) fn copy(
                         &meta,
                         Path::new(&target),
                         owner,
-                        chmod.as_deref(),
+                        chmod.as_ref(),
                         from_root.is_some(),
                         &mut links,
                         &mut entries,
@@ -541,7 +498,7 @@ fn walk(
     dir: &Path,
     dest: &Path,
     owner: Option<Owner>,
-    chmod: Option<&str>,
+    chmod: Option<&Chmod>,
     keep_owner: bool,
     excludes: &crate::context::ignore::Patterns,
     rel: &str,
@@ -583,7 +540,7 @@ fn walk(
         let meta = std::fs::symlink_metadata(&disk).at(disk.display())?;
         let target = dest.join(&name);
         if meta.is_dir() {
-            let mode = mode_of(chmod, &meta, true)?;
+            let mode = mode_of(chmod, &meta, true);
             let o = owner_of(owner, keep_owner, &meta);
             // Symlinked destination directories are followed, inside the root, as BuildKit does;
             // nothing here follows a link with the host's view of the filesystem.
@@ -652,7 +609,7 @@ fn put_file(
     meta: &std::fs::Metadata,
     target: &Path,
     owner: Option<Owner>,
-    chmod: Option<&str>,
+    chmod: Option<&Chmod>,
     keep_owner: bool,
     links: &mut HashMap<(u64, u64), PathBuf>,
     entries: &mut Vec<LayerEntry>,
@@ -684,7 +641,7 @@ fn put_file(
         });
         return Ok(());
     }
-    let mode = mode_of(chmod, meta, false)?;
+    let mode = mode_of(chmod, meta, false);
     let key = (meta.dev(), meta.ino());
     if meta.nlink() > 1
         && let Some(first) = links.get(&key)
@@ -736,21 +693,4 @@ fn put_bytes(
         )
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn chmod_forms() {
-        assert_eq!(apply_chmod("755", 0o644, false).unwrap(), 0o755);
-        assert_eq!(apply_chmod("u+x", 0o644, false).unwrap(), 0o744);
-        assert_eq!(apply_chmod("go-r", 0o644, false).unwrap(), 0o600);
-        assert_eq!(apply_chmod("a=rX", 0o600, true).unwrap(), 0o555);
-        assert_eq!(apply_chmod("a=rX", 0o600, false).unwrap(), 0o444);
-        assert!(apply_chmod("q+z", 0o644, false).is_err());
-    }
 }

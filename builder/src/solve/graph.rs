@@ -1,6 +1,7 @@
 //! The stage graph: which stages a target needs, what each depends on, and running them, each
 //! as soon as what it depends on is built.
 
+use crate::dockerfile::flags::Typed;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::dockerfile::instructions::{Dockerfile, Instruction, Step};
@@ -29,9 +30,15 @@ pub(super) fn step_sources(step: &Step) -> Vec<String> {
         Instruction::Run(r) => r
             .mounts
             .iter()
-            .flat_map(|m| m.split(','))
-            .filter_map(|f| f.trim().strip_prefix("from="))
-            .map(str::to_owned)
+            .flat_map(|m| match m {
+                Typed::Parsed(spec) => spec.from.iter().cloned().collect::<Vec<_>>(),
+                // Written with variables: the callers expand the name (with the ARGs before FROM).
+                Typed::Deferred(text) => text
+                    .split(',')
+                    .filter_map(|f| f.trim().strip_prefix("from="))
+                    .map(str::to_owned)
+                    .collect(),
+            })
             .collect(),
         _ => Vec::new(),
     }

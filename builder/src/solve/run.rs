@@ -23,121 +23,13 @@ use super::solver::Solver;
 use super::stage::{Layer, StageState, clean_abs};
 use super::step::StepOutcome;
 use crate::context::ContextError;
+use crate::dockerfile::flags::MountSpec;
 use crate::dockerfile::instructions::{CommandLine, RunSpec};
 use crate::error::{IoContext, IoError};
 use crate::sandbox::{self, Mount, Network, Root, Spec};
 
 /// The hostname RUN sees.
 const HOSTNAME: &str = "buildkitsandbox";
-
-/// One `--mount`, parsed.
-#[derive(Debug, Default)]
-struct MountSpec {
-    kind: String,
-    target: Option<String>,
-    source: Option<String>,
-    from: Option<String>,
-    id: Option<String>,
-    sharing: Option<String>,
-    mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    readonly: bool,
-    required: bool,
-    size: Option<u64>,
-    env: Option<String>,
-}
-
-fn parse_mount(text: &str) -> Result<MountSpec, String> {
-    let mut m = MountSpec {
-        kind: "bind".into(),
-        ..MountSpec::default()
-    };
-    let bad = |why: String| format!("--mount={text}: {why}");
-    for field in text.split(',').filter(|f| !f.is_empty()) {
-        let (k, v) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_lowercase(), Some(v.trim().to_owned())),
-            None => (field.trim().to_lowercase(), None),
-        };
-        let val = || v.clone().ok_or_else(|| bad(format!("{k} needs a value")));
-        let flag = || -> Result<bool, String> {
-            match v.as_deref() {
-                None | Some("true") | Some("1") => Ok(true),
-                Some("false") | Some("0") => Ok(false),
-                Some(o) => Err(bad(format!("{k}={o}: expected true or false"))),
-            }
-        };
-        let num = |radix: u32| -> Result<u32, String> {
-            let s = val()?;
-            u32::from_str_radix(&s, radix).map_err(|_| bad(format!("{k}={s} is not a number")))
-        };
-        match k.as_str() {
-            "type" => m.kind = val()?,
-            "target" | "dst" | "destination" => m.target = Some(val()?),
-            "source" | "src" => m.source = Some(val()?),
-            "from" => m.from = Some(val()?),
-            "id" => m.id = Some(val()?),
-            "sharing" => {
-                let s = val()?;
-                if !matches!(s.as_str(), "shared" | "private" | "locked") {
-                    return Err(bad(format!(
-                        "sharing={s}: expected shared, private or locked"
-                    )));
-                }
-                m.sharing = Some(s);
-            }
-            "mode" => m.mode = Some(num(8)?),
-            "uid" => m.uid = Some(num(10)?),
-            "gid" => m.gid = Some(num(10)?),
-            "ro" | "readonly" => m.readonly = flag()?,
-            "rw" | "readwrite" => m.readonly = !flag()?,
-            "required" => m.required = flag()?,
-            "env" => m.env = Some(val()?),
-            "size" => {
-                let s = val()?;
-                m.size = Some(parse_size(&s).ok_or_else(|| bad(format!("size={s}")))?);
-            }
-            other => return Err(bad(format!("unknown option {other:?}"))),
-        }
-    }
-    match m.kind.as_str() {
-        "bind" => {
-            // Bind mounts are read-only unless rw is given.
-            if !text.split(',').any(|f| {
-                let k = f.split('=').next().unwrap_or("").trim().to_lowercase();
-                k == "rw" || k == "readwrite" || k == "ro" || k == "readonly"
-            }) {
-                m.readonly = true;
-            }
-        }
-        "cache" | "tmpfs" | "secret" => {}
-        "ssh" => {
-            return Err(bad(
-                "type=ssh is not supported: wharf build has no --ssh agent forwarding".into(),
-            ));
-        }
-        other => {
-            return Err(bad(format!(
-                "unknown type {other:?}: expected bind, cache, tmpfs or secret"
-            )));
-        }
-    }
-    if m.target.is_none() && m.kind != "secret" {
-        return Err(bad("a target is required".into()));
-    }
-    Ok(m)
-}
-
-fn parse_size(s: &str) -> Option<u64> {
-    let lower = s.to_lowercase();
-    let (num, mult) = match lower.trim_end_matches('b').chars().last()? {
-        'k' => (&lower[..lower.find('k')?], 1u64 << 10),
-        'm' => (&lower[..lower.find('m')?], 1 << 20),
-        'g' => (&lower[..lower.find('g')?], 1 << 30),
-        _ => (lower.trim_end_matches('b'), 1),
-    };
-    num.parse::<u64>().ok().map(|n| n * mult)
-}
 
 /// A heredoc RUN runs as a file under /dev/pipes: (name, content).
 type PipeFile = (String, Vec<u8>);
@@ -268,7 +160,7 @@ pub(super) fn run(
     }
     let mut mounts = Vec::new();
     for m in &r.mounts {
-        mounts.push(parse_mount(&expand(m)?)?);
+        mounts.push(m.resolve(|t| expand(t).map_err(StepError::from), MountSpec::parse)?);
     }
     let (argv, pipes) = command_line(s, r)?;
     let env = run_env(s);
@@ -710,52 +602,4 @@ fn make_mount_points(root: &Path, points: &[(String, bool)]) -> Result<Vec<Strin
         }
     }
     Ok(created)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn mount_options() {
-        let m = parse_mount("type=cache,target=/root/.cache,id=pip,sharing=locked,mode=0700,uid=1")
-            .unwrap();
-        assert_eq!(
-            (
-                m.kind.as_str(),
-                m.target.as_deref(),
-                m.id.as_deref(),
-                m.mode,
-                m.uid
-            ),
-            (
-                "cache",
-                Some("/root/.cache"),
-                Some("pip"),
-                Some(0o700),
-                Some(1)
-            )
-        );
-        assert!(
-            parse_mount("target=/src").unwrap().readonly,
-            "bind is read-only by default"
-        );
-        assert!(!parse_mount("type=bind,target=/src,rw").unwrap().readonly);
-        assert_eq!(
-            parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size,
-            Some(64 << 20)
-        );
-        for bad in [
-            "type=cache",
-            "type=volume,target=/x",
-            "type=cache,target=/x,sharing=sometimes",
-            "type=ssh",
-            "type=cache,target=/x,bogus=1",
-        ] {
-            let e = parse_mount(bad).unwrap_err();
-            assert!(e.starts_with(&format!("--mount={bad}: ")), "{e}");
-        }
-    }
 }
