@@ -121,8 +121,9 @@ fn openat(dir: BorrowedFd, name: &OsStr, flags: libc::c_int, mode: u32) -> io::R
 
 fn fstatat(dir: BorrowedFd, name: &OsStr, flags: libc::c_int) -> io::Result<Stat> {
     let c = cstr(name)?;
-    // SAFETY: st is written by the call; valid descriptor and name.
+    // SAFETY: a zeroed stat is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is written by the call; a valid descriptor and a NUL-terminated name.
     check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, flags) })?;
     Ok(Stat {
         mode: st.st_mode,
@@ -296,6 +297,7 @@ impl Root {
         }
         // Reopen what the walk reached with the flags asked for.
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        // SAFETY: AT_FDCWD is never closed; it names the current directory for *at calls.
         let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
         openat(cwd, OsStr::new(&proc), flags & !libc::O_NOFOLLOW, 0)
     }

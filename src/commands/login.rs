@@ -39,6 +39,7 @@ fn prompt(label: &str, secret: bool) -> anyhow::Result<String> {
     let fd = libc::STDIN_FILENO;
     // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd checked above.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes into `saved`; a descriptor that is no terminal is an error.
     let have_termios = secret && unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
     if have_termios {
         let mut quiet = saved;
