@@ -1,6 +1,7 @@
 //! wharf: the command-line interface. Parses arguments, sets up logging, calls one library
 //! operation per command and renders its result. Exit codes: 0 success, 1 failure, 2 usage.
 
+mod bases;
 mod cli;
 mod commands;
 mod context;

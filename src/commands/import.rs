@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
-use wharf_common::copy::{CopyOptions, LocalDest, copy_image};
+use wharf_common::copy::{CopyOptions, copy_to_store};
 use wharf_common::copy::{ImportOptions, ImportSource};
 use wharf_common::image::Platform;
 use wharf_common::media_type::decompress;
@@ -63,25 +63,18 @@ pub async fn run(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("importing {file}"))
     })
     .await??;
-    let dest = LocalDest::new(store, false).await?;
     let names: Vec<Reference> = name.into_iter().map(|n| n.tagged()).collect();
     let progress = ctx.progress(true, crate::progress::LOAD)?;
-    match copy_image(
+    copy_to_store(
         source.image(),
-        &dest,
+        &store,
+        false,
         None,
         &names,
         &CopyOptions::default(),
         &progress,
     )
-    .await
-    {
-        Ok(_) => dest.finish().await?,
-        Err(e) => {
-            let _ = dest.abort().await;
-            return Err(e.into());
-        }
-    }
+    .await?;
     out(source.config_digest())?;
     Ok(ExitCode::SUCCESS)
 }

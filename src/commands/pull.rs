@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use wharf_common::copy::{CopyOptions, LocalDest, RegistrySource, copy_image};
+use wharf_common::copy::{CopyOptions, RegistrySource, copy_to_store};
 use wharf_common::reference::Reference;
 
 use crate::cli::PullArgs;
@@ -31,23 +31,21 @@ pub async fn run(ctx: &Ctx, args: PullArgs) -> anyhow::Result<ExitCode> {
         vec![]
     };
     let src = RegistrySource::new(client.repository(reference.repo()).await?);
-    let dest = LocalDest::new(store.clone(), true).await?;
     let opts = CopyOptions {
         platform,
         all_platforms: args.all_platforms,
     };
-    let copied = match copy_image(&src, &dest, Some(&reference), &names, &opts, &progress).await {
-        Ok(c) => {
-            dest.finish().await?;
-            c
-        }
-        Err(e) => {
-            if let Err(cleanup) = dest.abort().await {
-                tracing::warn!(error = %cleanup, "cleaning up after a failed pull");
-            }
-            return Err(e).with_context(|| format!("pulling {}", reference.familiar()));
-        }
-    };
+    let copied = copy_to_store(
+        &src,
+        &store,
+        true,
+        Some(&reference),
+        &names,
+        &opts,
+        &progress,
+    )
+    .await
+    .with_context(|| format!("pulling {}", reference.familiar()))?;
     progress.line(&format!("Digest: {}", copied.source_digest));
     if before.is_some_and(|b| b.digest == copied.top.digest) {
         progress.line(&format!(

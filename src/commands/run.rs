@@ -12,8 +12,8 @@ use wharf_builder::sandbox::{self, Mount, Network, Root, SandboxError, Spec};
 use wharf_builder::snapshot::{self, Snapshots};
 use wharf_common::image::Platform;
 
+use crate::bases::StoreImages;
 use crate::cli::RunArgs;
-use crate::commands::build::StoreImages;
 use crate::context::Ctx;
 
 /// Removes the container's directory however `run` ends.
@@ -144,7 +144,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     let img = images.load(args.image(), &Platform::host()).await?;
     let config = &img.config;
     // The layers' snapshots, extracted once and shared with builds.
-    let chain = img.chain();
+    let chain = wharf_builder::solve::base_chain(&img);
     let snapshots = Snapshots::new(store.root().join("snapshots"))?;
     let id = hex::encode(rand::random::<[u8; 32]>());
     let containers = store.root().join("containers");

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
-use serde_json::Value;
 use wharf_common::digest::Digest;
-use wharf_common::image::{BlobRef, Platform};
+use wharf_common::image::Platform;
 use wharf_common::media_type::Compression;
 
 use super::error::Cause;
@@ -16,14 +15,9 @@ use crate::dockerfile::instructions::Lint;
 use crate::sandbox::Network;
 use crate::snapshot::Snapshots;
 
-/// An image a build starts from or copies from, as the local store holds it.
-#[derive(Clone, Debug)]
-pub struct BaseImage {
-    /// The image config JSON.
-    pub config: Value,
-    /// Its layers (blobs, in order) and where their bytes are.
-    pub layers: Vec<(BlobRef, PathBuf)>,
-}
+/// An image a build starts from or copies from: its config and layer files, as the local
+/// store holds it.
+pub type BaseImage = wharf_common::store::StoredImage;
 
 /// A file `ADD` fetched from a URL.
 #[derive(Clone, Debug)]

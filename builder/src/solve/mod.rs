@@ -43,6 +43,7 @@ pub use error::{BuildError, Cause, StepError};
 use graph::needed_stages;
 pub use output::Built;
 use solver::Solver;
+pub use stage::base_chain;
 pub(crate) use stage::{DEFAULT_PATH, StageState, clean_abs};
 pub(crate) use wharf_common::time::rfc3339;
 

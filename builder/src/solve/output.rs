@@ -8,6 +8,7 @@ use wharf_common::copy::AssembledImage;
 use wharf_common::digest::Digest;
 use wharf_common::image::BlobRef;
 use wharf_common::media_type;
+use wharf_common::store::{CacheEntry, Lease, LocalStore, StoreError};
 
 use super::BuildOptions;
 use super::stage::{Layer, StageState};
@@ -40,6 +41,46 @@ impl Built {
     /// The image, as a copy source.
     pub fn image(&self) -> &AssembledImage {
         &self.image
+    }
+
+    /// Keeps what this build made for later builds; call it before the image is stored, so
+    /// the copy finds the layers there. Each new layer goes into `store` (a hard link,
+    /// protected by `lease` first) and into the build cache under its step's key; the cache
+    /// entries the build used are marked used.
+    pub async fn keep_layers(&self, store: &LocalStore, lease: &Lease) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        for new in &self.new_layers {
+            let blob = BlobRef {
+                digest: new.layer.digest.clone(),
+                size: new.layer.size,
+                media_type: new.layer.media_type.to_owned(),
+            };
+            lease.protect(&blob.digest).await?;
+            let (st, file) = (store.clone(), new.file.clone());
+            let adopting = blob.clone();
+            tokio::task::spawn_blocking(move || st.adopt_verified_blocking(&file, &adopting))
+                .await
+                .map_err(|e| StoreError::Io {
+                    op: "adopting a layer",
+                    path: new.file.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+            records.push((
+                new.key.clone(),
+                CacheEntry {
+                    layer: blob.digest,
+                    diff_id: new.layer.diff_id.clone(),
+                    media_type: blob.media_type,
+                    size: blob.size,
+                    created_at: new.created_at,
+                },
+            ));
+        }
+        if !records.is_empty() {
+            store.sync_blob_dirs().await?;
+            store.cache_put(&records).await?;
+        }
+        store.cache_touch(&self.cache_hits).await
     }
 }
 

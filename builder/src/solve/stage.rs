@@ -154,37 +154,9 @@ pub(super) fn chain_of(layers: &[Layer]) -> Vec<(Digest, PathBuf)> {
         .collect()
 }
 
-impl BaseImage {
-    /// Each layer's diff id, as the config lists them (the blob digest where it does not).
-    pub fn diff_ids(&self) -> Vec<Digest> {
-        let listed: Vec<Option<Digest>> = self
-            .config
-            .get("rootfs")
-            .and_then(|r| r.get("diff_ids"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|v| v.as_str().and_then(|s| s.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, (b, _))| {
-                listed
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or_else(|| b.digest.clone())
-            })
-            .collect()
-    }
-
-    /// The layers as (chain id, layer file), bottom first: what snapshots are keyed by.
-    pub fn chain(&self) -> Vec<(Digest, PathBuf)> {
-        chain_of(&base_layers(self))
-    }
+/// A base image's layers as (chain id, layer file), bottom first: what snapshots are keyed by.
+pub fn base_chain(img: &BaseImage) -> Vec<(Digest, PathBuf)> {
+    chain_of(&base_layers(img))
 }
 
 /// A base image's layers, with their diff ids.

@@ -13,7 +13,7 @@ use crate::progress::{BlobKind, CopyEvent, Reporter, Skip};
 use crate::reference::{Reference, RepoName};
 use crate::store::{IngestStart, Lease, LocalStore, StoreError};
 
-use super::{CopiedImage, CopyError, Dest, Source, Transfer};
+use super::{CopiedImage, CopyError, CopyOptions, Dest, Source, Transfer, copy_image};
 use crate::blob::{BlobStream, Fetched, file_stream};
 
 /// Reads images from the local store.
@@ -115,6 +115,33 @@ impl Source for LocalSource {
 
     fn mount_candidates(&self) -> Vec<(String, RepoName)> {
         self.origins.clone()
+    }
+}
+
+/// Copies an image from `src` into `store` under `names` as one transaction: when the copy
+/// fails, what only it brought is removed again (a failed cleanup is logged; the copy's error
+/// is the one returned). `record_repo_digest` as [`LocalDest::new`].
+pub async fn copy_to_store(
+    src: &dyn Source,
+    store: &LocalStore,
+    record_repo_digest: bool,
+    reference: Option<&Reference>,
+    names: &[Reference],
+    opts: &CopyOptions,
+    reporter: &dyn Reporter,
+) -> Result<CopiedImage, CopyError> {
+    let dest = LocalDest::new(store.clone(), record_repo_digest).await?;
+    match copy_image(src, &dest, reference, names, opts, reporter).await {
+        Ok(copied) => {
+            dest.finish().await?;
+            Ok(copied)
+        }
+        Err(e) => {
+            if let Err(cleanup) = dest.abort().await {
+                tracing::warn!(error = %crate::error::Chain(&cleanup), "cleaning up after a failed copy into the store");
+            }
+            Err(e)
+        }
     }
 }
 

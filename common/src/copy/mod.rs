@@ -34,7 +34,7 @@ use crate::store::StoreError;
 pub use archive::ArchiveDest;
 pub use assembled::AssembledImage;
 pub use import::{ImportOptions, ImportSource};
-pub use local::{LocalDest, LocalSource};
+pub use local::{LocalDest, LocalSource, copy_to_store};
 pub use registry::{RegistryDest, RegistrySource};
 
 /// Errors of a copy, from whichever store failed.

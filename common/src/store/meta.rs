@@ -141,6 +141,28 @@ impl LocalStore {
         .transpose()
     }
 
+    /// Whether the image `digest` is stored and every one of `names` resolves to it (a
+    /// cached rebuild: storing it again would only rewrite what is there).
+    pub async fn has_image_as(
+        &self,
+        digest: &Digest,
+        names: &[Reference],
+    ) -> Result<bool, StoreError> {
+        if self.image(digest).await?.is_none() {
+            return Ok(false);
+        }
+        for n in names {
+            if self
+                .resolve(n)
+                .await?
+                .is_none_or(|found| found.digest != *digest)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Every image, newest first, with its names.
     pub async fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         self.query_images(None).await

@@ -29,6 +29,7 @@ mod gc;
 mod ingest;
 mod lease;
 mod meta;
+mod stored;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub use gc::GcReport;
 pub use ingest::{Ingest, IngestStart, StagingDir};
 pub use lease::Lease;
 pub use meta::{ImageRecord, Resolved};
+pub use stored::StoredImage;
 
 /// Errors of the local store. Each names the path, digest or name involved.
 #[derive(Debug, thiserror::Error)]

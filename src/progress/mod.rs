@@ -1,7 +1,9 @@
-//! Rendering copy progress on stderr: a bar per layer on a terminal, docker-like plain lines
-//! otherwise, nothing when quiet.
+//! Rendering progress on stderr. Copies (pull, push, save, load) here: a bar per layer on a
+//! terminal, docker-like plain lines otherwise, nothing when quiet. Builds: [`build`].
 
 #![allow(clippy::print_stderr)]
+
+pub(crate) mod build;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
