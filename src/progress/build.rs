@@ -166,14 +166,8 @@ impl LiveView {
 
     fn show(&self, e: BuildEvent) {
         match e {
-            BuildEvent::Step {
-                id,
-                stage,
-                index,
-                total,
-                text,
-            } => {
-                let label = step_line(id, &stage, index, total, &text);
+            BuildEvent::Step { id, .. } => {
+                let label = plain_line(e);
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
                     ProgressStyle::with_template("{spinner} {msg} {elapsed}")

@@ -4,6 +4,7 @@
 
 mod archive;
 mod build;
+mod build_cases;
 mod concurrency;
 mod fake;
 mod faults;
