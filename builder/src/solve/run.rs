@@ -171,19 +171,227 @@ pub(super) fn run(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    // The key: the chain, the command, and everything it runs with, secrets excepted.
+    let key = run_key(
+        run,
+        s,
+        &Command {
+            argv: &argv,
+            env: &env,
+            workdir: &workdir,
+            user: &user,
+            network,
+            pipes: &pipes,
+        },
+        &mounts,
+        stage,
+        done,
+    )?;
+    let created_by = format!("RUN {} # buildkit", history_text(s, &argv));
+    if let Some(hit) = run.cached_layer(&key) {
+        s.layers.push(Layer::New(hit.layer, hit.file));
+        s.time = hit.created_at;
+        run.history(s, created_by, false);
+        return Ok(StepOutcome::Cached);
+    }
+    run.mount_root(s)?;
+    let root = s.rootfs.clone();
+    let identity = { crate::user::Users::read(&root).identity(&user)? };
+    // Files the sandbox mounts: under the build's scratch directory.
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&run.opts.work_dir)
+        .at("a directory for the step")?;
+    let mut sandbox_mounts =
+        sandbox::etc_files(scratch.path(), HOSTNAME, network, &run.opts.add_hosts)
+            .at("/etc/hosts and resolv.conf for the step")?;
+    for (name, content) in &pipes {
+        sandbox_mounts.push(Mount::Bind {
+            source: write_file(
+                scratch.path(),
+                &format!("pipe-{}", sandbox_mounts.len()),
+                content,
+                0o755,
+            )?,
+            target: format!("/dev/pipes/{name}"),
+            readonly: true,
+        });
+    }
+    let mut env = env;
+    let held = mount_options(
+        run,
+        &mounts,
+        &workdir,
+        scratch.path(),
+        &mut sandbox_mounts,
+        &mut env,
+        stage,
+        done,
+    )?;
+    // Mount points the image lacks are made now and taken out of the layer after, except
+    // /proc, /dev and /sys: those stay in the layer (0755, root), as BuildKit (v0.32) leaves
+    // them.
+    let mut points: Vec<(String, bool)> = Vec::new();
+    for m in &sandbox_mounts {
+        let is_dir = match m {
+            Mount::Bind { source, .. } => source.is_dir(),
+            Mount::Tmpfs { .. } => true,
+        };
+        if !m.target().starts_with("/dev/") {
+            points.push((m.target().to_owned(), is_dir));
+        }
+    }
+    // (A copy is scanned before the mount points are made, so they never count as changes.)
+    if let Some((view, _)) = s.view.0.as_mut() {
+        view.begin_change()?;
+    }
+    make_mount_points(
+        &root,
+        &[
+            ("/proc".into(), true),
+            ("/dev".into(), true),
+            ("/sys".into(), true),
+        ],
+    )?;
+    let created = make_mount_points(&root, &points)?;
+    let shared_network = if network == Network::Nat {
+        Some(run.shared_network()?)
+    } else {
+        None
+    };
+    // Output streams to progress, line by line.
+    let (out_r, out_w) = sandbox::pipe().at("a pipe for the step's output")?;
+    let err_w = out_w.try_clone().at("a pipe for the step's output")?;
+    let ran = execute(
+        run,
+        s.step_id,
+        out_r,
+        Spec {
+            root: Root::Dir(root.clone()),
+            argv: argv.clone(),
+            env,
+            cwd: workdir,
+            user: identity,
+            hostname: HOSTNAME.into(),
+            network,
+            mounts: sandbox_mounts,
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+            tty: false,
+            init: true,
+            seccomp: true,
+            shared_network,
+        },
+    );
+    drop(held);
+    let (code, tail) = ran?;
+    let shown = serde_json::to_string(&argv).unwrap_or_default();
+    if run.opts.cancel.is_cancelled() {
+        return Err(StepError::Cancelled);
+    }
+    if code != 0 {
+        return Err(StepError::Exit {
+            command: shown,
+            code,
+            tail,
+        });
+    }
+    // The layer: what the step changed, less the mount points made above.
+    let Some((mut view, n)) = s.view.0.take() else {
+        unreachable!("mount_root mounted the step's root");
+    };
+    let lowers: Vec<PathBuf> = super::stage::chain_of(&s.layers)
+        .iter()
+        .rev()
+        .map(|(c, _)| run.opts.snapshots.dir(c))
+        .collect();
+    let entries = view.changes(&created, &lowers)?;
+    // A layer even when nothing changed (an empty one), as BuildKit makes.
+    copy::commit_layer(s, entries, &run.opts)?;
+    s.time = now();
+    run.record(&key, s);
+    s.view.0 = Some((view, n));
+    run.commit_root(s)?;
+    run.history(s, created_by, false);
+    Ok(StepOutcome::Ran)
+}
+
+/// Runs the command in the sandbox, its output (read from `output`, the other end of the
+/// spec's stdout and stderr) streamed to progress line by line; returns its exit code and its
+/// last lines of output. The build's cancel token kills it.
+fn execute(
+    run: &Solver,
+    id: usize,
+    output: std::os::fd::OwnedFd,
+    spec: Spec,
+) -> Result<(i32, Vec<String>), StepError> {
+    let events = run.events.clone();
+    let reader = std::thread::spawn(move || {
+        let mut tail: Vec<String> = Vec::new();
+        for line in BufReader::new(std::fs::File::from(output)).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line).into_owned();
+            (*events)(BuildEvent::Output(id, text.clone()));
+            tail.push(text);
+            if tail.len() > 10 {
+                tail.remove(0);
+            }
+        }
+        tail
+    });
+    let code = match sandbox::start(spec) {
+        Ok(running) => {
+            let guard = run.opts.cancel.register(running.pid());
+            let code = running.wait();
+            drop(guard);
+            code
+        }
+        Err(e) => Err(e),
+    };
+    let tail = reader.join().unwrap_or_default();
+    Ok((code?, tail))
+}
+
+/// What a RUN step runs and with what, as its cache key holds it.
+struct Command<'a> {
+    argv: &'a [String],
+    env: &'a [String],
+    workdir: &'a str,
+    user: &'a str,
+    network: Network,
+    pipes: &'a [PipeFile],
+}
+
+/// RUN's cache key: the chain, the command, and everything it runs with, secrets excepted (a
+/// bind mount by the content of its source).
+fn run_key(
+    run: &Solver,
+    s: &mut StageState,
+    cmd: &Command<'_>,
+    mounts: &[MountSpec],
+    stage: usize,
+    done: &BTreeMap<usize, StageState>,
+) -> Result<Digest, StepError> {
+    let Command {
+        argv,
+        env,
+        workdir,
+        user,
+        network,
+        pipes,
+    } = cmd;
     let mut key = CacheKey::new("run");
     key.digest(&s.key)
         .texts(argv.iter().map(String::as_str))
         .texts(env.iter().map(String::as_str))
-        .text(&workdir)
-        .text(&user)
+        .text(workdir)
+        .text(user)
         .text(match network {
             Network::Nat => "default",
             Network::Host => "host",
             Network::None => "none",
         });
-    for m in &mounts {
+    for m in mounts {
         let num = |n: Option<u32>| n.map(i64::from);
         key.text("mount")
             .text(&m.kind)
@@ -204,43 +412,33 @@ pub(super) fn run(
             };
         }
     }
-    for (name, content) in &pipes {
+    for (name, content) in pipes.iter() {
         key.text("heredoc").text(name).bytes(content);
     }
     run.layer_options(&mut key);
-    let key = key.finish();
-    let created_by = format!("RUN {} # buildkit", history_text(s, &argv));
-    if let Some(hit) = run.cached_layer(&key) {
-        s.layers.push(Layer::New(hit.layer, hit.file));
-        s.time = hit.created_at;
-        run.history(s, created_by, false);
-        return Ok(StepOutcome::Cached);
-    }
-    run.mount_root(s)?;
-    let root = s.rootfs.clone();
-    let identity = { crate::user::Users::read(&root).identity(&user)? };
-    // Files the sandbox mounts: under the build's scratch directory.
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(&run.opts.work_dir)
-        .at("a directory for the step")?;
-    let write = |name: &str, content: &[u8], mode: u32| -> Result<PathBuf, IoError> {
-        let p = scratch.path().join(name);
-        std::fs::write(&p, content).at(p.display())?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).at(p.display())?;
-        Ok(p)
-    };
-    let mut sandbox_mounts =
-        sandbox::etc_files(scratch.path(), HOSTNAME, network, &run.opts.add_hosts)
-            .at("/etc/hosts and resolv.conf for the step")?;
-    for (name, content) in &pipes {
-        sandbox_mounts.push(Mount::Bind {
-            source: write(&format!("pipe-{}", sandbox_mounts.len()), content, 0o755)?,
-            target: format!("/dev/pipes/{name}"),
-            readonly: true,
-        });
-    }
-    let mut env = env;
+    Ok(key.finish())
+}
+
+/// What a step's `--mount`s hold on to while it runs: cache locks and private cache
+/// directories.
+struct Held {
+    _locks: Vec<std::fs::File>,
+    _private_dirs: Vec<tempfile::TempDir>,
+}
+
+/// The sandbox mounts of a step's `--mount`s (caches, tmpfs, secrets, binds), with the files
+/// they need written under `scratch`; secrets given as `env=` go into `env`.
+#[allow(clippy::too_many_arguments)]
+fn mount_options(
+    run: &Solver,
+    mounts: &[MountSpec],
+    workdir: &str,
+    scratch: &Path,
+    sandbox_mounts: &mut Vec<Mount>,
+    env: &mut Vec<String>,
+    stage: usize,
+    done: &BTreeMap<usize, StageState>,
+) -> Result<Held, StepError> {
     let mut locks = Vec::new();
     let mut private_dirs = Vec::new();
     for (n, m) in mounts.iter().enumerate() {
@@ -341,7 +539,12 @@ pub(super) fn run(
                         continue;
                     }
                 }
-                let file = write(&format!("secret-{n}"), value, m.mode.unwrap_or(0o400))?;
+                let file = write_file(
+                    scratch,
+                    &format!("secret-{n}"),
+                    value,
+                    m.mode.unwrap_or(0o400),
+                )?;
                 let _ = std::os::unix::fs::chown(&file, m.uid.or(Some(0)), m.gid.or(Some(0)));
                 sandbox_mounts.push(Mount::Bind {
                     source: file,
@@ -355,7 +558,7 @@ pub(super) fn run(
                     source
                 } else {
                     // rw: writes are thrown away, as BuildKit does.
-                    let copy_to = scratch.path().join(format!("rw-{n}"));
+                    let copy_to = scratch.join(format!("rw-{n}"));
                     let ok = std::process::Command::new("cp")
                         .arg("-a")
                         .arg(&source)
@@ -379,113 +582,18 @@ pub(super) fn run(
             }
         }
     }
-    // Mount points the image lacks are made now and taken out of the layer after, except
-    // /proc, /dev and /sys: those stay in the layer (0755, root), as BuildKit (v0.32) leaves
-    // them.
-    let mut points: Vec<(String, bool)> = Vec::new();
-    for m in &sandbox_mounts {
-        let is_dir = match m {
-            Mount::Bind { source, .. } => source.is_dir(),
-            Mount::Tmpfs { .. } => true,
-        };
-        if !m.target().starts_with("/dev/") {
-            points.push((m.target().to_owned(), is_dir));
-        }
-    }
-    // (A copy is scanned before the mount points are made, so they never count as changes.)
-    if let Some((view, _)) = s.view.0.as_mut() {
-        view.begin_change()?;
-    }
-    make_mount_points(
-        &root,
-        &[
-            ("/proc".into(), true),
-            ("/dev".into(), true),
-            ("/sys".into(), true),
-        ],
-    )?;
-    let created = make_mount_points(&root, &points)?;
-    // Output streams to progress, line by line.
-    let (out_r, out_w) = sandbox::pipe().at("a pipe for the step's output")?;
-    let err_w = out_w.try_clone().at("a pipe for the step's output")?;
-    let id = s.step_id;
-    let events = run.events.clone();
-    let reader = std::thread::spawn(move || {
-        let mut tail: Vec<String> = Vec::new();
-        for line in BufReader::new(std::fs::File::from(out_r)).split(b'\n') {
-            let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).into_owned();
-            (*events)(BuildEvent::Output(id, text.clone()));
-            tail.push(text);
-            if tail.len() > 10 {
-                tail.remove(0);
-            }
-        }
-        tail
-    });
-    let started = sandbox::start(Spec {
-        root: Root::Dir(root.clone()),
-        argv: argv.clone(),
-        env,
-        cwd: workdir,
-        user: identity,
-        hostname: HOSTNAME.into(),
-        network,
-        mounts: sandbox_mounts,
-        stdin: None,
-        stdout: out_w,
-        stderr: err_w,
-        tty: false,
-        init: true,
-        seccomp: true,
-        shared_network: if network == Network::Nat {
-            Some(run.shared_network()?)
-        } else {
-            None
-        },
-    });
-    let code = match started {
-        Ok(running) => {
-            let guard = run.opts.cancel.register(running.pid());
-            let code = running.wait();
-            drop(guard);
-            code
-        }
-        Err(e) => Err(e),
-    };
-    let tail = reader.join().unwrap_or_default();
-    drop(locks);
-    drop(private_dirs);
-    let shown = serde_json::to_string(&argv).unwrap_or_default();
-    let code = code?;
-    if run.opts.cancel.is_cancelled() {
-        return Err(StepError::Cancelled);
-    }
-    if code != 0 {
-        return Err(StepError::Exit {
-            command: shown,
-            code,
-            tail,
-        });
-    }
-    // The layer: what the step changed, less the mount points made above.
-    let Some((mut view, n)) = s.view.0.take() else {
-        unreachable!("mount_root mounted the step's root");
-    };
-    let lowers: Vec<PathBuf> = super::stage::chain_of(&s.layers)
-        .iter()
-        .rev()
-        .map(|(c, _)| run.opts.snapshots.dir(c))
-        .collect();
-    let entries = view.changes(&created, &lowers)?;
-    // A layer even when nothing changed (an empty one), as BuildKit makes.
-    copy::commit_layer(s, entries, &run.opts)?;
-    s.time = now();
-    run.record(&key, s);
-    s.view.0 = Some((view, n));
-    run.commit_root(s)?;
-    run.history(s, created_by, false);
-    Ok(StepOutcome::Ran)
+    Ok(Held {
+        _locks: locks,
+        _private_dirs: private_dirs,
+    })
+}
+
+/// Writes a file the sandbox mounts (a heredoc script, a secret) into `dir`.
+fn write_file(dir: &Path, name: &str, content: &[u8], mode: u32) -> Result<PathBuf, IoError> {
+    let p = dir.join(name);
+    std::fs::write(&p, content).at(p.display())?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).at(p.display())?;
+    Ok(p)
 }
 
 fn now() -> i64 {
