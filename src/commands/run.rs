@@ -214,32 +214,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     // The files the container gets at /etc.
     let mut mounts = sandbox::etc_files(&dir.0, &hostname, network, &add_hosts)
         .context("writing the container's /etc files")?;
-    for v in &args.volumes {
-        let parts: Vec<&str> = v.split(':').collect();
-        let (host, target, readonly) = match parts.as_slice() {
-            [h, t] => (*h, *t, false),
-            [h, t, "ro"] => (*h, *t, true),
-            [h, t, "rw"] => (*h, *t, false),
-            _ => anyhow::bail!("-v {v}: expected HOST:CONTAINER[:ro]"),
-        };
-        if !host.starts_with('/') {
-            anyhow::bail!(
-                "-v {v}: {host:?} is not an absolute host path (named volumes are not supported)"
-            );
-        }
-        if !target.starts_with('/') {
-            anyhow::bail!("-v {v}: the container path {target:?} must be absolute");
-        }
-        if !std::path::Path::new(host).exists() {
-            // As docker: a missing host directory is created.
-            std::fs::create_dir_all(host).with_context(|| format!("-v {v}: creating {host}"))?;
-        }
-        mounts.push(Mount::Bind {
-            source: PathBuf::from(host),
-            target: target.to_owned(),
-            readonly,
-        });
-    }
+    mounts.extend(volume_mounts(&args.volumes)?);
 
     let spec = |base: &Base| -> anyhow::Result<Spec> {
         // Standard streams: ours (with -t the sandbox makes a terminal and they go unused).
@@ -276,24 +251,7 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Signals are caught from before the command starts: one that arrives while the sandbox
     // is being set up is passed on, not taken for wharf's own death.
-    let mut streams = Vec::new();
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let kinds = [
-            (SignalKind::interrupt(), libc::SIGINT),
-            (SignalKind::terminate(), libc::SIGTERM),
-            (SignalKind::hangup(), libc::SIGHUP),
-            (SignalKind::quit(), libc::SIGQUIT),
-            (SignalKind::user_defined1(), libc::SIGUSR1),
-            (SignalKind::user_defined2(), libc::SIGUSR2),
-            (SignalKind::window_change(), libc::SIGWINCH),
-        ];
-        for (k, n) in kinds {
-            if let Ok(s) = signal(k) {
-                streams.push((s, n));
-            }
-        }
-    }
+    let streams = signal_streams();
     let mut running = match sandbox::start(spec(&base)?) {
         Ok(r) => r,
         Err(e) if matches!(base, Base::Lowers(_)) && e.is_root_mount() => {
@@ -315,89 +273,158 @@ pub async fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // The terminal, raw, relayed both ways.
     let _raw = match &pty_master {
-        Some(m) => {
-            let raw = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                // SAFETY: termios is plain data filled by tcgetattr.
-                unsafe {
-                    let mut t: libc::termios = std::mem::zeroed();
-                    if libc::tcgetattr(0, &mut t) == 0 {
-                        let saved = t;
-                        libc::cfmakeraw(&mut t);
-                        libc::tcsetattr(0, libc::TCSANOW, &t);
-                        Some(RawMode(saved))
-                    } else {
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let (to_in, from_out) = (m.try_clone()?, m.try_clone()?);
-            if args.interactive {
-                std::thread::spawn(move || {
-                    let mut w = std::fs::File::from(to_in);
-                    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
-                });
-            }
-            std::thread::spawn(move || {
-                let mut r = std::fs::File::from(from_out);
-                let _ = std::io::copy(&mut r, &mut std::io::stdout().lock());
-            });
-            raw
-        }
+        Some(m) => relay_terminal(m, args.interactive)?,
         None => None,
     };
     // Signals go to the container (its PID 1 passes them to the command).
     let master_fd = pty_master.as_ref().map(AsRawFd::as_raw_fd);
-    // As docker: SIGTERM or a first Ctrl-C is passed on, and the container is killed if it
-    // has not ended --stop-timeout seconds later; a second Ctrl-C kills it at once.
-    let stop_timeout = Duration::from_secs(args.stop_timeout);
-    let forward = tokio::spawn(async move {
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let futs = streams.iter_mut().map(|(s, n)| {
-                let n = *n;
-                Box::pin(async move {
-                    s.recv().await;
-                    n
-                })
-            });
-            let sig = match deadline {
-                Some(d) => {
-                    match tokio::time::timeout_at(d, futures_util::future::select_all(futs)).await {
-                        Ok((sig, _, _)) => sig,
-                        Err(_) => libc::SIGKILL,
-                    }
-                }
-                None => futures_util::future::select_all(futs).await.0,
-            };
-            if sig == libc::SIGWINCH
-                && let Some(m) = master_fd
-            {
-                copy_winsize(1, m);
-            }
-            let stopping = sig == libc::SIGINT || sig == libc::SIGTERM;
-            let sig = if stopping && deadline.is_some() && sig == libc::SIGINT {
-                libc::SIGKILL
-            } else {
-                sig
-            };
-            if stopping && deadline.is_none() {
-                deadline = Some(tokio::time::Instant::now() + stop_timeout);
-            }
-            // SAFETY: kill has no memory preconditions; pid is our child until it is reaped.
-            unsafe { libc::kill(pid, sig) };
-            if sig == libc::SIGKILL {
-                return;
-            }
-        }
-    });
+    let forward = tokio::spawn(forward_signals(
+        streams,
+        pid,
+        master_fd,
+        Duration::from_secs(args.stop_timeout),
+    ));
     let result = tokio::task::spawn_blocking(move || running.wait()).await?;
     forward.abort();
     drop(_raw);
     match result {
         Ok(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(255))),
         Err(e) => Ok(start_failed(&e)),
+    }
+}
+
+/// `-v HOST:CONTAINER[:ro|rw]` as bind mounts (a missing host directory is created, as
+/// docker does).
+fn volume_mounts(volumes: &[String]) -> anyhow::Result<Vec<Mount>> {
+    let mut mounts = Vec::new();
+    for v in volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (host, target, readonly) = match parts.as_slice() {
+            [h, t] => (*h, *t, false),
+            [h, t, "ro"] => (*h, *t, true),
+            [h, t, "rw"] => (*h, *t, false),
+            _ => anyhow::bail!("-v {v}: expected HOST:CONTAINER[:ro]"),
+        };
+        if !host.starts_with('/') {
+            anyhow::bail!(
+                "-v {v}: {host:?} is not an absolute host path (named volumes are not supported)"
+            );
+        }
+        if !target.starts_with('/') {
+            anyhow::bail!("-v {v}: the container path {target:?} must be absolute");
+        }
+        if !std::path::Path::new(host).exists() {
+            // As docker: a missing host directory is created.
+            std::fs::create_dir_all(host).with_context(|| format!("-v {v}: creating {host}"))?;
+        }
+        mounts.push(Mount::Bind {
+            source: PathBuf::from(host),
+            target: target.to_owned(),
+            readonly,
+        });
+    }
+    Ok(mounts)
+}
+
+/// The signals passed on to the container, caught from before the command starts: one that
+/// arrives while the sandbox is being set up is passed on, not taken for wharf's own death.
+fn signal_streams() -> Vec<(tokio::signal::unix::Signal, libc::c_int)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::hangup(), libc::SIGHUP),
+        (SignalKind::quit(), libc::SIGQUIT),
+        (SignalKind::user_defined1(), libc::SIGUSR1),
+        (SignalKind::user_defined2(), libc::SIGUSR2),
+        (SignalKind::window_change(), libc::SIGWINCH),
+    ];
+    kinds
+        .into_iter()
+        .filter_map(|(k, n)| signal(k).ok().map(|s| (s, n)))
+        .collect()
+}
+
+/// With `-t`: our terminal made raw (restored when the returned guard drops) and the
+/// container's terminal `master` relayed to stdout, and from stdin with `-i`.
+fn relay_terminal(master: &OwnedFd, interactive: bool) -> anyhow::Result<Option<RawMode>> {
+    let raw = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // SAFETY: termios is plain data filled by tcgetattr; the calls only touch fd 0.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                let saved = t;
+                libc::cfmakeraw(&mut t);
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+                Some(RawMode(saved))
+            } else {
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (to_in, from_out) = (master.try_clone()?, master.try_clone()?);
+    if interactive {
+        std::thread::spawn(move || {
+            let mut w = std::fs::File::from(to_in);
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+        });
+    }
+    std::thread::spawn(move || {
+        let mut r = std::fs::File::from(from_out);
+        let _ = std::io::copy(&mut r, &mut std::io::stdout().lock());
+    });
+    Ok(raw)
+}
+
+/// Passes signals to the container (its PID 1 passes them to the command), as docker does:
+/// SIGTERM or a first Ctrl-C is passed on and the container is killed if it has not ended
+/// `stop_timeout` later; a second Ctrl-C kills it at once. A window change resizes the
+/// container's terminal (`master`).
+async fn forward_signals(
+    mut streams: Vec<(tokio::signal::unix::Signal, libc::c_int)>,
+    pid: libc::pid_t,
+    master: Option<std::os::fd::RawFd>,
+    stop_timeout: Duration,
+) {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let futs = streams.iter_mut().map(|(s, n)| {
+            let n = *n;
+            Box::pin(async move {
+                s.recv().await;
+                n
+            })
+        });
+        let sig = match deadline {
+            Some(d) => {
+                match tokio::time::timeout_at(d, futures_util::future::select_all(futs)).await {
+                    Ok((sig, _, _)) => sig,
+                    Err(_) => libc::SIGKILL,
+                }
+            }
+            None => futures_util::future::select_all(futs).await.0,
+        };
+        if sig == libc::SIGWINCH
+            && let Some(m) = master
+        {
+            copy_winsize(1, m);
+        }
+        let stopping = sig == libc::SIGINT || sig == libc::SIGTERM;
+        let sig = if stopping && deadline.is_some() && sig == libc::SIGINT {
+            libc::SIGKILL
+        } else {
+            sig
+        };
+        if stopping && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + stop_timeout);
+        }
+        // SAFETY: kill has no memory preconditions; pid is our child until it is reaped.
+        unsafe { libc::kill(pid, sig) };
+        if sig == libc::SIGKILL {
+            return;
+        }
     }
 }
 

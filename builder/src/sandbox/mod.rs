@@ -385,38 +385,44 @@ fn cap_last() -> u32 {
         .unwrap_or(40)
 }
 
-/// Starts `spec`'s command. The caller waits with [`Running::wait`]; dropping a `Running`
-/// that was not waited for kills the sandbox.
-pub fn start(spec: Spec) -> Result<Running, SandboxError> {
-    let mut keep: Vec<OwnedFd> = Vec::new();
-    // The root.
-    let mut lower_paths = Vec::new();
-    let mut lower_fds = Vec::new();
-    let (root_dir, overlay) = match &spec.root {
-        Root::Dir(d) => (d.clone(), None),
+/// The root as the child mounts it: a directory, or an overlay whose lower directories are
+/// opened here (their descriptors kept in `keep`) and named in the options by number; the
+/// child reopens each lower onto the same number, because overlayfs needs them in its own
+/// mount namespace. Returns (root, overlay options, lower paths, lower descriptor numbers).
+type PreparedRoot = (PathBuf, Option<CString>, Vec<CString>, Vec<RawFd>);
+
+fn prepare_root(root: &Root, keep: &mut Vec<OwnedFd>) -> Result<PreparedRoot, SandboxError> {
+    match root {
+        Root::Dir(d) => Ok((d.clone(), None, Vec::new(), Vec::new())),
         Root::Overlay {
             lowers,
             upper,
             work,
             target,
         } => {
-            // The descriptors' numbers go into the options; the child reopens each lower
-            // onto the same number, because overlayfs needs them in its own mount namespace.
             let fds = open_dirs(lowers)?;
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             let opts = overlay_options(&raw, Some((upper, work)))?;
-            lower_fds = raw;
-            lower_paths = lowers
+            let paths = lowers
                 .iter()
                 .map(|l| cstr(l.as_os_str().as_bytes()))
                 .collect::<Result<_, _>>()?;
             keep.extend(fds);
-            (target.clone(), Some(opts))
+            Ok((target.clone(), Some(opts), paths, raw))
         }
-    };
-    // Mounts: host sources opened here, reached inside through /proc/self/fd.
-    let mut mounts = Vec::new();
-    for m in &spec.mounts {
+    }
+}
+
+/// The child's plan for each mount: a bind is an `open_tree(2)` clone of its source made here
+/// (read-only and `nodev` set on it: without a device cgroup, that is what keeps a mknod'd
+/// disk out of reach), kept in `keep` and attached inside; a tmpfs is mounted inside,
+/// `nosuid` and `nodev`.
+fn mount_plans(
+    mounts: &[Mount],
+    keep: &mut Vec<OwnedFd>,
+) -> Result<Vec<child::MountPlan>, SandboxError> {
+    let mut plans = Vec::new();
+    for m in mounts {
         let target = m.target();
         if !target.starts_with('/') {
             return Err(SandboxError::Prepare {
@@ -436,12 +442,10 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
                     what: format!("mount source {}", source.display()),
                     source: e,
                 })?;
-                // No device node under a mount can be opened: without a device cgroup, that
-                // is what keeps a mknod'd disk out of reach.
                 let fd = detached_tree(source, *readonly, true)?;
-                mounts.push(child::MountPlan {
+                plans.push(child::MountPlan {
                     tree: fd.as_raw_fd(),
-                    source: cstr(b"")?,
+                    source: CString::default(),
                     fstype: None,
                     data: None,
                     parents,
@@ -456,10 +460,10 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
                     Some(s) => format!("mode=1777,size={s}"),
                     None => "mode=1777".to_owned(),
                 };
-                mounts.push(child::MountPlan {
+                plans.push(child::MountPlan {
                     tree: -1,
-                    source: cstr(b"tmpfs")?,
-                    fstype: Some(cstr(b"tmpfs")?),
+                    source: c"tmpfs".to_owned(),
+                    fstype: Some(c"tmpfs".to_owned()),
                     data: Some(cstr(data.as_bytes())?),
                     parents,
                     is_dir: true,
@@ -469,6 +473,74 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
             }
         }
     }
+    Ok(plans)
+}
+
+/// Where the command may be: `argv0` itself when it has a slash, else each directory of the
+/// environment's `PATH` (docker's default when it sets none) in order, an empty entry meaning
+/// the working directory.
+fn candidates(argv0: &str, env: &[String]) -> Result<Vec<CString>, SandboxError> {
+    if argv0.contains('/') {
+        return Ok(vec![cstr(argv0.as_bytes())?]);
+    }
+    env.iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .split(':')
+        .map(|d| if d.is_empty() { "." } else { d })
+        .map(|d| cstr(format!("{}/{argv0}", d.trim_end_matches('/')).as_bytes()))
+        .collect()
+}
+
+/// docker's default capabilities: the ones to drop from the bounding set (every other the
+/// kernel knows, up to `last`) and the mask of those kept.
+fn capabilities(last: u32) -> (Vec<u32>, u64) {
+    let drop_caps = (0..=last).filter(|c| !DEFAULT_CAPS.contains(c)).collect();
+    let keep_mask = DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1 << c));
+    (drop_caps, keep_mask)
+}
+
+/// A socket pair the child sends its terminal's master side back on: (ours, theirs).
+fn console_pair() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let mut sv = [0; 2];
+    // SAFETY: sv has room for two descriptors.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(SandboxError::Prepare {
+            what: "creating a socket for the terminal".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: both were just created and are ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+/// The standard device nodes: the host's, each a detached mount (kept in `keep`) the child
+/// attaches on the sandbox's /dev (which, like the root, is mounted nodev).
+fn dev_trees(keep: &mut Vec<OwnedFd>) -> Result<Vec<(RawFd, CString)>, SandboxError> {
+    let mut trees = Vec::new();
+    for node in DEV_NODES {
+        let fd = detached_tree(Path::new(node), false, false)?;
+        trees.push((fd.as_raw_fd(), cstr(node.as_bytes())?));
+        keep.push(fd);
+    }
+    Ok(trees)
+}
+
+/// Starts `spec`'s command. The caller waits with [`Running::wait`]; dropping a `Running`
+/// that was not waited for kills the sandbox.
+pub fn start(spec: Spec) -> Result<Running, SandboxError> {
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    let (root_dir, overlay, lower_paths, lower_fds) = prepare_root(&spec.root, &mut keep)?;
+    let mounts = mount_plans(&spec.mounts, &mut keep)?;
     // The command, looked up in the sandbox's PATH.
     let argv0 = spec
         .argv
@@ -478,21 +550,7 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
             command: String::new(),
             source: std::io::Error::other("no command given"),
         })?;
-    let path_var = spec
-        .env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    let candidates: Vec<CString> = if argv0.contains('/') {
-        vec![cstr(argv0.as_bytes())?]
-    } else {
-        path_var
-            .split(':')
-            .map(|d| if d.is_empty() { "." } else { d })
-            .map(|d| cstr(format!("{}/{argv0}", d.trim_end_matches('/')).as_bytes()))
-            .collect::<Result<_, _>>()?
-    };
+    let candidates = candidates(&argv0, &spec.env)?;
     let argv: Vec<CString> = spec
         .argv
         .iter()
@@ -538,48 +596,13 @@ pub fn start(spec: Spec) -> Result<Running, SandboxError> {
     } else {
         None
     };
-    let cap_last = cap_last();
-    let mut drop_caps = Vec::new();
-    for c in 0..=cap_last {
-        if !DEFAULT_CAPS.contains(&c) {
-            drop_caps.push(c);
-        }
-    }
-    let mut keep_mask: u64 = 0;
-    for c in DEFAULT_CAPS {
-        keep_mask |= 1 << c;
-    }
-    // With a terminal: a socket the child sends its master side back on.
+    let (drop_caps, keep_mask) = capabilities(cap_last());
     let console = if spec.tty {
-        let mut sv = [0; 2];
-        // SAFETY: sv has room for two descriptors.
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                sv.as_mut_ptr(),
-            )
-        } != 0
-        {
-            return Err(SandboxError::Prepare {
-                what: "creating a socket for the terminal".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: both were just created.
-        Some(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+        Some(console_pair()?)
     } else {
         None
     };
-    // The standard device nodes: the host's, each its own mount on the sandbox's /dev (which,
-    // like the root, is mounted nodev).
-    let mut dev_trees = Vec::new();
-    for node in DEV_NODES {
-        let fd = detached_tree(Path::new(node), false, false)?;
-        dev_trees.push((fd.as_raw_fd(), cstr(node.as_bytes())?));
-        keep.push(fd);
-    }
+    let dev_trees = dev_trees(&mut keep)?;
     let mut keep_fds: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
     if let Some((_, theirs)) = &console {
         keep_fds.push(theirs.as_raw_fd());

@@ -278,3 +278,56 @@ fn issue_10_clone_fallbacks_fail_closed() {
     }
     assert_eq!(child::child_pid(42).unwrap(), 42);
 }
+
+/// The host side's plan, without root: what the child will be told to mount and run.
+#[test]
+fn the_plan_for_mounts_commands_and_capabilities() {
+    let mut keep = Vec::new();
+    let plans = mount_plans(
+        &[Mount::Tmpfs {
+            target: "/run/cache".into(),
+            size: Some(64 << 20),
+        }],
+        &mut keep,
+    )
+    .unwrap();
+    assert_eq!(plans.len(), 1);
+    let tmpfs = &plans[0];
+    assert_eq!(tmpfs.tree, -1, "a tmpfs is mounted inside, not attached");
+    assert_eq!(
+        tmpfs.parents,
+        [c"/run".to_owned(), c"/run/cache".to_owned()],
+        "the target's parents are made first"
+    );
+    assert_eq!(tmpfs.flags, libc::MS_NOSUID | libc::MS_NODEV);
+    assert_eq!(
+        tmpfs.data.as_deref(),
+        Some(c"mode=1777,size=67108864"),
+        "{:?}",
+        tmpfs.data
+    );
+    assert!(keep.is_empty());
+    let relative = mount_plans(
+        &[Mount::Tmpfs {
+            target: "run".into(),
+            size: None,
+        }],
+        &mut keep,
+    );
+    assert!(relative.is_err(), "a relative target is refused");
+    // The command along PATH, docker's default PATH when the environment has none.
+    let found = candidates("sh", &["PATH=/a::/b/".into()]).unwrap();
+    assert_eq!(
+        found,
+        [c"/a/sh".to_owned(), c"./sh".to_owned(), c"/b/sh".to_owned()]
+    );
+    assert_eq!(candidates("/bin/x", &[]).unwrap(), [c"/bin/x".to_owned()]);
+    assert_eq!(candidates("sh", &[]).unwrap().len(), 6);
+    assert!(candidates("a\0b", &[]).is_err(), "a NUL is refused");
+    // docker's 14 capabilities are kept; every other one the kernel knows is dropped.
+    let (drop, keep_mask) = capabilities(40);
+    assert_eq!(keep_mask.count_ones(), 14);
+    assert_eq!(drop.len(), 41 - 14);
+    assert!(drop.contains(&21), "CAP_SYS_ADMIN is dropped");
+    assert!(keep_mask & (1 << 0) != 0, "CAP_CHOWN is kept");
+}
