@@ -1,5 +1,5 @@
 //! What `wharf run` derives from an image config and docker's flags: the command (ENTRYPOINT
-//! and CMD combined as docker does), the environment, the user, and files read from the
+//! and CMD combined as docker does), the environment, the user's HOME, and files read from the
 //! image's layers without mounting them.
 
 use std::path::{Path, PathBuf};

@@ -1,12 +1,13 @@
 //! wharf-common: the OCI vocabulary and the storage both halves of wharf share.
 //!
 //! # Layout
-//! - [`digest`], [`reference`], [`media_type`]: the vocabulary: `Digest`, `Reference`,
+//! - [`digest`], [`reference`](mod@reference), [`media_type`]: the vocabulary: `Digest`, `Reference`,
 //!   `RepoName`, `Tag`, media-type constants. Parsed and validated at the edge.
 //! - [`image`]: manifests, indexes and configs over `oci-spec`, and `Platform`.
 //! - [`store`]: the local content store (`LocalStore`): blobs on disk, names in SQLite.
 //! - [`client`]: the registry client (`Client`, `Repository`) and docker credentials.
-//! - [`archive`]: docker-archive, OCI layout and OCI archive reading and writing, `import`.
+//! - [`archive`]: docker-archive, OCI layout and OCI archive reading and writing.
+//! - [`time`]: RFC 3339 and HTTP dates.
 //! - [`blob`]: blob bytes in motion (`BlobStream`, `Fetched`, `verified`), below the client
 //!   and the copy engine.
 //! - [`error`]: [`error::Chain`], an error with its causes as one line.

@@ -5,6 +5,9 @@
 //!   wildcards) to files inside the context, following symlinks only as far as the context's
 //!   root: a link that points outside is resolved as if the root were `/`, as BuildKit does, so
 //!   no path can leave the context.
+//! - [`resolve_in_root`], [`read_in_root`]: the same confinement for a stage's or an image's
+//!   root.
+//! - [`view`]: the filtered context RUN's bind mounts show.
 
 pub mod ignore;
 pub mod view;

@@ -1,4 +1,4 @@
-//! Instruction flags: which an instruction accepts ([`Flags`]) and their values as types,
+//! Instruction flags: which an instruction accepts (`Flags`) and their values as types,
 //! parsed with the Dockerfile: HEALTHCHECK's durations ([`parse_duration`]), `--chmod`
 //! ([`Chmod`]) and RUN's `--mount` ([`MountSpec`]).
 //!

@@ -1,4 +1,5 @@
-//! Root filesystems as overlays of layer snapshots.
+//! Root filesystems as overlays of layer snapshots (or, where overlayfs cannot be mounted,
+//! copies: [`Mode::Copy`]).
 //!
 //! A snapshot is one layer extracted alone into `snapshots/<chain id>/`, whiteouts in
 //! overlayfs's own form, so any stack of them is a valid overlay: each layer is extracted once

@@ -12,7 +12,8 @@
 //! - `step.rs`: what each instruction does; `config.rs`: the config rules (ENV, CMD, …), shared
 //!   with `import --change`.
 //! - `cache.rs`: step keys, cache lookups, context digests.
-//! - `copy.rs`, `run.rs`: COPY/ADD/WORKDIR and RUN.
+//! - `copy.rs`: COPY/ADD (and the helpers WORKDIR uses); `run.rs`: RUN.
+//! - `error.rs`: `BuildError` (where) and `StepError` (why).
 //! - `output.rs`: the image assembled from the target stage.
 
 mod api;

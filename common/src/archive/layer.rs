@@ -2,8 +2,8 @@
 //! order they were found in or when they were touched. Entries are sorted by path component,
 //! carry no user or group names, no access or change times, and with `SOURCE_DATE_EPOCH` no
 //! modification time later than it. The tar is hashed (the diff id) and compressed (gzip
-//! through flate2's zlib-rs backend, or zstd, or not at all) and hashed again (the digest) in
-//! one pass.
+//! through `gzip.rs`: zlib-rs, with stored blocks for chunks that do not compress; or zstd, or
+//! not at all) and hashed again (the digest) in one pass.
 
 use std::cmp::Ordering;
 use std::io::{self, Read, Write};

@@ -1,4 +1,5 @@
-//! Images, tags and repo digests: the only SQL of the local store besides leases.
+//! Images, tags and repo digests: their tables (the build cache's are `cache.rs`'s, the leases'
+//! `lease.rs`'s).
 
 use sqlx::Row;
 

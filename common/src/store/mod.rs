@@ -8,7 +8,8 @@
 //!   ingest/tmp-<pid>-<start>-…  content whose digest is known only at the end (archives, layers);
 //!                               removed as an orphan only once its process (pid and start
 //!                               time) is gone
-//!   wharf.db                    SQLite (WAL): images, refs, repo digests, leases
+//!   wharf.db                    SQLite (WAL): images, refs, repo digests, leases, build cache,
+//!                               context file digests, layer sizes
 //!   wharf.lock                  flock'ed while the schema is created or migrated
 //! ```
 //!

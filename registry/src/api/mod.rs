@@ -2,7 +2,8 @@
 //! skopeo expect of the Docker Registry HTTP API v2), `/healthz` and `/metrics`.
 //!
 //! Repository names contain slashes, so everything under `/v2/` goes to one handler that reads
-//! the path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, `…/tags/list`) before
+//! the path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, `…/tags/list`,
+//! `…/referrers/<digest>`) before
 //! validating the name.
 
 mod blobs;

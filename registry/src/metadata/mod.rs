@@ -1,6 +1,6 @@
 //! Registry metadata: repositories, tags, manifests, blob links, upload sessions and referrers.
 //! The only module with SQL. [`Metadata`] is the interface the service uses; SQLite implements
-//! it ([`SqliteMetadata`]) and a PostgreSQL implementation will share the schema.
+//! it ([`SqliteMetadata`]); the trait leaves room for another backend.
 
 mod sqlite;
 
