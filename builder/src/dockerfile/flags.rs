@@ -51,15 +51,28 @@ pub(super) struct Flags<'a> {
     node: &'a Node,
 }
 
-/// A column in the instruction and what is wrong there.
-pub(super) type At = (usize, String);
+/// What is wrong with an instruction, and where in its line (0: the whole instruction); the
+/// parser adds the file and line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Fault {
+    /// The byte column in the instruction as written.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Fault {
+    pub(super) fn new(column: usize, message: String) -> Fault {
+        Fault { column, message }
+    }
+}
 
 impl<'a> Flags<'a> {
-    pub(super) fn parse(node: &'a Node, allowed: &[&str]) -> Result<Flags<'a>, At> {
+    pub(super) fn parse(node: &'a Node, allowed: &[&str]) -> Result<Flags<'a>, Fault> {
         let mut values = Vec::new();
         for raw in &node.flags {
             let Some(f) = raw.strip_prefix("--") else {
-                return Err((0, format!("invalid flag {raw:?}")));
+                return Err(Fault::new(0, format!("invalid flag {raw:?}")));
             };
             let (name, value) = match f.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_owned())),
@@ -68,7 +81,10 @@ impl<'a> Flags<'a> {
             if !allowed.contains(&name) {
                 let keyword = node.value.to_ascii_uppercase();
                 let col = node.original.find(raw.as_str()).unwrap_or(0);
-                return Err((col, format!("unknown flag: --{name} (for {keyword})")));
+                return Err(Fault::new(
+                    col,
+                    format!("unknown flag: --{name} (for {keyword})"),
+                ));
             }
             values.push((name.to_owned(), value));
         }
@@ -76,16 +92,19 @@ impl<'a> Flags<'a> {
     }
 
     /// The value of a flag given at most once.
-    pub(super) fn string(&self, name: &str) -> Result<Option<String>, At> {
+    pub(super) fn string(&self, name: &str) -> Result<Option<String>, Fault> {
         let mut found = self.values.iter().filter(|(n, _)| n == name);
         let first = found.next();
         if found.next().is_some() {
-            return Err((self.col(name), format!("--{name} is given more than once")));
+            return Err(Fault::new(
+                self.col(name),
+                format!("--{name} is given more than once"),
+            ));
         }
         match first {
             None => Ok(None),
             Some((_, Some(v))) => Ok(Some(v.clone())),
-            Some((_, None)) => Err((
+            Some((_, None)) => Err(Fault::new(
                 self.col(name),
                 format!("--{name} needs a value: --{name}=…"),
             )),
@@ -93,13 +112,13 @@ impl<'a> Flags<'a> {
     }
 
     /// Every value of a repeatable flag.
-    pub(super) fn all(&self, name: &str) -> Result<Vec<String>, At> {
+    pub(super) fn all(&self, name: &str) -> Result<Vec<String>, Fault> {
         self.values
             .iter()
             .filter(|(n, _)| n == name)
             .map(|(_, v)| {
                 v.clone().ok_or_else(|| {
-                    (
+                    Fault::new(
                         self.col(name),
                         format!("--{name} needs a value: --{name}=…"),
                     )
@@ -109,14 +128,14 @@ impl<'a> Flags<'a> {
     }
 
     /// A boolean flag: `--name`, `--name=true` or `--name=false`.
-    pub(super) fn bool(&self, name: &str) -> Result<bool, At> {
+    pub(super) fn bool(&self, name: &str) -> Result<bool, Fault> {
         match self.values.iter().rev().find(|(n, _)| n == name) {
             None => Ok(false),
             Some((_, None)) => Ok(true),
             Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err((
+                _ => Err(Fault::new(
                     self.col(name),
                     format!("--{name}={v}: expected true or false"),
                 )),
@@ -129,20 +148,21 @@ impl<'a> Flags<'a> {
         &self,
         name: &str,
         parse: fn(&str) -> Result<T, String>,
-    ) -> Result<Option<Typed<T>>, At> {
+    ) -> Result<Option<Typed<T>>, Fault> {
         self.string(name)?
-            .map(|v| Typed::new(&v, parse).map_err(|m| (self.col(name), m)))
+            .map(|v| Typed::new(&v, parse).map_err(|m| Fault::new(self.col(name), m)))
             .transpose()
     }
 
     /// A duration flag (HEALTHCHECK's): at least a millisecond, or 0 for the default.
-    pub(super) fn duration(&self, name: &str) -> Result<Option<Duration>, At> {
+    pub(super) fn duration(&self, name: &str) -> Result<Option<Duration>, Fault> {
         let Some(v) = self.string(name)? else {
             return Ok(None);
         };
-        let d = parse_duration(&v).map_err(|m| (self.col(name), format!("--{name}: {m}")))?;
+        let d =
+            parse_duration(&v).map_err(|m| Fault::new(self.col(name), format!("--{name}: {m}")))?;
         if d != Duration::ZERO && d < Duration::from_millis(1) {
-            return Err((
+            return Err(Fault::new(
                 self.col(name),
                 format!("--{name}={v}: cannot be less than 1ms"),
             ));

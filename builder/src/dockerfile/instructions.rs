@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::flags::{At, Chmod, Flags, MountSpec, Typed, mount_flag};
+use super::flags::{Chmod, Fault, Flags, MountSpec, Typed, mount_flag};
 use super::parser::{self, Heredoc, Node, ParseError};
 
 /// Where an instruction is.
@@ -252,7 +252,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
         let indent = lines
             .get(node.start_line.saturating_sub(1))
             .map_or(0, |l| l.len() - l.trim_start().len());
-        let at = |(col, message): At| error(node.start_line, indent + col, message);
+        let at = |f: Fault| error(node.start_line, indent + f.column, f.message);
         let keyword = node.value.to_ascii_lowercase();
         if keyword == "from" {
             df.stages
@@ -269,7 +269,7 @@ pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
             None => match instruction {
                 Instruction::Arg(args) => df.meta_args.extend(args),
                 _ => {
-                    return Err(at((
+                    return Err(at(Fault::new(
                         0,
                         format!(
                             "{} before the first FROM: only ARG may come before FROM",
@@ -314,7 +314,7 @@ fn check_stage_names(
     Ok(())
 }
 
-fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage, At> {
+fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage, Fault> {
     let flags = Flags::parse(node, &["platform"])?;
     let args = node.args();
     let (base, name) = match args.as_slice() {
@@ -333,7 +333,7 @@ fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage,
                 });
             }
             if !valid_stage_name(name) {
-                return Err((
+                return Err(Fault::new(
                     node.original.find(name).unwrap_or(0),
                     format!(
                         "invalid name for build stage: {name:?}, name can't start with a number or contain symbols"
@@ -349,9 +349,14 @@ fn from(node: &Node, location: Location, lints: &mut Vec<Lint>) -> Result<Stage,
             }
             (base.to_string(), Some(name.to_lowercase()))
         }
-        [] => return Err((0, "FROM requires an image: FROM <image> [AS <name>]".into())),
+        [] => {
+            return Err(Fault::new(
+                0,
+                "FROM requires an image: FROM <image> [AS <name>]".into(),
+            ));
+        }
         _ => {
-            return Err((
+            return Err(Fault::new(
                 0,
                 "FROM takes an image and optionally AS <name>: FROM <image> [AS <name>]".into(),
             ));
@@ -398,10 +403,10 @@ fn pairs(node: &Node) -> Vec<(String, String)> {
         .collect()
 }
 
-fn one_arg(node: &Node, what: &str) -> Result<String, At> {
+fn one_arg(node: &Node, what: &str) -> Result<String, Fault> {
     match node.args().as_slice() {
         [one] => Ok((*one).to_owned()),
-        _ => Err((
+        _ => Err(Fault::new(
             0,
             format!(
                 "{} requires exactly one argument: {what}",
@@ -412,9 +417,9 @@ fn one_arg(node: &Node, what: &str) -> Result<String, At> {
 }
 
 /// One instruction's node, checked: the keyword picks its parser.
-fn instruction(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn instruction(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     let keyword = node.value.to_ascii_lowercase();
-    let parse: fn(&Node, &mut Vec<Lint>) -> Result<Instruction, At> = match keyword.as_str() {
+    let parse: fn(&Node, &mut Vec<Lint>) -> Result<Instruction, Fault> = match keyword.as_str() {
         "add" => add,
         "arg" => arg,
         "cmd" => cmd,
@@ -432,16 +437,21 @@ fn instruction(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
         "user" => user,
         "volume" => volume,
         "workdir" => workdir,
-        _ => return Err((0, format!("unknown instruction: {}", node.value))),
+        _ => {
+            return Err(Fault::new(
+                0,
+                format!("unknown instruction: {}", node.value),
+            ));
+        }
     };
     parse(node, lints)
 }
 
-fn no_flags(node: &Node) -> Result<(), At> {
+fn no_flags(node: &Node) -> Result<(), Fault> {
     Flags::parse(node, &[]).map(|_| ())
 }
 
-fn add(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn add(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     let flags = Flags::parse(
         node,
         &[
@@ -462,7 +472,7 @@ fn add(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     Ok(Instruction::Add(spec))
 }
 
-fn copy(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn copy(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     let flags = Flags::parse(
         node,
         &["from", "chown", "chmod", "link", "exclude", "parents"],
@@ -475,11 +485,11 @@ fn copy(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
 }
 
 /// What COPY and ADD share: sources, destination, heredocs and the common flags.
-fn copy_spec(node: &Node, flags: &Flags<'_>) -> Result<CopySpec, At> {
+fn copy_spec(node: &Node, flags: &Flags<'_>) -> Result<CopySpec, Fault> {
     let mut args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
     let min = if node.heredocs.is_empty() { 2 } else { 1 };
     if args.len() < min {
-        return Err((
+        return Err(Fault::new(
             0,
             format!(
                 "{} requires at least two arguments, but only one was provided. Destination could not be determined",
@@ -501,11 +511,11 @@ fn copy_spec(node: &Node, flags: &Flags<'_>) -> Result<CopySpec, At> {
     })
 }
 
-fn arg(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn arg(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     let args = node.args();
     if args.is_empty() {
-        return Err((
+        return Err(Fault::new(
             0,
             "ARG requires at least one argument: ARG <name>[=<default>]".into(),
         ));
@@ -520,16 +530,16 @@ fn arg(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     ))
 }
 
-fn cmd(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn cmd(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     Ok(Instruction::Cmd(command_form(node, lints)?))
 }
 
-fn entrypoint(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn entrypoint(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     Ok(Instruction::Entrypoint(command_form(node, lints)?))
 }
 
 /// CMD's and ENTRYPOINT's command, with BuildKit's lint for the shell form.
-fn command_form(node: &Node, lints: &mut Vec<Lint>) -> Result<CommandLine, At> {
+fn command_form(node: &Node, lints: &mut Vec<Lint>) -> Result<CommandLine, Fault> {
     no_flags(node)?;
     if !node.json && !node.args().is_empty() {
         lints.push(Lint {
@@ -544,21 +554,21 @@ fn command_form(node: &Node, lints: &mut Vec<Lint>) -> Result<CommandLine, At> {
     Ok(command_line(node))
 }
 
-fn env(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn env(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     Ok(Instruction::Env(key_values(node, lints)?))
 }
 
-fn label(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn label(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     Ok(Instruction::Label(key_values(node, lints)?))
 }
 
 /// ENV's and LABEL's pairs, with BuildKit's lint for the legacy `KEY value` form.
-fn key_values(node: &Node, lints: &mut Vec<Lint>) -> Result<Vec<(String, String)>, At> {
+fn key_values(node: &Node, lints: &mut Vec<Lint>) -> Result<Vec<(String, String)>, Fault> {
     no_flags(node)?;
     let word = node.value.to_ascii_uppercase();
     let p = pairs(node);
     if p.is_empty() {
-        return Err((
+        return Err(Fault::new(
             0,
             format!("{word} requires at least one argument: {word} <key>=<value>"),
         ));
@@ -575,11 +585,11 @@ fn key_values(node: &Node, lints: &mut Vec<Lint>) -> Result<Vec<(String, String)
     Ok(p)
 }
 
-fn expose(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn expose(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     let ports: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
     if ports.is_empty() {
-        return Err((
+        return Err(Fault::new(
             0,
             "EXPOSE requires at least one argument: EXPOSE <port>[/<protocol>]".into(),
         ));
@@ -587,7 +597,7 @@ fn expose(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     Ok(Instruction::Expose(ports))
 }
 
-fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     let flags = Flags::parse(
         node,
         &[
@@ -602,13 +612,16 @@ fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     let check = match args.first().map(|t| t.to_ascii_uppercase()).as_deref() {
         Some("NONE") => {
             if args.len() > 1 || !node.flags.is_empty() {
-                return Err((0, "HEALTHCHECK NONE takes no other arguments".into()));
+                return Err(Fault::new(
+                    0,
+                    "HEALTHCHECK NONE takes no other arguments".into(),
+                ));
             }
             Healthcheck::None
         }
         Some("CMD") => {
             if args.len() < 2 {
-                return Err((0, "HEALTHCHECK CMD requires a command".into()));
+                return Err(Fault::new(0, "HEALTHCHECK CMD requires a command".into()));
             }
             let command = match node.next.as_deref().and_then(|t| t.next.as_deref()) {
                 Some(_) if node.json => {
@@ -619,7 +632,7 @@ fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
             let retries = match flags.string("retries")? {
                 None => None,
                 Some(r) => Some(r.parse::<u32>().map_err(|_| {
-                    (
+                    Fault::new(
                         flags.col("retries"),
                         format!("--retries={r}: expected a whole number"),
                     )
@@ -635,17 +648,22 @@ fn healthcheck(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
             }
         }
         Some(other) => {
-            return Err((
+            return Err(Fault::new(
                 0,
                 format!("unknown type {other:?} for HEALTHCHECK (try CMD or NONE)"),
             ));
         }
-        None => return Err((0, "HEALTHCHECK requires CMD <command> or NONE".into())),
+        None => {
+            return Err(Fault::new(
+                0,
+                "HEALTHCHECK requires CMD <command> or NONE".into(),
+            ));
+        }
     };
     Ok(Instruction::Healthcheck(check))
 }
 
-fn maintainer(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn maintainer(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     lints.push(Lint {
         rule: "MaintainerDeprecated",
@@ -655,23 +673,23 @@ fn maintainer(node: &Node, lints: &mut Vec<Lint>) -> Result<Instruction, At> {
     Ok(Instruction::Maintainer(one_arg(node, "MAINTAINER <name>")?))
 }
 
-fn onbuild(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn onbuild(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     let Some(child) = node.next.as_deref().and_then(|n| n.children.first()) else {
-        return Err((
+        return Err(Fault::new(
             0,
             "ONBUILD requires an instruction: ONBUILD <INSTRUCTION>".into(),
         ));
     };
     match child.value.to_ascii_lowercase().as_str() {
         "onbuild" => {
-            return Err((
+            return Err(Fault::new(
                 0,
                 "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
             ));
         }
         "from" | "maintainer" => {
-            return Err((
+            return Err(Fault::new(
                 0,
                 format!(
                     "{} isn't allowed as an ONBUILD trigger",
@@ -682,16 +700,17 @@ fn onbuild(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
         _ => {}
     }
     // The trigger is checked now and kept as text: it runs in the images built on this one.
-    instruction(child, &mut Vec::new()).map_err(|(_, m)| (0, format!("ONBUILD: {m}")))?;
+    instruction(child, &mut Vec::new())
+        .map_err(|f| Fault::new(0, format!("ONBUILD: {}", f.message)))?;
     let text = node.original.trim();
     let trigger = text[text.find(char::is_whitespace).unwrap_or(text.len())..].trim();
     Ok(Instruction::Onbuild(trigger.to_owned()))
 }
 
-fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     let flags = Flags::parse(node, &["mount", "network", "security", "device"])?;
     if node.args().is_empty() && node.heredocs.is_empty() {
-        return Err((
+        return Err(Fault::new(
             0,
             "RUN requires a command: RUN <command> or RUN [\"executable\", …]".into(),
         ));
@@ -700,7 +719,7 @@ fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     if let Some(n) = &network
         && !matches!(n.as_str(), "default" | "none" | "host")
     {
-        return Err((
+        return Err(Fault::new(
             flags.col("network"),
             format!("--network={n}: expected default, none or host"),
         ));
@@ -709,7 +728,7 @@ fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     if let Some(s) = &security
         && !matches!(s.as_str(), "sandbox" | "insecure")
     {
-        return Err((
+        return Err(Fault::new(
             flags.col("security"),
             format!("--security={s}: expected sandbox or insecure"),
         ));
@@ -717,7 +736,7 @@ fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     let mounts = flags
         .all("mount")?
         .iter()
-        .map(|m| mount_flag(m).map_err(|e| (flags.col("mount"), e)))
+        .map(|m| mount_flag(m).map_err(|e| Fault::new(flags.col("mount"), e)))
         .collect::<Result<_, _>>()?;
     Ok(Instruction::Run(RunSpec {
         command: command_line(node),
@@ -728,10 +747,10 @@ fn run(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     }))
 }
 
-fn shell(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn shell(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     if !node.json {
-        return Err((
+        return Err(Fault::new(
             0,
             "SHELL requires the arguments to be in JSON form: SHELL [\"executable\", \"parameters\"]"
                 .into(),
@@ -739,12 +758,12 @@ fn shell(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     }
     let args: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
     if args.is_empty() {
-        return Err((0, "SHELL requires at least one argument".into()));
+        return Err(Fault::new(0, "SHELL requires at least one argument".into()));
     }
     Ok(Instruction::Shell(args))
 }
 
-fn stopsignal(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn stopsignal(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     Ok(Instruction::StopSignal(one_arg(
         node,
@@ -752,21 +771,24 @@ fn stopsignal(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
     )?))
 }
 
-fn user(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn user(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     Ok(Instruction::User(one_arg(node, "USER <user>[:<group>]")?))
 }
 
-fn volume(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn volume(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     let paths: Vec<String> = node.args().into_iter().map(str::to_owned).collect();
     if paths.is_empty() || paths.iter().any(String::is_empty) {
-        return Err((0, "VOLUME requires at least one non-empty path".into()));
+        return Err(Fault::new(
+            0,
+            "VOLUME requires at least one non-empty path".into(),
+        ));
     }
     Ok(Instruction::Volume(paths))
 }
 
-fn workdir(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, At> {
+fn workdir(node: &Node, _: &mut Vec<Lint>) -> Result<Instruction, Fault> {
     no_flags(node)?;
     Ok(Instruction::Workdir(one_arg(node, "WORKDIR <path>")?))
 }
