@@ -48,6 +48,9 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Root directory: `blobs/`, `uploads/` and `registry.db` live here.
     pub root: PathBuf,
+    /// Whether manifests, tags and blobs may be deleted through the API (off by default, as in
+    /// distribution: `DELETE` answers 405 `UNSUPPORTED`). Cancelling an upload is always allowed.
+    pub delete: bool,
 }
 
 /// `[uploads]`
@@ -97,6 +100,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             root: default_root(),
+            delete: false,
         }
     }
 }
@@ -136,7 +140,7 @@ pub fn default_root() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading the config file {path}: {source}")]
+    #[error("reading the config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -144,7 +148,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -225,6 +229,16 @@ impl RegistryConfig {
                     message: format!("{value:?} is not a whole number"),
                 })?),
                 Kind::Text => toml::Value::String(value),
+                Kind::Bool => toml::Value::Boolean(match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("{value:?} is not true or false"),
+                        });
+                    }
+                }),
             };
             let entry = table
                 .entry(section.to_owned())
@@ -294,11 +308,13 @@ const SECTIONS: [&str; 4] = ["server", "storage", "uploads", "limits"];
 enum Kind {
     Int,
     Text,
+    Bool,
 }
 
 fn setting_kind(section: &str, key: &str) -> Option<Kind> {
     match (section, key) {
         ("limits", "manifest_max_bytes") => Some(Kind::Int),
+        ("storage", "delete") => Some(Kind::Bool),
         ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout")
         | ("storage", "root")
         | ("uploads", "max_age" | "purge_interval") => Some(Kind::Text),
@@ -404,6 +420,35 @@ mod tests {
     }
 
     #[test]
+    fn deletes_are_off_unless_turned_on() {
+        let c = RegistryConfig::resolve(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(
+            !c.storage.delete,
+            "deletes are off by default, as in distribution"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(&file, "[storage]\ndelete = true\n").unwrap();
+        let c = RegistryConfig::resolve(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert!(c.storage.delete);
+        let c = RegistryConfig::resolve(
+            Some(&file),
+            env(&[("WHARF_STORAGE_DELETE", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.storage.delete, "the environment beats the file");
+        let e = RegistryConfig::resolve(
+            None,
+            env(&[("WHARF_STORAGE_DELETE", "maybe")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("WHARF_STORAGE_DELETE"), "{e}");
+    }
+
+    #[test]
     fn the_deploy_example_is_valid() {
         let text = include_str!("../../deploy/registry.toml");
         let c: RegistryConfig = toml::from_str(text).unwrap();
@@ -416,9 +461,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wharf.toml");
         std::fs::write(&file, "[server]\nadress = \"x\"\n").unwrap();
-        let e = RegistryConfig::resolve(Some(&file), env(&[]), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = RegistryConfig::resolve(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        let e = wharf_common::error::Chain(&e).to_string();
         assert!(e.contains("wharf.toml") && e.contains("adress"), "{e}");
         let e = RegistryConfig::resolve(
             None,

@@ -1,5 +1,6 @@
 //! Debian's `docker-registry` (Distribution 2.8) for a test: one configuration for every test
-//! (filesystem storage, deletes enabled, the in-memory blob descriptor cache that the
+//! (filesystem storage, deletes enabled unless asked otherwise, the in-memory blob descriptor
+//! cache that the
 //! `registry:2` image ships with, no access log), listening on a port the kernel chose.
 
 use std::io::{BufRead, BufReader};
@@ -29,9 +30,19 @@ impl Distribution {
         Self::start_with(&std::env::temp_dir(), "")
     }
 
+    /// Starts one as [`Distribution::start`] does, but with deletes off (distribution's
+    /// default): for checks of what a registry that refuses deletes answers.
+    pub fn start_without_deletes() -> Option<Distribution> {
+        Self::start_configured(&std::env::temp_dir(), false, "")
+    }
+
     /// Starts one with its data under `parent` and `extra` YAML appended to the configuration
     /// (an `auth:` section, say).
     pub fn start_with(parent: &Path, extra: &str) -> Option<Distribution> {
+        Self::start_configured(parent, true, extra)
+    }
+
+    fn start_configured(parent: &Path, deletes: bool, extra: &str) -> Option<Distribution> {
         if !crate::require(BIN) {
             return None;
         }
@@ -46,7 +57,7 @@ impl Distribution {
             })
             .keep();
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{extra}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {deletes}\nhttp:\n  addr: 127.0.0.1:0\n{extra}",
             dir.join("data").display()
         );
         let config_path = dir.join("config.yml");

@@ -279,6 +279,11 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(C::SizeInvalid, detail).with_status(StatusCode::PAYLOAD_TOO_LARGE)
             }
             ServiceError::ClientGone(_) => ApiError::new(C::BlobUploadInvalid, detail),
+            ServiceError::DeletesDisabled => ApiError::new(C::Unsupported, detail),
+            // As zot answers it: the method is not allowed on this blob now.
+            ServiceError::BlobReferenced { .. } => {
+                ApiError::new(C::Denied, detail).with_status(StatusCode::METHOD_NOT_ALLOWED)
+            }
             ServiceError::Storage(_) | ServiceError::Metadata(_) => ApiError {
                 internal: Some(detail),
                 ..ApiError::new(C::Unknown, "internal error; see the server's log")

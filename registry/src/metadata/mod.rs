@@ -24,6 +24,17 @@ pub enum MetadataError {
     Corrupt(String),
 }
 
+/// What unlinking a blob did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unlink {
+    /// It was linked and is not any more.
+    Unlinked,
+    /// It was not linked into the repository.
+    NotLinked,
+    /// A manifest of the repository references it (this one); it stays.
+    Referenced(Digest),
+}
+
 /// A stored manifest.
 #[derive(Clone, Debug)]
 pub struct ManifestRecord {
@@ -114,12 +125,13 @@ pub trait Metadata: Send + Sync + 'static {
         size: u64,
     ) -> BoxFuture<'a, Result<(), MetadataError>>;
 
-    /// Unlinks the blob from `repo`; whether it was linked.
+    /// Unlinks the blob from `repo`, unless a manifest of `repo` references it (checked in the
+    /// same write, so a manifest stored meanwhile cannot lose it).
     fn unlink_blob<'a>(
         &'a self,
         repo: &'a str,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<bool, MetadataError>>;
+    ) -> BoxFuture<'a, Result<Unlink, MetadataError>>;
 
     /// Those of `digests` that are neither blobs linked into `repo` nor manifests in it.
     fn missing<'a>(
@@ -128,8 +140,13 @@ pub trait Metadata: Send + Sync + 'static {
         digests: &'a [Digest],
     ) -> BoxFuture<'a, Result<Vec<Digest>, MetadataError>>;
 
-    /// Stores a manifest (kept as is when already there) and points its tag at it.
-    fn put_manifest<'a>(&'a self, m: &'a NewManifest) -> BoxFuture<'a, Result<(), MetadataError>>;
+    /// Stores a manifest (kept as is when already there) and points its tag at it, if every
+    /// child is still in the repository when it is written; else nothing is written and the
+    /// first missing child is returned (a blob unlinked since it was checked).
+    fn put_manifest<'a>(
+        &'a self,
+        m: &'a NewManifest,
+    ) -> BoxFuture<'a, Result<Option<Digest>, MetadataError>>;
 
     /// The manifest a tag points at.
     fn manifest_by_tag<'a>(

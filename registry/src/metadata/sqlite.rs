@@ -16,7 +16,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use wharf_common::digest::Digest;
 
 use super::{
-    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, UploadRecord, now,
+    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, Unlink, UploadRecord, now,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -165,17 +165,36 @@ impl Metadata for SqliteMetadata {
         &'a self,
         repo: &'a str,
         d: &'a Digest,
-    ) -> BoxFuture<'a, Result<bool, MetadataError>> {
+    ) -> BoxFuture<'a, Result<Unlink, MetadataError>> {
         Box::pin(async move {
+            // One writer connection: nothing can store a manifest between the check and the
+            // delete.
+            let mut tx = self.write.begin().await?;
+            let referenced: Option<String> = sqlx::query_scalar(
+                "SELECT f.manifest FROM manifest_refs f JOIN repositories r ON r.id = f.repo_id
+                 WHERE r.name = ?1 AND f.child = ?2 LIMIT 1",
+            )
+            .bind(repo)
+            .bind(d.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(m) = referenced {
+                return Ok(Unlink::Referenced(digest(&m)?));
+            }
             let r = sqlx::query(
                 "DELETE FROM repo_blobs WHERE digest = ?2
                  AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
             )
             .bind(repo)
             .bind(d.as_str())
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-            Ok(r.rows_affected() > 0)
+            tx.commit().await?;
+            Ok(if r.rows_affected() > 0 {
+                Unlink::Unlinked
+            } else {
+                Unlink::NotLinked
+            })
         })
     }
 
@@ -211,10 +230,28 @@ impl Metadata for SqliteMetadata {
         })
     }
 
-    fn put_manifest<'a>(&'a self, m: &'a NewManifest) -> BoxFuture<'a, Result<(), MetadataError>> {
+    fn put_manifest<'a>(
+        &'a self,
+        m: &'a NewManifest,
+    ) -> BoxFuture<'a, Result<Option<Digest>, MetadataError>> {
         Box::pin(async move {
             let mut tx = self.write.begin().await?;
             let id = repo_id(&mut tx, &m.repo).await?;
+            // The children again, inside the write: a blob unlinked (or a manifest deleted)
+            // since the caller checked must not end up referenced.
+            for child in &m.children {
+                let present: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2)
+                     OR EXISTS (SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2)",
+                )
+                .bind(id)
+                .bind(child.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if !present {
+                    return Ok(Some(child.clone()));
+                }
+            }
             let t = now();
             let inserted = sqlx::query(
                 "INSERT OR IGNORE INTO manifests
@@ -259,7 +296,7 @@ impl Metadata for SqliteMetadata {
                 .await?;
             }
             tx.commit().await?;
-            Ok(())
+            Ok(None)
         })
     }
 
@@ -516,5 +553,60 @@ impl Metadata for SqliteMetadata {
                 .await?;
             Ok(size(n))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn new_manifest(repo: &str, content: &[u8], children: Vec<Digest>) -> NewManifest {
+        NewManifest {
+            repo: repo.into(),
+            digest: Digest::sha256(content),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: Bytes::copy_from_slice(content),
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            children,
+            tag: Some("v1".into()),
+        }
+    }
+
+    /// A blob and the manifests that use it: the write that stores one checks the other, so a
+    /// manifest never ends up pointing at a blob unlinked meanwhile, and a referenced blob is
+    /// never unlinked.
+    #[tokio::test]
+    async fn manifests_and_blob_unlinks_check_each_other_in_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMetadata::open(&dir.path().join("registry.db"))
+            .await
+            .unwrap();
+        let layer = Digest::sha256(b"layer");
+        meta.link_blob("r", &layer, 5).await.unwrap();
+        // Unlinked after the caller's check, before the manifest's write: nothing is stored.
+        meta.unlink_blob("r", &layer).await.unwrap();
+        let m = new_manifest("r", b"{\"m\":1}", vec![layer.clone()]);
+        assert_eq!(meta.put_manifest(&m).await.unwrap(), Some(layer.clone()));
+        assert!(meta.manifest_by_tag("r", "v1").await.unwrap().is_none());
+        // Linked again: stored, and from then on the blob cannot be unlinked.
+        meta.link_blob("r", &layer, 5).await.unwrap();
+        assert_eq!(meta.put_manifest(&m).await.unwrap(), None);
+        assert_eq!(
+            meta.unlink_blob("r", &layer).await.unwrap(),
+            Unlink::Referenced(m.digest.clone())
+        );
+        assert!(meta.delete_manifest("r", &m.digest).await.unwrap());
+        assert_eq!(
+            meta.unlink_blob("r", &layer).await.unwrap(),
+            Unlink::Unlinked
+        );
+        assert_eq!(
+            meta.unlink_blob("r", &layer).await.unwrap(),
+            Unlink::NotLinked
+        );
     }
 }

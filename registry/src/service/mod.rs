@@ -16,7 +16,8 @@ use wharf_common::digest::{Algorithm, Digest, Hasher};
 
 use crate::config::RegistryConfig;
 use crate::metadata::{
-    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, SqliteMetadata, now,
+    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, SqliteMetadata, Unlink,
+    now,
 };
 use crate::metrics::Metrics;
 use crate::storage::{BlobStorage, ByteStream, FsStorage, StorageError};
@@ -68,6 +69,19 @@ pub enum ServiceError {
     /// The manifest is not acceptable.
     #[error("{0}")]
     ManifestInvalid(String),
+    /// Deletes are turned off (`[storage] delete`).
+    #[error(
+        "deletes are disabled on this registry ([storage] delete = true, or WHARF_STORAGE_DELETE=true, enables them)"
+    )]
+    DeletesDisabled,
+    /// A blob a manifest still references cannot be deleted.
+    #[error("blob {blob} is referenced by manifest {manifest}: delete the manifest first")]
+    BlobReferenced {
+        /// The blob.
+        blob: Digest,
+        /// A manifest referencing it.
+        manifest: Digest,
+    },
     /// The manifest references something the repository lacks.
     #[error("manifest references {0}, which is not in this repository")]
     ManifestBlobUnknown(Digest),
@@ -244,12 +258,20 @@ impl Registry {
         repo: &Repository,
         digest: &Digest,
     ) -> Result<(), ServiceError> {
+        if !self.inner.config.storage.delete {
+            return Err(ServiceError::DeletesDisabled);
+        }
         let repo = repo.as_str();
-        if self.inner.meta.unlink_blob(repo, digest).await? {
-            tracing::info!(repo, %digest, "blob unlinked");
-            Ok(())
-        } else {
-            Err(ServiceError::BlobUnknown(digest.clone()))
+        match self.inner.meta.unlink_blob(repo, digest).await? {
+            Unlink::Unlinked => {
+                tracing::info!(repo, %digest, "blob unlinked");
+                Ok(())
+            }
+            Unlink::NotLinked => Err(ServiceError::BlobUnknown(digest.clone())),
+            Unlink::Referenced(manifest) => Err(ServiceError::BlobReferenced {
+                blob: digest.clone(),
+                manifest,
+            }),
         }
     }
 
@@ -615,7 +637,9 @@ impl Registry {
             children: wanted,
             tag,
         };
-        self.inner.meta.put_manifest(&record).await?;
+        if let Some(gone) = self.inner.meta.put_manifest(&record).await? {
+            return Err(ServiceError::ManifestBlobUnknown(gone));
+        }
         self.inner.cache.invalidate(repo);
         tracing::info!(repo, reference = reference.key(), %digest, "manifest stored");
         Ok((digest, parsed.subject))
@@ -651,6 +675,9 @@ impl Registry {
         repo: &Repository,
         reference: &ManifestRef,
     ) -> Result<(), ServiceError> {
+        if !self.inner.config.storage.delete {
+            return Err(ServiceError::DeletesDisabled);
+        }
         let repo = repo.as_str();
         let existed = match reference {
             ManifestRef::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,

@@ -20,7 +20,8 @@ pub enum Kind {
 }
 
 /// wharf's registry, started in this process (on its own runtime thread) with its data in a
-/// temporary directory. `WHARF_SPEC_URL` points the suite at a running `wharf serve` instead.
+/// temporary directory. `WHARF_SPEC_URL` points the suite at a running `wharf serve` instead
+/// (started with `WHARF_STORAGE_DELETE=true`, as the checks of deletes expect).
 pub fn wharf() -> Option<&'static Target> {
     static WHARF: OnceLock<Target> = OnceLock::new();
     static SERVER: OnceLock<(tempfile::TempDir, wharf_registry::testing::Spawned)> =
@@ -32,16 +33,54 @@ pub fn wharf() -> Option<&'static Target> {
                 kind: Kind::Wharf,
             };
         }
-        let (_, spawned) = SERVER.get_or_init(|| {
-            let dir = tempfile::tempdir().expect("a temporary directory for wharf's registry");
-            let spawned = wharf_registry::testing::spawn(dir.path());
-            (dir, spawned)
-        });
+        let (_, spawned) = SERVER.get_or_init(|| spawn_wharf(true));
         Target {
             base: format!("http://{}", spawned.addr),
             kind: Kind::Wharf,
         }
     }))
+}
+
+/// wharf's registry on its own temporary directory, deletes on (as the distribution the
+/// checks compare with is configured) or off (wharf's default).
+fn spawn_wharf(deletes: bool) -> (tempfile::TempDir, wharf_registry::testing::Spawned) {
+    let dir = tempfile::tempdir().expect("a temporary directory for wharf's registry");
+    let mut config = wharf_registry::RegistryConfig::with_root(dir.path());
+    config.server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.storage.delete = deletes;
+    let spawned = wharf_registry::testing::spawn_with(config);
+    (dir, spawned)
+}
+
+/// wharf's registry with its default configuration: deletes off.
+pub fn wharf_without_deletes() -> Option<&'static Target> {
+    static TARGET: OnceLock<(tempfile::TempDir, wharf_registry::testing::Spawned, Target)> =
+        OnceLock::new();
+    let (_, _, target) = TARGET.get_or_init(|| {
+        let (dir, spawned) = spawn_wharf(false);
+        let target = Target {
+            base: format!("http://{}", spawned.addr),
+            kind: Kind::Wharf,
+        };
+        (dir, spawned, target)
+    });
+    Some(target)
+}
+
+/// Debian's `docker-registry` with its default of deletes off.
+pub fn distribution_without_deletes() -> Option<&'static Target> {
+    static TARGET: OnceLock<Option<(wharf_testkit::Distribution, Target)>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let server = wharf_testkit::Distribution::start_without_deletes()?;
+            let target = Target {
+                base: format!("http://{}", server.addr),
+                kind: Kind::Distribution,
+            };
+            Some((server, target))
+        })
+        .as_ref()
+        .map(|(_, target)| target)
 }
 
 /// Debian's `docker-registry` (Distribution 2.8), configured as every test of the project

@@ -228,3 +228,81 @@ async fn deleted_referrer_leaves_referrers(t: &Target) -> Result<(), String> {
     ensure!(listed == 0, "{listed} referrers after the delete");
     Ok(())
 }
+
+// Deletes are off by default, in distribution and in wharf (`[storage] delete`): DELETE of a
+// manifest or a blob answers 405 UNSUPPORTED and deletes nothing; a tag DELETE is refused too
+// (400 or 405, §Deleting tags). Cancelling an upload is not a delete and still works.
+async fn deletes_are_refused(t: &Target) -> Result<(), String> {
+    let api = Api::new(t)?;
+    let repo = repo("no-deletes");
+    let image = api.push_image(&repo, "v1").await?;
+    let layer = sha256(&image.layer);
+    api.delete(&format!("/v2/{repo}/manifests/{}", image.digest))
+        .await?
+        .expect_error(405, "UNSUPPORTED")?;
+    api.delete(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect_error(405, "UNSUPPORTED")?;
+    let tag = api.delete(&format!("/v2/{repo}/manifests/v1")).await?;
+    if !matches!(tag.status, 400 | 405) {
+        return Err(format!(
+            "DELETE of a tag: status {}, want 400 or 405",
+            tag.status
+        ));
+    }
+    api.get_manifest(&repo, "v1").await?.expect(200)?;
+    api.get_manifest(&repo, &image.digest).await?.expect(200)?;
+    api.get(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect(200)?;
+    let session = api.start_upload(&repo).await?;
+    api.delete(&session.location).await?.expect(204)?;
+    Ok(())
+}
+
+mod deletes_are_refused_by_default {
+    #[tokio::test]
+    async fn wharf() {
+        if let Some(t) = crate::harness::wharf_without_deletes() {
+            crate::harness::expect_pass(t, super::deletes_are_refused(t).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn distribution() {
+        if let Some(t) = crate::harness::distribution_without_deletes() {
+            crate::harness::expect_pass(t, super::deletes_are_refused(t).await);
+        }
+    }
+}
+
+// A blob a manifest of the repository still references is not deleted (405 DENIED, as zot
+// answers): deleting it would break every pull of that manifest. Once the manifest is gone the
+// blob can go.
+spec!(
+    a_referenced_blob_is_not_deleted,
+    distribution_differs = "distribution 2.8 unlinks a blob its manifests still reference \
+                            (202), and pulls of those manifests then fail"
+);
+async fn a_referenced_blob_is_not_deleted(t: &Target) -> Result<(), String> {
+    let api = Api::new(t)?;
+    let repo = repo("referenced-blob");
+    let image = api.push_image(&repo, "v1").await?;
+    let layer = sha256(&image.layer);
+    api.delete(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect_error(405, "DENIED")?;
+    api.get(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect(200)?;
+    api.delete(&format!("/v2/{repo}/manifests/{}", image.digest))
+        .await?
+        .expect(202)?;
+    api.delete(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect(202)?;
+    api.get(&format!("/v2/{repo}/blobs/{layer}"))
+        .await?
+        .expect(404)?;
+    Ok(())
+}
