@@ -67,37 +67,36 @@ pub fn wharf_without_deletes() -> Option<&'static Target> {
     Some(target)
 }
 
+/// A started docker-registry, kept for the test binary's life.
+type Started = OnceLock<Option<(wharf_testkit::Distribution, Target)>>;
+
+fn distribution_target(
+    cell: &'static Started,
+    start: fn() -> Option<wharf_testkit::Distribution>,
+) -> Option<&'static Target> {
+    cell.get_or_init(|| {
+        let server = start()?;
+        let target = Target {
+            base: format!("http://{}", server.addr),
+            kind: Kind::Distribution,
+        };
+        Some((server, target))
+    })
+    .as_ref()
+    .map(|(_, target)| target)
+}
+
 /// Debian's `docker-registry` with its default of deletes off.
 pub fn distribution_without_deletes() -> Option<&'static Target> {
-    static TARGET: OnceLock<Option<(wharf_testkit::Distribution, Target)>> = OnceLock::new();
-    TARGET
-        .get_or_init(|| {
-            let server = wharf_testkit::Distribution::start_without_deletes()?;
-            let target = Target {
-                base: format!("http://{}", server.addr),
-                kind: Kind::Distribution,
-            };
-            Some((server, target))
-        })
-        .as_ref()
-        .map(|(_, target)| target)
+    static STARTED: Started = OnceLock::new();
+    distribution_target(&STARTED, wharf_testkit::Distribution::start_without_deletes)
 }
 
 /// Debian's `docker-registry` (Distribution 2.8), configured as every test of the project
 /// starts it (`wharf_testkit::Distribution`).
 pub fn distribution() -> Option<&'static Target> {
-    static DISTRIBUTION: OnceLock<Option<(wharf_testkit::Distribution, Target)>> = OnceLock::new();
-    DISTRIBUTION
-        .get_or_init(|| {
-            let server = wharf_testkit::Distribution::start()?;
-            let target = Target {
-                base: format!("http://{}", server.addr),
-                kind: Kind::Distribution,
-            };
-            Some((server, target))
-        })
-        .as_ref()
-        .map(|(_, target)| target)
+    static STARTED: Started = OnceLock::new();
+    distribution_target(&STARTED, wharf_testkit::Distribution::start)
 }
 
 /// Fails the test if the check failed.
