@@ -30,9 +30,59 @@ pub enum RunError {
         /// What failed.
         source: ServiceError,
     },
+    /// Another server is using the storage root: two on one root would each cache what the
+    /// other changes.
+    #[error(
+        "another wharf serve{} is using the registry at {root}: one server per root (stop it, or give this one another --root)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The storage root.
+        root: String,
+        /// The other server's pid, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
     /// The listener or TLS setup failed.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
+}
+
+/// Takes `<root>/serve.lock` for this process (an exclusive `flock`, released when the
+/// returned file is closed, however the process ends) and writes its pid there.
+fn lock_root(root: &std::path::Path) -> Result<std::fs::File, RunError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let io = |what: &str, source| {
+        RunError::Serve(server::ServeError::Io {
+            what: format!("{what} {}", root.join("serve.lock").display()),
+            source,
+        })
+    };
+    std::fs::create_dir_all(root).map_err(|e| io("creating the directory of", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(root.join("serve.lock"))
+        .map_err(|e| io("opening", e))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io("locking", e));
+        }
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Err(RunError::InUse {
+            root: root.display().to_string(),
+            pid: text.trim().parse().ok(),
+        });
+    }
+    file.set_len(0).map_err(|e| io("writing", e))?;
+    file.rewind().map_err(|e| io("writing", e))?;
+    writeln!(file, "{}", std::process::id()).map_err(|e| io("writing", e))?;
+    Ok(file)
 }
 
 /// Runs a registry with `config` until `shutdown` completes: opens storage, binds, serves, and
@@ -46,6 +96,7 @@ pub async fn run(
         (Some(c), Some(k)) => Some(server::tls_config(c, k)?),
         _ => None,
     };
+    let _lock = lock_root(&config.storage.root)?;
     let registry = Registry::open(config.clone())
         .await
         .map_err(|source| RunError::Open {

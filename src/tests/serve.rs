@@ -775,3 +775,62 @@ fn issue_3_upload_sessions_survive_a_restart_and_expire() {
         "{metrics}"
     );
 }
+
+#[test]
+fn issue_13_a_second_server_on_one_root_refuses_to_start() {
+    let mut serve = WharfServe::start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut second = Command::new(WHARF)
+        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+        .arg(&serve.root)
+        .env_remove("WHARF_ROOT")
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!(
+                "a second wharf serve on the same root started: {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!status.success(), "{stderr}");
+    let pid = serve.pid().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "another wharf serve (pid {pid}) is using the registry at"
+        )),
+        "{stderr}"
+    );
+    // The first one still serves.
+    let (status, _, _) = http_get(&serve.addr, "/v2/").unwrap();
+    assert_eq!(status, 200);
+    // Once it is gone, however it ended, the root can be served again.
+    serve.kill9();
+    let mut again = Command::new(WHARF)
+        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+        .arg(&serve.root)
+        .env_remove("WHARF_ROOT")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut err = std::io::BufReader::new(again.stderr.take().unwrap());
+    while std::io::BufRead::read_line(&mut err, &mut first).unwrap_or(0) > 0
+        && !first.contains("listening on")
+    {
+        first.clear();
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(first.contains("listening on"), "{first}");
+}
