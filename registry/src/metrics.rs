@@ -7,10 +7,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The label of a request method: the methods HTTP defines, else `other`.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|k| *k == method).unwrap_or("other")
+}
+
 /// The registry's counters. Cheap to update from any request.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), RequestStats>>,
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), RequestStats>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     uploads_started: AtomicU64,
@@ -25,10 +33,11 @@ struct RequestStats {
 }
 
 impl Metrics {
-    /// Counts a finished request.
+    /// Counts a finished request. Label values come from fixed sets: a method HTTP does not
+    /// define is counted as `other`, so clients cannot grow the series without bound.
     pub fn request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         if let Ok(mut m) = self.requests.lock() {
-            let s = m.entry((route, method.to_owned(), status)).or_default();
+            let s = m.entry((route, method_label(method), status)).or_default();
             s.count += 1;
             s.seconds += took.as_secs_f64();
         }
@@ -74,7 +83,7 @@ impl Metrics {
         let snapshot: Vec<_> = self
             .requests
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default();
         for ((route, method, status), s) in &snapshot {
             let _ = writeln!(
@@ -133,5 +142,30 @@ impl Metrics {
             self.uploads_open.load(Ordering::Relaxed).max(0)
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_http_share_one_label() {
+        let m = Metrics::default();
+        let long = "X".repeat(300 << 10);
+        for i in 0..500 {
+            m.request("other", &format!("{long}{i}"), 405, Duration::ZERO);
+        }
+        m.request("manifest", "GET", 200, Duration::ZERO);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "wharf_http_requests_total{route=\"other\",method=\"other\",status=\"405\"} 500"
+            ),
+            "{}",
+            &text[..text.len().min(2000)]
+        );
+        assert!(text.contains("method=\"GET\""));
+        assert!(text.len() < 4096, "{} bytes of metrics", text.len());
     }
 }

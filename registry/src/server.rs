@@ -57,6 +57,9 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// The most a request's line and headers may take, in bytes.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits up to `grace` for
 /// in-flight requests.
 pub async fn serve(
@@ -87,7 +90,10 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A request line and headers fit in 64 KiB (distribution's Go server allows 1 MiB
+            // of headers; hyper's default is ~400 KiB): more is refused before it is parsed.
+            builder.http1().max_buf_size(MAX_HEAD_BYTES);
             let result = match acceptor {
                 None => {
                     let conn =

@@ -834,3 +834,49 @@ fn issue_13_a_second_server_on_one_root_refuses_to_start() {
     let _ = again.wait();
     assert!(first.contains("listening on"), "{first}");
 }
+
+/// What a raw request gets: the status line's code, or None when the server closed the
+/// connection without an answer (a write the server stopped reading may fail too).
+fn raw_status(addr: &str, request: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+#[test]
+fn issue_13_huge_methods_and_heads_cannot_grow_the_server() {
+    let serve = WharfServe::start();
+    // Methods HTTP does not define share one label: 200 distinct ones leave one series.
+    for i in 0..200 {
+        let status = raw_status(
+            &serve.addr,
+            format!("BREW{i} /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(status.is_none_or(|s| s >= 400), "BREW{i}: {status:?}");
+    }
+    // A 300 KB method (and so a 300 KB request line) is refused before it is parsed.
+    let huge = format!(
+        "{} /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "M".repeat(300 << 10)
+    );
+    let status = raw_status(&serve.addr, huge.as_bytes());
+    assert!(status.is_none_or(|s| s >= 400), "{status:?}");
+    // So are 200 KB of headers.
+    let headers = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "h".repeat(200 << 10)
+    );
+    let status = raw_status(&serve.addr, headers.as_bytes());
+    assert!(status.is_none_or(|s| s == 431 || s == 400), "{status:?}");
+    let (status, _, body) = http_get(&serve.addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("BREW"), "a method became a label");
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(text.len() < 16 << 10, "{} bytes of metrics", text.len());
+}
