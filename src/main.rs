@@ -11,10 +11,21 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let mut cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // For `serve`, `--root` names the registry's storage; `WHARF_ROOT` is the image store's and
+    // must not override the registry's own config file and WHARF_STORAGE_ROOT.
+    if let Some(("serve", sub)) = matches.subcommand() {
+        let from_flag =
+            |m: &clap::ArgMatches| m.value_source("root") == Some(ValueSource::CommandLine);
+        if !from_flag(&matches) && !from_flag(sub) {
+            cli.global.root = None;
+        }
+    }
     let (serve, json) = match &cli.command {
         cli::Command::Serve(a) => (true, a.log_format == cli::LogFormat::Json),
         _ => (false, false),

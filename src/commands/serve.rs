@@ -17,7 +17,8 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
     };
-    // For serve, --root (or WHARF_ROOT) is the registry's data folder, not the image store.
+    // For serve, --root is the registry's data folder, not the image store (main drops a
+    // root that came from WHARF_ROOT).
     let config = RegistryConfig::resolve(
         ctx.global.docker_config.as_deref(),
         std::env::vars(),

@@ -880,3 +880,56 @@ fn issue_13_huge_methods_and_heads_cannot_grow_the_server() {
     assert!(text.contains("method=\"other\""), "{text}");
     assert!(text.len() < 16 << 10, "{} bytes of metrics", text.len());
 }
+
+#[test]
+fn issue_13_the_registry_root_comes_from_its_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(&config, "[storage]\nroot = \"/from/file\"\n").unwrap();
+    let show = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(WHARF)
+            .args(args)
+            .args(["serve", "--show-config"])
+            .env_remove("WHARF_ROOT")
+            .env_remove("WHARF_STORAGE_ROOT")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("root = "))
+            .map(|r| r.trim_matches('"').to_owned())
+            .unwrap()
+    };
+    let cfg = ["--config", config.to_str().unwrap()];
+    // WHARF_ROOT is the image store's: it does not move the registry.
+    assert_eq!(show(&cfg, &[("WHARF_ROOT", "/image/store")]), "/from/file");
+    assert_eq!(
+        show(
+            &cfg,
+            &[
+                ("WHARF_ROOT", "/image/store"),
+                ("WHARF_STORAGE_ROOT", "/from/env")
+            ]
+        ),
+        "/from/env"
+    );
+    // The flag wins, before or after the subcommand.
+    let flagged = ["--config", config.to_str().unwrap(), "--root", "/from/flag"];
+    assert_eq!(
+        show(&flagged, &[("WHARF_STORAGE_ROOT", "/from/env")]),
+        "/from/flag"
+    );
+    let after = Command::new(WHARF)
+        .args(["serve", "--root", "/after/serve", "--show-config"])
+        .env("WHARF_ROOT", "/image/store")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&after.stdout);
+    assert!(text.contains("root = \"/after/serve\""), "{text}");
+}
