@@ -71,6 +71,9 @@ pub struct UploadConfig {
 pub struct LimitsConfig {
     /// Largest manifest accepted, in bytes (larger → 413).
     pub manifest_max_bytes: u64,
+    /// Most names one tag list or catalog page holds (a larger `n` is lowered to it); a page
+    /// with more after it always carries a `Link` to the next.
+    pub list_max_entries: u32,
 }
 
 impl Default for RegistryConfig {
@@ -118,6 +121,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             manifest_max_bytes: 4 << 20,
+            list_max_entries: 10_000,
         }
     }
 }
@@ -289,6 +293,11 @@ impl RegistryConfig {
                 "limits.manifest_max_bytes must be above 0".into(),
             ));
         }
+        if self.limits.list_max_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.list_max_entries must be above 0".into(),
+            ));
+        }
         if self.uploads.purge_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "uploads.purge_interval must be above 0".into(),
@@ -313,7 +322,7 @@ enum Kind {
 
 fn setting_kind(section: &str, key: &str) -> Option<Kind> {
     match (section, key) {
-        ("limits", "manifest_max_bytes") => Some(Kind::Int),
+        ("limits", "manifest_max_bytes" | "list_max_entries") => Some(Kind::Int),
         ("storage", "delete") => Some(Kind::Bool),
         ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout")
         | ("storage", "root")

@@ -29,15 +29,18 @@ fn paging(req: &Req) -> Result<(Option<u32>, Option<&str>), ApiError> {
     Ok((n, last))
 }
 
-fn with_link(body: Value, page: &Page, path: &str, n: Option<u32>) -> Response {
+/// The page as JSON, with a `Link` to the next one whenever there is more, whether the client
+/// asked for pages or not (the page size is then the server's).
+fn with_link(body: Value, page: &Page, path: &str) -> Response {
     let mut resp = (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
         .into_response();
     if page.more
-        && let (Some(last), Some(n)) = (page.names.last(), n)
+        && let Some(last) = page.names.last()
     {
+        let n = page.names.len();
         let link = format!("<{path}?n={n}&last={}>; rel=\"next\"", encode(last));
         resp.headers_mut().insert(header::LINK, header_value(&link));
     }
@@ -55,14 +58,14 @@ pub async fn tags(reg: &Registry, repo: &Repository, req: &Req) -> Result<Respon
     let (n, last) = paging(req)?;
     let page = reg.tags(repo, n, last).await?;
     let body = json!({"name": repo.as_str(), "tags": page.names});
-    Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list"), n))
+    Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list")))
 }
 
 pub async fn catalog(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = paging(req)?;
     let page = reg.catalog(n, last).await?;
     let body = json!({"repositories": page.names});
-    Ok(with_link(body, &page, "/v2/_catalog", n))
+    Ok(with_link(body, &page, "/v2/_catalog"))
 }
 
 pub async fn referrers(

@@ -183,14 +183,14 @@ pub trait Metadata: Send + Sync + 'static {
     fn tags<'a>(
         &'a self,
         repo: &'a str,
-        n: Option<u32>,
+        n: u32,
         last: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, MetadataError>>;
 
     /// Up to `n` repositories after `last`, sorted.
     fn catalog<'a>(
         &'a self,
-        n: Option<u32>,
+        n: u32,
         last: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, MetadataError>>;
 

@@ -21,9 +21,6 @@ use super::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Most names one tag or catalog page returns when the client names no `n`.
-const DEFAULT_PAGE: u32 = 10_000;
-
 /// SQLite-backed metadata.
 #[derive(Clone, Debug)]
 pub struct SqliteMetadata {
@@ -400,11 +397,10 @@ impl Metadata for SqliteMetadata {
     fn tags<'a>(
         &'a self,
         repo: &'a str,
-        n: Option<u32>,
+        n: u32,
         last: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, MetadataError>> {
         Box::pin(async move {
-            let n = n.unwrap_or(DEFAULT_PAGE);
             let names: Vec<String> = sqlx::query_scalar(
                 "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id
                  WHERE r.name = ?1 AND t.name > ?2 ORDER BY t.name LIMIT ?3",
@@ -420,11 +416,10 @@ impl Metadata for SqliteMetadata {
 
     fn catalog<'a>(
         &'a self,
-        n: Option<u32>,
+        n: u32,
         last: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, MetadataError>> {
         Box::pin(async move {
-            let n = n.unwrap_or(DEFAULT_PAGE);
             // A repository shows once something was pushed into it and stays while it holds
             // a manifest or a blob.
             let names: Vec<String> = sqlx::query_scalar(

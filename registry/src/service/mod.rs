@@ -703,12 +703,19 @@ impl Registry {
         if !self.inner.meta.repo_exists(repo).await? {
             return Err(ServiceError::NameUnknown(repo.to_owned()));
         }
-        Ok(self.inner.meta.tags(repo, n, last).await?)
+        Ok(self.inner.meta.tags(repo, self.page_size(n), last).await?)
     }
 
     /// A page of repository names.
     pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page, ServiceError> {
-        Ok(self.inner.meta.catalog(n, last).await?)
+        Ok(self.inner.meta.catalog(self.page_size(n), last).await?)
+    }
+
+    /// The size of a listing page: `n`, at most `limits.list_max_entries` (also the size when
+    /// the client names none).
+    fn page_size(&self, n: Option<u32>) -> u32 {
+        let max = self.inner.config.limits.list_max_entries;
+        n.unwrap_or(max).min(max)
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.

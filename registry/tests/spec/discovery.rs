@@ -467,3 +467,53 @@ async fn referrers_of_invalid_digest_is_400(t: &Target) -> Result<(), String> {
     }
     Ok(())
 }
+
+// A registry's own page limit (`limits.list_max_entries`): a listing without `n`, or with a
+// larger one, stops at it, and says where the rest is with a `Link` (wharf once stopped at
+// 10,000 tags with no `Link`, and skopeo saw 10,000 of 10,005). Paging by the links visits
+// everything once.
+async fn pages_stop_at_the_limit_and_link_on(t: &Target) -> Result<(), String> {
+    let api = Api::new(t)?;
+    let repo = repo_with_tags(&api, "tags-limit", &TAGS).await?;
+    for start in [
+        format!("/v2/{repo}/tags/list"),
+        format!("/v2/{repo}/tags/list?n=100"),
+    ] {
+        let mut seen = Vec::new();
+        let mut next = Some(start.clone());
+        while let Some(url) = next {
+            ensure!(seen.len() <= TAGS.len(), "{start}: no end: {seen:?}");
+            let resp = api.get(&url).await?;
+            resp.expect(200)?;
+            let page = strings(&resp.json()?["tags"]);
+            ensure!(
+                page.len() <= 4,
+                "{url}: a page of {} tags, the limit is 4",
+                page.len()
+            );
+            seen.extend(page);
+            next = next_link(&resp)?;
+            ensure!(
+                next.is_some() || seen.len() == TAGS.len(),
+                "{url}: no Link after {seen:?}"
+            );
+        }
+        ensure!(seen == TAGS_SORTED, "{start}: paged through {seen:?}");
+    }
+    let resp = api.get("/v2/_catalog").await?;
+    resp.expect(200)?;
+    ensure!(
+        strings(&resp.json()?["repositories"]).len() <= 4,
+        "a catalog page over the limit"
+    );
+    Ok(())
+}
+
+mod pages_stop_at_the_limit_and_link_on {
+    #[tokio::test]
+    async fn wharf() {
+        if let Some(t) = crate::harness::wharf_with_page_limit(4) {
+            crate::harness::expect_pass(t, super::pages_stop_at_the_limit_and_link_on(t).await);
+        }
+    }
+}

@@ -44,20 +44,29 @@ pub fn wharf() -> Option<&'static Target> {
 /// wharf's registry on its own temporary directory, deletes on (as the distribution the
 /// checks compare with is configured) or off (wharf's default).
 fn spawn_wharf(deletes: bool) -> (tempfile::TempDir, wharf_registry::testing::Spawned) {
+    spawn_wharf_with(|c| c.storage.delete = deletes)
+}
+
+fn spawn_wharf_with(
+    set: impl FnOnce(&mut wharf_registry::RegistryConfig),
+) -> (tempfile::TempDir, wharf_registry::testing::Spawned) {
     let dir = tempfile::tempdir().expect("a temporary directory for wharf's registry");
     let mut config = wharf_registry::RegistryConfig::with_root(dir.path());
     config.server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.storage.delete = deletes;
+    set(&mut config);
     let spawned = wharf_registry::testing::spawn_with(config);
     (dir, spawned)
 }
 
-/// wharf's registry with its default configuration: deletes off.
-pub fn wharf_without_deletes() -> Option<&'static Target> {
-    static TARGET: OnceLock<(tempfile::TempDir, wharf_registry::testing::Spawned, Target)> =
-        OnceLock::new();
-    let (_, _, target) = TARGET.get_or_init(|| {
-        let (dir, spawned) = spawn_wharf(false);
+/// A wharf registry of its own, kept for the test binary's life.
+type Own = OnceLock<(tempfile::TempDir, wharf_registry::testing::Spawned, Target)>;
+
+fn own_target(
+    cell: &'static Own,
+    set: impl FnOnce(&mut wharf_registry::RegistryConfig),
+) -> Option<&'static Target> {
+    let (_, _, target) = cell.get_or_init(|| {
+        let (dir, spawned) = spawn_wharf_with(set);
         let target = Target {
             base: format!("http://{}", spawned.addr),
             kind: Kind::Wharf,
@@ -65,6 +74,19 @@ pub fn wharf_without_deletes() -> Option<&'static Target> {
         (dir, spawned, target)
     });
     Some(target)
+}
+
+/// wharf's registry with listings of at most `limit` names a page (`limits.list_max_entries`),
+/// for the one test that uses it.
+pub fn wharf_with_page_limit(limit: u32) -> Option<&'static Target> {
+    static OWN: Own = OnceLock::new();
+    own_target(&OWN, |c| c.limits.list_max_entries = limit)
+}
+
+/// wharf's registry with its default configuration: deletes off.
+pub fn wharf_without_deletes() -> Option<&'static Target> {
+    static OWN: Own = OnceLock::new();
+    own_target(&OWN, |c| c.storage.delete = false)
 }
 
 /// A started docker-registry, kept for the test binary's life.
