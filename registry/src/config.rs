@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's line and headers (and a TLS client
+    /// its handshake); a slower one is disconnected, so half-sent requests cannot hold
+    /// connections forever.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
 }
 
 /// `[storage]`
@@ -95,6 +100,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             shutdown_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -298,6 +304,11 @@ impl RegistryConfig {
                 "limits.list_max_entries must be above 0".into(),
             ));
         }
+        if self.server.header_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "server.header_timeout must be above 0".into(),
+            ));
+        }
         if self.uploads.purge_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "uploads.purge_interval must be above 0".into(),
@@ -324,7 +335,7 @@ fn setting_kind(section: &str, key: &str) -> Option<Kind> {
     match (section, key) {
         ("limits", "manifest_max_bytes" | "list_max_entries") => Some(Kind::Int),
         ("storage", "delete") => Some(Kind::Bool),
-        ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout")
+        ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout" | "header_timeout")
         | ("storage", "root")
         | ("uploads", "max_age" | "purge_interval") => Some(Kind::Text),
         _ => None,

@@ -97,6 +97,7 @@ pub async fn run(
         _ => None,
     };
     let _lock = lock_root(&config.storage.root)?;
+    server::raise_open_files_limit();
     let registry = Registry::open(config.clone())
         .await
         .map_err(|source| RunError::Open {
@@ -123,7 +124,10 @@ pub async fn run(
         api::router(registry),
         tls,
         shutdown,
-        config.server.shutdown_timeout,
+        server::Timeouts {
+            header: config.server.header_timeout,
+            shutdown: config.server.shutdown_timeout,
+        },
     )
     .await;
     purge.abort();

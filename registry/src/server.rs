@@ -60,15 +60,49 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
 /// The most a request's line and headers may take, in bytes.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits up to `grace` for
-/// in-flight requests.
+/// The server's time limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For a request's line and headers, and for a TLS handshake.
+    pub header: Duration,
+    /// For requests in flight after shutdown begins.
+    pub shutdown: Duration,
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime does for
+/// distribution: every connection is a descriptor, and the usual soft limit of 1,024 would let
+/// a thousand slow clients lock everyone else out.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(
+                    from = before,
+                    to = lim.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then waits up to
+/// `timeouts.shutdown` for in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    timeouts: Timeouts,
 ) -> Result<(), ServeError> {
+    let grace = timeouts.shutdown;
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(TlsAcceptor::from);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -93,24 +127,47 @@ pub async fn serve(
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // A request line and headers fit in 64 KiB (distribution's Go server allows 1 MiB
             // of headers; hyper's default is ~400 KiB): more is refused before it is parsed.
-            builder.http1().max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http1()
+                .max_buf_size(MAX_HEAD_BYTES)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeouts.header);
             let result = match acceptor {
                 None => {
+                    // The first byte within the header timeout: hyper's own timer starts only
+                    // once the HTTP version is known, which takes a byte.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(timeouts.header, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            tracing::debug!(%peer, "no request within the header timeout");
+                            return;
+                        }
+                    }
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                        watcher.watch(conn.into_owned()).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeouts.header, acceptor.accept(stream))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "TLS handshake timed out",
+                            ))
+                        }) {
+                        Ok(tls) => {
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -933,3 +933,123 @@ fn issue_13_the_registry_root_comes_from_its_own_settings() {
     let text = String::from_utf8_lossy(&after.stdout);
     assert!(text.contains("root = \"/after/serve\""), "{text}");
 }
+
+/// A server process, killed when dropped (a failed assertion included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `wharf serve` under `prlimit --nofile=LIMIT` with `env`, on a fresh root; its address and
+/// the process.
+fn serve_limited(
+    dir: &std::path::Path,
+    nofile: &str,
+    env: &[(&str, &str)],
+) -> (String, KillOnDrop) {
+    let log = dir.join("log");
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
+        .args(["--", WHARF, "serve", "--addr", "127.0.0.1:0", "--root"])
+        .arg(dir.join("root"))
+        .env_remove("WHARF_ROOT")
+        .env("RUST_LOG", "warn,wharf=info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let url = wharf_testkit::wait_for_log(&log, 0, "listening on ", Duration::from_secs(20));
+    let addr = url
+        .split_once("://")
+        .map_or(url.as_str(), |x| x.1)
+        .to_owned();
+    (addr, child)
+}
+
+/// Opens `n` connections that send half a request and stop.
+fn half_sent(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: slow\r\n").unwrap();
+            s
+        })
+        .collect()
+}
+
+/// How long a normal request takes to be answered 200.
+fn served_in(addr: &str) -> Duration {
+    let started = Instant::now();
+    let (status, _, _) = http_get(addr, "/v2/").unwrap();
+    assert_eq!(status, 200);
+    started.elapsed()
+}
+
+#[test]
+fn issue_13_slow_clients_do_not_lock_others_out() {
+    if !require("prlimit") {
+        return;
+    }
+    // This test holds many sockets itself.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur >= 2048,
+        "the test needs 2,048 descriptors: {}",
+        lim.rlim_cur
+    );
+    // Started with a soft limit of 256 files: the server raises it to the hard limit, as Go's
+    // runtime does for distribution, so 400 half-sent requests leave room for everyone else.
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, server) = serve_limited(dir.path(), &format!("256:{}", lim.rlim_max), &[]);
+    let slow = half_sent(&addr, 400);
+    let took = served_in(&addr);
+    assert!(
+        took < Duration::from_secs(5),
+        "a normal client waited {took:?}"
+    );
+    drop(slow);
+    drop(server);
+    // With no room to grow (a hard limit of 256), half-sent requests are cut off after the
+    // header timeout, and the normal client is served then.
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _server) = serve_limited(
+        dir.path(),
+        "256:256",
+        &[("WHARF_SERVER_HEADER_TIMEOUT", "2s")],
+    );
+    let mut slow = half_sent(&addr, 400);
+    let took = served_in(&addr);
+    assert!(
+        took < Duration::from_secs(10),
+        "a normal client waited {took:?}"
+    );
+    // And the slow ones were closed by the server.
+    use std::io::Read;
+    let first = &mut slow[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = first.read_to_end(&mut buf);
+    assert!(
+        buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
