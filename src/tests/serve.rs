@@ -1053,3 +1053,26 @@ fn issue_13_slow_clients_do_not_lock_others_out() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+#[test]
+fn issue_13_docker_search_finds_repositories_in_wharf_serve() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let Some(d) = Dockerd::start() else { return };
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    seed_busybox(&format!("{a}/tools/busybox:1"));
+    seed_busybox(&format!("{a}/apps/web:1"));
+    let found = d
+        .docker(&["search", "--format", "{{.Name}}", &format!("{a}/busy")])
+        .ok();
+    assert_eq!(found.stdout.trim(), "tools/busybox", "{}", found.stderr);
+    let none = d.docker(&["search", &format!("{a}/nothing-like-it")]).ok();
+    assert_eq!(
+        none.stdout.lines().count(),
+        1,
+        "only the header: {}",
+        none.stdout
+    );
+}

@@ -1,5 +1,6 @@
 //! Listings: `GET /v2/<name>/tags/list`, `GET /v2/_catalog` (both with `n`/`last` and a `Link`
-//! header to the next page) and `GET /v2/<name>/referrers/<digest>` (with `artifactType`).
+//! header to the next page), `GET /v2/<name>/referrers/<digest>` (with `artifactType`) and
+//! docker's `GET /v1/search` (what `docker search` asks a registry).
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -118,4 +119,47 @@ pub async fn referrers(
             .insert("OCI-Filters-Applied", header_value("artifactType"));
     }
     Ok(resp)
+}
+
+/// docker's search API, `GET /v1/search?q=TERM&n=PAGE_SIZE&page=N` (page size 25 by default,
+/// at most 100, as Docker Hub's): repositories whose name contains the term, with their
+/// descriptions; stars, official and automated are always 0 and false here.
+pub async fn search(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
+    let number = |key: &str, default: u32| -> Result<u32, ApiError> {
+        match req.query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .map_err(|_| RequestError::PageSize(v.clone()).into()),
+        }
+    };
+    let query = req.query.get("q").map(String::as_str).unwrap_or_default();
+    let page_size = number("n", 25)?.clamp(1, 100);
+    let page = number("page", 1)?.max(1);
+    let (total, hits) = reg.search(query, page, page_size).await?;
+    let results: Vec<Value> = hits
+        .into_iter()
+        .map(|(name, description)| {
+            json!({
+                "name": name,
+                "description": description,
+                "star_count": 0,
+                "is_official": false,
+                "is_automated": false,
+            })
+        })
+        .collect();
+    let body = json!({
+        "num_results": total,
+        "query": query,
+        "page": page,
+        "page_size": page_size,
+        "num_pages": total.div_ceil(u64::from(page_size)),
+        "results": results,
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
 }

@@ -1,10 +1,10 @@
 //! HTTP: the routes of the OCI Distribution Spec v1.1 (and what docker, containerd, podman and
-//! skopeo expect of the Docker Registry HTTP API v2), `/healthz` and `/metrics`.
+//! skopeo expect of the Docker Registry HTTP API v2), docker's `/v1/search`, `/healthz` and
+//! `/metrics`.
 //!
 //! Repository names contain slashes, so everything under `/v2/` goes to one handler that reads
 //! the path from its end (`…/manifests/<ref>`, `…/blobs/uploads/<id>`, `…/tags/list`,
-//! `…/referrers/<digest>`) before
-//! validating the name.
+//! `…/referrers/<digest>`) before validating the name.
 
 mod blobs;
 pub mod error;
@@ -40,6 +40,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/v2/", get(base))
         .route("/v2", get(base))
         .route("/v2/{*path}", any(dispatch))
+        .route("/v1/search", get(search))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -94,6 +95,21 @@ async fn base() -> Response {
         "base",
         ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
     )
+}
+
+/// docker's `GET /v1/search`, which `docker search REGISTRY/TERM` asks.
+async fn search(State(reg): State<Registry>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let req = Req {
+        method: parts.method,
+        headers: parts.headers,
+        query,
+    };
+    let result = lists::search(&reg, &req).await;
+    named("search", result.unwrap_or_else(IntoResponse::into_response))
 }
 
 async fn healthz() -> Response {

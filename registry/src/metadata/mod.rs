@@ -24,6 +24,15 @@ pub enum MetadataError {
     Corrupt(String),
 }
 
+/// A repository a search found.
+#[derive(Clone, Debug)]
+pub struct SearchHit {
+    /// Its name.
+    pub name: String,
+    /// The manifest its most recently updated tag points at, if it has a tag.
+    pub manifest: Option<ManifestRecord>,
+}
+
 /// What unlinking a blob did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unlink {
@@ -193,6 +202,16 @@ pub trait Metadata: Send + Sync + 'static {
         n: u32,
         last: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, MetadataError>>;
+
+    /// Repositories holding a manifest whose name contains `query` (any case), sorted: how many
+    /// there are, and `limit` of them from `offset`, each with the manifest its most recently
+    /// updated tag points at (for a description).
+    fn search<'a>(
+        &'a self,
+        query: &'a str,
+        offset: u32,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<(u64, Vec<SearchHit>), MetadataError>>;
 
     /// Manifests in `repo` whose subject is `subject`.
     fn referrers<'a>(

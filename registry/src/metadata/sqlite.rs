@@ -16,7 +16,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use wharf_common::digest::Digest;
 
 use super::{
-    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, Unlink, UploadRecord, now,
+    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, SearchHit, Unlink,
+    UploadRecord, now,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -436,6 +437,56 @@ impl Metadata for SqliteMetadata {
         })
     }
 
+    fn search<'a>(
+        &'a self,
+        query: &'a str,
+        offset: u32,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<(u64, Vec<SearchHit>), MetadataError>> {
+        Box::pin(async move {
+            let total: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM repositories r WHERE instr(lower(r.name), lower(?1)) > 0
+                 AND r.id IN (SELECT m.repo_id FROM manifests m)",
+            )
+            .bind(query)
+            .fetch_one(&self.read)
+            .await?;
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT r.name FROM repositories r WHERE instr(lower(r.name), lower(?)) > 0
+                 AND r.id IN (SELECT m.repo_id FROM manifests m)
+                 ORDER BY r.name LIMIT ? OFFSET ?",
+            )
+            .bind(query)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.read)
+            .await?;
+            // Each with the manifest of its most recently updated tag, if it has one.
+            let mut hits = Vec::with_capacity(names.len());
+            for name in names {
+                let row = sqlx::query(
+                    "SELECT m.digest, m.media_type, m.content FROM tags t
+                     JOIN repositories r ON r.id = t.repo_id
+                     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
+                     WHERE r.name = ?1 ORDER BY t.updated_at DESC, t.name LIMIT 1",
+                )
+                .bind(&name)
+                .fetch_optional(&self.read)
+                .await?;
+                let manifest = match row {
+                    Some(r) => Some(ManifestRecord {
+                        digest: digest(r.get::<&str, _>(0))?,
+                        media_type: r.get(1),
+                        content: Bytes::from(r.get::<Vec<u8>, _>(2)),
+                    }),
+                    None => None,
+                };
+                hits.push(SearchHit { name, manifest });
+            }
+            Ok((u64::try_from(total).unwrap_or(0), hits))
+        })
+    }
+
     fn referrers<'a>(
         &'a self,
         repo: &'a str,
@@ -603,5 +654,68 @@ mod tests {
             meta.unlink_blob("r", &layer).await.unwrap(),
             Unlink::NotLinked
         );
+    }
+}
+
+#[cfg(test)]
+mod search_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn search_pages_by_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMetadata::open(&dir.path().join("registry.db"))
+            .await
+            .unwrap();
+        for (i, repo) in ["x-a", "x-b", "x-c"].iter().enumerate() {
+            let content = format!("{{\"n\":{i}}}");
+            let m = NewManifest {
+                repo: (*repo).into(),
+                digest: Digest::sha256(content.as_bytes()),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                content: Bytes::from(content.into_bytes()),
+                artifact_type: None,
+                subject: None,
+                annotations: None,
+                children: Vec::new(),
+                tag: Some("v1".into()),
+            };
+            meta.put_manifest(&m).await.unwrap();
+        }
+        // A second tag on the first repository: still one row for it.
+        let content = "{\"n\":9}";
+        meta.put_manifest(&NewManifest {
+            repo: "x-a".into(),
+            digest: Digest::sha256(content.as_bytes()),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: Bytes::from(content),
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            children: Vec::new(),
+            tag: Some("v2".into()),
+        })
+        .await
+        .unwrap();
+        // SQLite (3.51.3, bundled) returned x-a twice under LIMIT/OFFSET when the filter was an
+        // EXISTS over its two manifests; the filter is an IN now.
+        for (off, want) in [(0, "x-a"), (1, "x-b"), (2, "x-c")] {
+            let (_, h) = meta.search("X-", off, 1).await.unwrap();
+            assert_eq!(
+                h.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+                [want]
+            );
+        }
+        let page = meta.catalog(10, None).await.unwrap();
+        assert_eq!(
+            page.names,
+            ["x-a", "x-b", "x-c"],
+            "the catalog lists each once"
+        );
+        let (total, hits) = meta.search("X-", 2, 2).await.unwrap();
+        let names: Vec<_> = hits.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!((total, names), (3, vec!["x-c"]));
     }
 }

@@ -718,6 +718,65 @@ impl Registry {
         n.unwrap_or(max).min(max)
     }
 
+    /// Repositories whose name contains `query` (any case), for docker's `/v1/search`: how
+    /// many match, and page `page` (from 1) of `page_size`, each with a description: the
+    /// `org.opencontainers.image.description` annotation of the manifest its latest tag points
+    /// at, else that image's label of the same name.
+    pub async fn search(
+        &self,
+        query: &str,
+        page: u32,
+        page_size: u32,
+    ) -> Result<(u64, Vec<(String, String)>), ServiceError> {
+        let offset = page.saturating_sub(1).saturating_mul(page_size);
+        let (total, hits) = self.inner.meta.search(query, offset, page_size).await?;
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let description = match &hit.manifest {
+                Some(m) => self.description(&hit.name, m).await,
+                None => String::new(),
+            };
+            out.push((hit.name, description));
+        }
+        Ok((total, out))
+    }
+
+    /// An image's description: its manifest's annotation, else its config's label.
+    async fn description(&self, repo: &str, m: &ManifestRecord) -> String {
+        const KEY: &str = "org.opencontainers.image.description";
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.content) else {
+            return String::new();
+        };
+        if let Some(d) = v["annotations"][KEY].as_str() {
+            return d.to_owned();
+        }
+        let Some(config) = v["config"]["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok())
+        else {
+            return String::new();
+        };
+        let Ok(Some(size)) = self.inner.meta.repo_blob(repo, &config).await else {
+            return String::new();
+        };
+        // Configs are small; a large one is not read for a description.
+        if size > 1 << 20 {
+            return String::new();
+        }
+        let Ok(stream) = self.inner.storage.read(&config, 0, size).await else {
+            return String::new();
+        };
+        let bytes: Vec<u8> = futures_util::TryStreamExt::try_concat(
+            futures_util::TryStreamExt::map_ok(stream, |b| b.to_vec()),
+        )
+        .await
+        .unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|c| c["config"]["Labels"][KEY].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
     pub async fn referrers(
         &self,

@@ -517,3 +517,99 @@ mod pages_stop_at_the_limit_and_link_on {
         }
     }
 }
+
+// docker's search API (`docker search REGISTRY/TERM` asks `GET /v1/search?q=TERM&n=25`):
+// repositories whose name holds the term, any case, with their description (the latest tag's
+// `org.opencontainers.image.description` annotation, else the image's label of that name) and
+// docker's page fields. Distribution 2.8 has no search, so this runs on wharf alone.
+async fn search_finds_names_and_descriptions(t: &Target) -> Result<(), String> {
+    let api = Api::new(t)?;
+    let token = repo("search").replace("spec/search-", "srch");
+    let (labelled, annotated, plain) = (
+        format!("spec/{token}-labelled"),
+        format!("spec/{token}-annotated"),
+        format!("spec/{token}-plain"),
+    );
+    // A label in the config.
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"org.opencontainers.image.description": "from the label"}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .map_err(|e| e.to_string())?;
+    let layer = blob(100);
+    api.push_blob(&labelled, &config).await?;
+    api.push_blob(&labelled, &layer).await?;
+    api.push_manifest(
+        &labelled,
+        "v1",
+        OCI_MANIFEST,
+        &image_manifest(&config, &layer),
+    )
+    .await?;
+    // An annotation on the manifest, pushed after a tag without one: the latest tag counts.
+    let image = api.push_image(&annotated, "old").await?;
+    let mut m: Value = serde_json::from_slice(&image.manifest).map_err(|e| e.to_string())?;
+    m["annotations"] = json!({"org.opencontainers.image.description": "from the annotation"});
+    let m = serde_json::to_vec(&m).map_err(|e| e.to_string())?;
+    api.push_manifest(&annotated, "new", OCI_MANIFEST, &m)
+        .await?;
+    api.push_image(&plain, "v1").await?;
+
+    let resp = api
+        .get(&format!("/v1/search?q={}&n=25", token.to_uppercase()))
+        .await?;
+    resp.expect(200)?;
+    let body = resp.json()?;
+    ensure!(body["num_results"] == 3, "{body}");
+    ensure!(
+        body["page"] == 1 && body["page_size"] == 25 && body["num_pages"] == 1,
+        "{body}"
+    );
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    let found: Vec<(String, String)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_owned(),
+                r["description"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    ensure!(
+        found
+            == [
+                (annotated.clone(), "from the annotation".to_owned()),
+                (labelled.clone(), "from the label".to_owned()),
+                (plain.clone(), String::new()),
+            ],
+        "{found:?}"
+    );
+    ensure!(
+        results
+            .iter()
+            .all(|r| r["star_count"] == 0 && r["is_official"] == false),
+        "{body}"
+    );
+    // Pages of 2: the second holds the third name.
+    let resp = api.get(&format!("/v1/search?q={token}&n=2&page=2")).await?;
+    let body = resp.json()?;
+    ensure!(body["num_pages"] == 2, "{body}");
+    ensure!(
+        strings(&json!(body["results"].as_array().map(|a| {
+            a.iter().map(|r| r["name"].clone()).collect::<Vec<_>>()
+        }))) == [plain.clone()],
+        "{body}"
+    );
+    Ok(())
+}
+
+mod search_finds_names_and_descriptions {
+    #[tokio::test]
+    async fn wharf() {
+        if let Some(t) = crate::harness::wharf() {
+            crate::harness::expect_pass(t, super::search_finds_names_and_descriptions(t).await);
+        }
+    }
+}
