@@ -91,6 +91,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Show the history of an image
     History(HistoryArgs),
+    /// Search a registry for repositories (Docker Hub's index unless a registry is named)
+    Search(SearchArgs),
     /// Save images to a tar archive (docker-archive and OCI layout in one)
     Save(SaveArgs),
     /// Load images from a tar archive (docker or OCI; plain, gzip or zstd) or an OCI layout directory
@@ -471,6 +473,21 @@ pub struct HistoryArgs {
     /// Only show layer ids
     #[arg(short, long)]
     pub quiet: bool,
+    /// Output format: table, or json (one JSON object per line)
+    #[arg(long, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for, in a registry's repository names: TERM (Docker Hub) or REGISTRY/TERM
+    pub term: String,
+    /// Most results to show
+    #[arg(long, default_value_t = 25)]
+    pub limit: u32,
+    /// Do not truncate descriptions
+    #[arg(long)]
+    pub no_trunc: bool,
     /// Output format: table, or json (one JSON object per line)
     #[arg(long, default_value = "table")]
     pub format: OutputFormat,

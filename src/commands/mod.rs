@@ -12,6 +12,7 @@ pub(crate) mod push;
 mod rmi;
 mod run;
 pub(crate) mod save;
+mod search;
 mod serve;
 mod tag;
 mod util;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rmi(a) => rmi::run(&ctx, a).await,
         Command::Inspect(a) => inspect::run(&ctx, a).await,
         Command::History(a) => history::run(&ctx, a).await,
+        Command::Search(a) => search::run(&ctx, a).await,
         Command::Save(a) => save::run(&ctx, a).await,
         Command::Load(a) => load::run(&ctx, a).await,
         Command::Import(a) => import::run(&ctx, a).await,

@@ -1076,3 +1076,45 @@ fn issue_13_docker_search_finds_repositories_in_wharf_serve() {
         none.stdout
     );
 }
+
+#[test]
+fn issue_13_wharf_search_asks_the_search_api_or_reads_the_catalog() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let w = Wharf::new();
+    // wharf serve has docker's search API.
+    let serve = WharfServe::start();
+    let a = &serve.addr;
+    seed_busybox(&format!("{a}/tools/busybox:1"));
+    seed_busybox(&format!("{a}/apps/web:1"));
+    let r = w.run(&["search", &format!("{a}/BUSY")]).ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("DESCRIPTION"),
+        "{}",
+        r.stdout
+    );
+    assert!(lines[1].starts_with("tools/busybox"), "{}", r.stdout);
+    let r = w
+        .run(&["search", "--format", "json", &format!("{a}/web")])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["Name"], "apps/web");
+    // Distribution has none: its catalog, filtered here.
+    let Some(reg) = Distribution::start() else {
+        return;
+    };
+    let d = &reg.addr;
+    seed_busybox(&format!("{d}/tools/busybox:1"));
+    seed_busybox(&format!("{d}/apps/web:1"));
+    let r = w.run(&["search", &format!("{d}/busy")]).ok();
+    let names: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["tools/busybox"], "{}", r.stdout);
+}

@@ -274,6 +274,46 @@ impl Client {
         Ok(e)
     }
 
+    /// `GET` of `path_and_query` on `domain`'s registry host (or `host` when given: Docker
+    /// Hub's index is not its registry), reached as its repositories are (scheme, TLS), without
+    /// credentials: the status, the `Link` header's next URL (absolute) and the body, read
+    /// capped at 4 MiB. For endpoints outside a repository (`/v1/search`, `/v2/_catalog`).
+    pub async fn get_anonymous(
+        &self,
+        domain: &str,
+        host: Option<&str>,
+        path_and_query: &str,
+    ) -> Result<(u16, Option<String>, Vec<u8>), ClientError> {
+        let endpoint = self.endpoint(domain).await?;
+        let host = host.unwrap_or_else(|| api_host(domain));
+        let url = if path_and_query.starts_with("http://") || path_and_query.starts_with("https://")
+        {
+            path_and_query.to_owned()
+        } else {
+            format!("{}://{host}{path_and_query}", endpoint.scheme)
+        };
+        let resp = endpoint
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.split(';').next())
+            .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>'))
+            .and_then(|l| url::Url::parse(&url).ok()?.join(l).ok())
+            .map(|u| u.to_string());
+        let body = read_capped(resp, MANIFEST_LIMIT, &url, "a listing", false).await?;
+        Ok((status, next, body.to_vec()))
+    }
+
     /// The scheme used for `domain` (decided once per client).
     pub async fn scheme(&self, domain: &str) -> Result<&'static str, ClientError> {
         Ok(self.endpoint(domain).await?.scheme)
