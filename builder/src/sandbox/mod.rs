@@ -1,11 +1,11 @@
 //! wharf's own sandbox: runs one command in a root directory (or an overlay it mounts) inside
 //! new mount, PID, UTS, IPC and network namespaces (the network reached through slirp4netns,
-//! see [`nat`], or loopback only; the host's only with [`Network::Host`]),
+//! see `nat.rs`, or loopback only; the host's only with [`Network::Host`]),
 //! entered by `pivot_root`, with a fresh /proc, a minimal /dev, docker's masked and read-only
 //! /proc paths, docker's default capability set, `no_new_privs`, and a PID 1 that reaps
 //! children and forwards signals. No daemon and no runtime binary: the parent prepares every
 //! string and file descriptor, then `clone(2)`s a child that only makes system calls (it must
-//! not allocate: the parent is multi-threaded), see [`child`].
+//! not allocate: the parent is multi-threaded), see `child.rs`.
 //!
 //! With [`Spec::init`] (RUN, `run --init`) the container's PID 1 is a copy of this process that
 //! never `exec`s: it reaps orphans and passes signals on to the command. It makes itself
@@ -133,7 +133,7 @@ pub struct Spec {
     /// under it (RUN; `run --init`); otherwise the command is PID 1, as `docker run` has it.
     pub init: bool,
     /// Give the command a terminal of the sandbox's own devpts as its standard streams (and
-    /// controlling terminal); its master side is [`Running::terminal`]. The three streams
+    /// controlling terminal); its master side is [`Running::take_terminal`]. The three streams
     /// above are then unused.
     pub tty: bool,
     /// Filter the command's system calls with docker's default seccomp profile (off only for
