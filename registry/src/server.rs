@@ -57,6 +57,105 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// An HTTP/2 connection preface: a connection whose first bytes could still become one is not
+/// yet a request hyper times.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection that must show, before a deadline, bytes that start an HTTP/1 request (or a
+/// whole HTTP/2 preface): hyper's header timer starts only once it has a request's first byte
+/// that is not part of a preface, so a client sending nothing, or half a preface, would hold
+/// its connection forever.
+struct FirstBytes<IO> {
+    io: IO,
+    /// Preface bytes matched so far; `None` once the connection showed what it is.
+    seen: Option<usize>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<IO> FirstBytes<IO> {
+    fn new(io: IO, within: Duration) -> Self {
+        FirstBytes {
+            io,
+            seen: Some(0),
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Some(matched) = self.seen {
+            if let Poll::Ready(Ok(())) = &polled {
+                let new = &buf.filled()[before..];
+                let mut m = matched;
+                let mut decided = new.is_empty();
+                for b in new {
+                    if m >= H2_PREFACE.len() || H2_PREFACE[m] != *b {
+                        decided = true;
+                        break;
+                    }
+                    m += 1;
+                }
+                self.seen = if decided || m >= H2_PREFACE.len() {
+                    None
+                } else {
+                    Some(m)
+                };
+            }
+            if self.seen.is_some() && self.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header timeout",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytes<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// The most a request's line and headers may take, in bytes.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
@@ -127,23 +226,24 @@ pub async fn serve(
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // A request line and headers fit in 64 KiB (distribution's Go server allows 1 MiB
             // of headers; hyper's default is ~400 KiB): more is refused before it is parsed.
+            // The header timer runs from the moment hyper waits for a request, an idle
+            // keep-alive connection's next one included.
             builder
                 .http1()
                 .max_buf_size(MAX_HEAD_BYTES)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(timeouts.header);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(timeouts.header))
+                .keep_alive_timeout(timeouts.header);
             let result = match acceptor {
                 None => {
-                    // The first byte within the header timeout: hyper's own timer starts only
-                    // once the HTTP version is known, which takes a byte.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(timeouts.header, stream.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            tracing::debug!(%peer, "no request within the header timeout");
-                            return;
-                        }
-                    }
+                    // HTTP/1 only in the clear, as docker, containerd and distribution speak
+                    // it: no sniffing for an HTTP/2 preface, which had no deadline.
+                    let builder = builder.http1_only();
+                    let stream = FirstBytes::new(stream, timeouts.header);
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
@@ -158,6 +258,13 @@ pub async fn serve(
                             ))
                         }) {
                         Ok(tls) => {
+                            // The version ALPN chose, so nothing is sniffed without a deadline.
+                            let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                builder.http2_only()
+                            } else {
+                                builder.http1_only()
+                            };
+                            let tls = FirstBytes::new(tls, timeouts.header);
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                             watcher.watch(conn.into_owned()).await

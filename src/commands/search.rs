@@ -56,13 +56,16 @@ pub async fn run(ctx: &Ctx, args: SearchArgs) -> anyhow::Result<ExitCode> {
         .get_anonymous(registry, index, &path)
         .await
         .with_context(|| format!("searching {registry}"))?;
-    let found = match status {
-        200 => from_search(&body).with_context(|| format!("{registry}'s search answer"))?,
-        404 | 405 if index.is_none() => from_catalog(&client, registry, term, limit).await?,
-        401 | 403 => anyhow::bail!(
+    // A registry (not Docker Hub) whose answer is not a search result has no search API: its
+    // catalog is read instead.
+    let found = match (status, from_search(&body)) {
+        (401 | 403, _) => anyhow::bail!(
             "{registry} answered {status} to an anonymous search: it shows its repositories only to users it knows"
         ),
-        other => anyhow::bail!("{registry} answered {other} to {path}"),
+        (200, Ok(found)) => found,
+        _ if index.is_none() => from_catalog(&client, registry, term, limit).await?,
+        (200, Err(e)) => return Err(e.context(format!("{registry}'s search answer"))),
+        (other, _) => anyhow::bail!("{registry} answered {other} to {path}"),
     };
     let found: Vec<Found> = found.into_iter().take(limit as usize).collect();
     match args.format {

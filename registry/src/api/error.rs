@@ -135,6 +135,9 @@ pub enum RequestError {
     /// A digest in the path or query does not parse.
     #[error(transparent)]
     Digest(#[from] wharf_common::digest::DigestError),
+    /// A query string that does not parse.
+    #[error("the query string {0:?} does not parse")]
+    Query(String),
     /// Completing an upload without `?digest=`.
     #[error("completing an upload needs ?digest=<digest>")]
     NoDigest,
@@ -326,6 +329,9 @@ impl From<RequestError> for ApiError {
             }
             // Distribution answers PAGINATION_NUMBER_INVALID, which is not among the spec's
             // codes; clients only need the 400.
+            RequestError::Query(_) => {
+                ApiError::new(C::Unsupported, detail).with_status(StatusCode::BAD_REQUEST)
+            }
             RequestError::PageSize(_) => {
                 ApiError::new(C::Unsupported, detail).with_status(StatusCode::BAD_REQUEST)
             }

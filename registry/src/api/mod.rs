@@ -100,9 +100,17 @@ async fn base() -> Response {
 /// docker's `GET /v1/search`, which `docker search REGISTRY/TERM` asks.
 async fn search(State(reg): State<Registry>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
-    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
+    // A query that does not parse is refused: read as empty, it would match everything.
+    let query = match Query::<HashMap<String, String>>::try_from_uri(&parts.uri) {
+        Ok(q) => q.0,
+        Err(_) => {
+            let raw = parts.uri.query().unwrap_or_default().to_owned();
+            return named(
+                "search",
+                ApiError::from(RequestError::Query(raw)).into_response(),
+            );
+        }
+    };
     let req = Req {
         method: parts.method,
         headers: parts.headers,

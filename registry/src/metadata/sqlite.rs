@@ -92,6 +92,14 @@ async fn link(
     Ok(())
 }
 
+/// Milliseconds since the epoch: when a tag was last pointed (so "the latest tag" is told apart
+/// within a second; rows written before kept seconds, which are older by any measure).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn page(mut names: Vec<String>, n: u32) -> Page {
     let more = names.len() > n as usize;
     names.truncate(n as usize);
@@ -289,7 +297,7 @@ impl Metadata for SqliteMetadata {
                 .bind(id)
                 .bind(tag)
                 .bind(m.digest.as_str())
-                .bind(t)
+                .bind(now_ms())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -425,8 +433,8 @@ impl Metadata for SqliteMetadata {
             // a manifest or a blob.
             let names: Vec<String> = sqlx::query_scalar(
                 "SELECT r.name FROM repositories r WHERE r.name > ?1
-                 AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)
-                      OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = r.id))
+                 AND r.id IN (SELECT m.repo_id FROM manifests m
+                              UNION SELECT b.repo_id FROM repo_blobs b)
                  ORDER BY r.name LIMIT ?2",
             )
             .bind(last.unwrap_or(""))
@@ -709,6 +717,18 @@ mod search_tests {
             );
         }
         let page = meta.catalog(10, None).await.unwrap();
+        // Paging by one: every name once, in order, `more` until the last.
+        let mut last: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let page = meta.catalog(1, last.as_deref()).await.unwrap();
+            seen.extend(page.names.clone());
+            last = page.names.last().cloned();
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, ["x-a", "x-b", "x-c"]);
         assert_eq!(
             page.names,
             ["x-a", "x-b", "x-c"],

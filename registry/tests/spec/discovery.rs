@@ -548,12 +548,13 @@ async fn search_finds_names_and_descriptions(t: &Target) -> Result<(), String> {
         &image_manifest(&config, &layer),
     )
     .await?;
-    // An annotation on the manifest, pushed after a tag without one: the latest tag counts.
-    let image = api.push_image(&annotated, "old").await?;
+    // An annotation on the manifest, pushed after a tag without one: the latest tag counts
+    // (the older tag's name sorts first, so a tie broken by name would pick it).
+    let image = api.push_image(&annotated, "a-old").await?;
     let mut m: Value = serde_json::from_slice(&image.manifest).map_err(|e| e.to_string())?;
     m["annotations"] = json!({"org.opencontainers.image.description": "from the annotation"});
     let m = serde_json::to_vec(&m).map_err(|e| e.to_string())?;
-    api.push_manifest(&annotated, "new", OCI_MANIFEST, &m)
+    api.push_manifest(&annotated, "z-new", OCI_MANIFEST, &m)
         .await?;
     api.push_image(&plain, "v1").await?;
 
