@@ -92,6 +92,10 @@ async fn link(
     Ok(())
 }
 
+/// The largest manifest a search reads for a description (an image manifest or an index with
+/// its annotations is a few KiB): one request reads at most 100 of them.
+const SEARCH_MANIFEST_MAX: i64 = 64 << 10;
+
 /// Milliseconds since the epoch: when a tag was last pointed (so "the latest tag" is told apart
 /// within a second; rows written before kept seconds, which are older by any measure).
 fn now_ms() -> i64 {
@@ -473,20 +477,26 @@ impl Metadata for SqliteMetadata {
             let mut hits = Vec::with_capacity(names.len());
             for name in names {
                 let row = sqlx::query(
-                    "SELECT m.digest, m.media_type, m.content FROM tags t
+                    "SELECT m.digest, m.media_type,
+                     CASE WHEN length(m.content) <= ?2 THEN m.content END FROM tags t
                      JOIN repositories r ON r.id = t.repo_id
                      JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
                      WHERE r.name = ?1 ORDER BY t.updated_at DESC, t.name LIMIT 1",
                 )
                 .bind(&name)
+                .bind(SEARCH_MANIFEST_MAX)
                 .fetch_optional(&self.read)
                 .await?;
+                // The latest tag's manifest; none when it is too large to read for this.
                 let manifest = match row {
-                    Some(r) => Some(ManifestRecord {
-                        digest: digest(r.get::<&str, _>(0))?,
-                        media_type: r.get(1),
-                        content: Bytes::from(r.get::<Vec<u8>, _>(2)),
-                    }),
+                    Some(r) => match r.get::<Option<Vec<u8>>, _>(2) {
+                        Some(content) => Some(ManifestRecord {
+                            digest: digest(r.get::<&str, _>(0))?,
+                            media_type: r.get(1),
+                            content: Bytes::from(content),
+                        }),
+                        None => None,
+                    },
                     None => None,
                 };
                 hits.push(SearchHit { name, manifest });

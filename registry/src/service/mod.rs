@@ -759,8 +759,9 @@ impl Registry {
         let Ok(Some(size)) = self.inner.meta.repo_blob(repo, &config).await else {
             return String::new();
         };
-        // Configs are small; a large one is not read for a description.
-        if size > 1 << 20 {
+        // Configs are a few KiB; a large one is not read for a description (a search reads
+        // up to 100 of them).
+        if size > 64 << 10 {
             return String::new();
         }
         let Ok(stream) = self.inner.storage.read(&config, 0, size).await else {

@@ -557,13 +557,20 @@ async fn search_finds_names_and_descriptions(t: &Target) -> Result<(), String> {
     api.push_manifest(&annotated, "z-new", OCI_MANIFEST, &m)
         .await?;
     api.push_image(&plain, "v1").await?;
+    // A manifest over 64 KiB is not read for a description (one search reads up to 100).
+    let huge = format!("spec/{token}-zhuge");
+    let image = api.push_image(&huge, "v1").await?;
+    let mut m: Value = serde_json::from_slice(&image.manifest).map_err(|e| e.to_string())?;
+    m["annotations"] = json!({"org.opencontainers.image.description": "x".repeat(70 << 10)});
+    let m = serde_json::to_vec(&m).map_err(|e| e.to_string())?;
+    api.push_manifest(&huge, "v2", OCI_MANIFEST, &m).await?;
 
     let resp = api
         .get(&format!("/v1/search?q={}&n=25", token.to_uppercase()))
         .await?;
     resp.expect(200)?;
     let body = resp.json()?;
-    ensure!(body["num_results"] == 3, "{body}");
+    ensure!(body["num_results"] == 4, "{body}");
     ensure!(
         body["page"] == 1 && body["page_size"] == 25 && body["num_pages"] == 1,
         "{body}"
@@ -584,6 +591,7 @@ async fn search_finds_names_and_descriptions(t: &Target) -> Result<(), String> {
                 (annotated.clone(), "from the annotation".to_owned()),
                 (labelled.clone(), "from the label".to_owned()),
                 (plain.clone(), String::new()),
+                (huge.clone(), String::new()),
             ],
         "{found:?}"
     );
@@ -593,14 +601,14 @@ async fn search_finds_names_and_descriptions(t: &Target) -> Result<(), String> {
             .all(|r| r["star_count"] == 0 && r["is_official"] == false),
         "{body}"
     );
-    // Pages of 2: the second holds the third name.
+    // Pages of 2: the second holds the third and the fourth name.
     let resp = api.get(&format!("/v1/search?q={token}&n=2&page=2")).await?;
     let body = resp.json()?;
     ensure!(body["num_pages"] == 2, "{body}");
     ensure!(
         strings(&json!(body["results"].as_array().map(|a| {
             a.iter().map(|r| r["name"].clone()).collect::<Vec<_>>()
-        }))) == [plain.clone()],
+        }))) == [plain.clone(), huge.clone()],
         "{body}"
     );
     Ok(())
