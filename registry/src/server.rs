@@ -219,7 +219,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers see where a request came from (the audit log names it).
+        let app = app.clone().layer(axum::Extension(crate::api::Peer(peer)));
+        let service = TowerToHyperService::new(app);
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

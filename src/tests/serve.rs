@@ -1129,3 +1129,43 @@ fn issue_13_wharf_search_asks_the_search_api_or_reads_the_catalog() {
         .collect();
     assert_eq!(names, ["tools/busybox"], "{}", r.stdout);
 }
+
+#[test]
+fn issue_13_pushes_and_deletes_leave_audit_lines() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(&config, "[storage]\ndelete = true\n").unwrap();
+    let serve = WharfServe::start_with(&["--config", config.to_str().unwrap()]);
+    let a = &serve.addr;
+    seed_busybox(&format!("{a}/tools/busybox:1"));
+    let digest = skopeo_inspect(&format!("{a}/tools/busybox:1"))["Digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, _) = http(
+        a,
+        "DELETE",
+        &format!("/v2/tools/busybox/manifests/{digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    let log = serve.log();
+    let audit = |action: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("wharf::audit") && l.contains(&format!("action=\"{action}\"")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let pushed = audit("push+tag");
+    assert_eq!(pushed.len(), 1, "{log}");
+    for want in ["anonymous", "127.0.0.1", "tools/busybox", &digest] {
+        assert!(pushed[0].contains(want), "{want} not in {}", pushed[0]);
+    }
+    let deleted = audit("delete");
+    assert_eq!(deleted.len(), 1, "{log}");
+    assert!(deleted[0].contains(&digest), "{}", deleted[0]);
+}

@@ -111,10 +111,12 @@ async fn search(State(reg): State<Registry>, req: Request) -> Response {
             );
         }
     };
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0);
     let req = Req {
         method: parts.method,
         headers: parts.headers,
         query,
+        peer,
     };
     let result = lists::search(&reg, &req).await;
     named("search", result.unwrap_or_else(IntoResponse::into_response))
@@ -220,6 +222,28 @@ struct Req {
     method: Method,
     headers: HeaderMap,
     query: HashMap<String, String>,
+    /// Where the request came from, when the server knows it.
+    peer: Option<std::net::SocketAddr>,
+}
+
+/// The client address of a connection, added to its requests by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// One audit log line (target `wharf::audit`): who did what to which repository, from where.
+/// Until the registry authenticates users, everyone is `anonymous`.
+fn audit(action: &'static str, repo: &Repository, reference: &str, digest: &str, req: &Req) {
+    let client = req.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "wharf::audit",
+        action,
+        user = "anonymous",
+        client = %client,
+        repo = repo.as_str(),
+        reference,
+        digest,
+        "audit"
+    );
 }
 
 impl Req {
@@ -246,10 +270,12 @@ async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0);
     let req = Req {
         method: parts.method,
         headers: parts.headers,
         query,
+        peer,
     };
     let result = handle(&reg, &route, req, body).await;
     named(name, result.unwrap_or_else(IntoResponse::into_response))
@@ -276,12 +302,30 @@ async fn handle(
         Route::Manifest(_, r) if m == Method::GET || m == Method::HEAD => {
             manifests::get(reg, repo, r, m == Method::HEAD).await
         }
-        Route::Manifest(_, r) if m == Method::PUT => manifests::put(reg, repo, r, &req, body).await,
-        Route::Manifest(_, r) if m == Method::DELETE => manifests::delete(reg, repo, r).await,
+        Route::Manifest(_, r) if m == Method::PUT => {
+            let resp = manifests::put(reg, repo, r, &req, body).await?;
+            let digest = resp
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let action = if r.contains(':') { "push" } else { "push+tag" };
+            audit(action, repo, r, digest, &req);
+            Ok(resp)
+        }
+        Route::Manifest(_, r) if m == Method::DELETE => {
+            let resp = manifests::delete(reg, repo, r).await?;
+            audit("delete", repo, r, "", &req);
+            Ok(resp)
+        }
         Route::Blob(_, d) if m == Method::GET || m == Method::HEAD => {
             blobs::get(reg, repo, d, &req).await
         }
-        Route::Blob(_, d) if m == Method::DELETE => blobs::delete(reg, repo, d).await,
+        Route::Blob(_, d) if m == Method::DELETE => {
+            let resp = blobs::delete(reg, repo, d).await?;
+            audit("delete blob", repo, d, d, &req);
+            Ok(resp)
+        }
         Route::UploadStart(_) if m == Method::POST => uploads::start(reg, repo, &req, body).await,
         Route::Upload(_, id) => {
             // An id of another form names no session, like one that expired.
