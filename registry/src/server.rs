@@ -156,6 +156,35 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytes<IO>
     }
 }
 
+/// The router, with each request told its connection's client address (`api::Peer`): one
+/// extension per request instead of a router wrapped per connection.
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: std::net::SocketAddr,
+}
+
+impl<B> tower_service::Service<axum::http::Request<B>> for WithPeer
+where
+    Router: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = <Router as tower_service::Service<axum::http::Request<B>>>::Response;
+    type Error = <Router as tower_service::Service<axum::http::Request<B>>>::Error;
+    type Future = <Router as tower_service::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<axum::http::Request<B>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(crate::api::Peer(self.peer));
+        self.app.call(req)
+    }
+}
+
 /// The most a request's line and headers may take, in bytes.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
@@ -220,8 +249,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // Handlers see where a request came from (the audit log names it).
-        let app = app.clone().layer(axum::Extension(crate::api::Peer(peer)));
-        let service = TowerToHyperService::new(app);
+        let service = TowerToHyperService::new(WithPeer {
+            app: app.clone(),
+            peer,
+        });
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

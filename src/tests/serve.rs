@@ -895,13 +895,10 @@ fn issue_13_the_registry_root_comes_from_its_own_settings() {
             .envs(env.iter().copied())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
+        run_output(out)
+            .ok()
+            .stdout
+            .lines()
             .find_map(|l| l.strip_prefix("root = "))
             .map(|r| r.trim_matches('"').to_owned())
             .unwrap()

@@ -147,6 +147,15 @@ pub(crate) async fn read_capped(
     Ok(Bytes::from(buf))
 }
 
+/// The target of a response's `Link: <…>; rel="next"` header, as written (relative or not).
+fn next_link(resp: &reqwest::Response) -> Option<&str> {
+    resp.headers()
+        .get(reqwest::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.split(';').next())
+        .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>'))
+}
+
 fn host_without_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
@@ -302,12 +311,7 @@ impl Client {
                 source,
             })?;
         let status = resp.status().as_u16();
-        let next = resp
-            .headers()
-            .get(reqwest::header::LINK)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|l| l.split(';').next())
-            .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>'))
+        let next = next_link(&resp)
             .and_then(|l| url::Url::parse(&url).ok()?.join(l).ok())
             .map(|u| u.to_string());
         let body = read_capped(resp, MANIFEST_LIMIT, &url, "a listing", false).await?;
@@ -944,17 +948,7 @@ impl Repository {
             if !resp.status().is_success() {
                 return Err(self.error_from("GET", &url, resp).await);
             }
-            let next = resp
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split(';').next())
-                .map(|l| {
-                    l.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_owned()
-                });
+            let next = next_link(&resp).map(str::to_owned);
             let body = read_capped(resp, MANIFEST_LIMIT, &url, "a tag list page", false).await?;
             let page: Tags = serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
                 url: url.clone(),

@@ -111,14 +111,11 @@ async fn search(State(reg): State<Registry>, req: Request) -> Response {
             );
         }
     };
-    let peer = parts.extensions.get::<Peer>().map(|p| p.0);
-    let req = Req {
-        method: parts.method,
-        headers: parts.headers,
-        query,
-        peer,
-    };
-    let result = lists::search(&reg, &req).await;
+    let result = lists::search(
+        &reg,
+        &Req::new(parts.method, parts.headers, &parts.extensions, query),
+    )
+    .await;
     named("search", result.unwrap_or_else(IntoResponse::into_response))
 }
 
@@ -247,6 +244,21 @@ fn audit(action: &'static str, repo: &Repository, reference: &str, digest: &str,
 }
 
 impl Req {
+    /// A request's method, headers, parsed query and the client address the server recorded.
+    fn new(
+        method: Method,
+        headers: HeaderMap,
+        extensions: &axum::http::Extensions,
+        query: HashMap<String, String>,
+    ) -> Req {
+        Req {
+            method,
+            headers,
+            query,
+            peer: extensions.get::<Peer>().map(|p| p.0),
+        }
+    }
+
     fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -270,14 +282,13 @@ async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
-    let peer = parts.extensions.get::<Peer>().map(|p| p.0);
-    let req = Req {
-        method: parts.method,
-        headers: parts.headers,
-        query,
-        peer,
-    };
-    let result = handle(&reg, &route, req, body).await;
+    let result = handle(
+        &reg,
+        &route,
+        Req::new(parts.method, parts.headers, &parts.extensions, query),
+        body,
+    )
+    .await;
     named(name, result.unwrap_or_else(IntoResponse::into_response))
 }
 
