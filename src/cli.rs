@@ -367,12 +367,25 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Users file (bcrypt, as `htpasswd -B` writes it): turns authentication on
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// How clients authenticate: docker's token flow or basic credentials on every request
+    /// [default: token]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth_mode: Option<AuthModeArg>,
     /// Print the resolved configuration as TOML and exit
     #[arg(long)]
     pub show_config: bool,
     /// Log lines as text or JSON
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthModeArg {
+    Token,
+    Basic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,6 +25,155 @@ pub struct RegistryConfig {
     pub uploads: UploadConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// Authentication and per-repository access; without it the registry is open to anyone
+    /// who can reach it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Docker's token authentication: `/v2/` challenges with `Bearer`, and clients fetch a
+    /// signed token from wharf's token service (or from an external one being trusted).
+    #[default]
+    Token,
+    /// HTTP basic credentials on every request (distribution's htpasswd mode).
+    Basic,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `token` (the default) or `basic`.
+    pub mode: AuthMode,
+    /// The users file, as `htpasswd -B` writes it (bcrypt only); re-read when it changes.
+    pub htpasswd: Option<PathBuf>,
+    /// The token service's URL that challenges name; by default `/token` on the host and
+    /// scheme the client used. Required when an external token server is trusted.
+    pub realm: Option<String>,
+    /// The service name tokens are issued for (their audience).
+    pub service: String,
+    /// The issuer written in (and required of) tokens.
+    pub issuer: String,
+    /// The key tokens are signed with: a PEM PKCS#8 P-256 (ES256) or RSA (RS256) key. By
+    /// default a P-256 key is generated on first start and kept as `<root>/auth/token-key.pem`.
+    pub token_key: Option<PathBuf>,
+    /// How long an access token is valid.
+    #[serde(with = "duration")]
+    pub token_expiry: Duration,
+    /// How long a refresh token (what `docker login` keeps) is valid.
+    #[serde(with = "duration")]
+    pub refresh_expiry: Duration,
+    /// An external token server's certificates (PEM): tokens signed by their keys are
+    /// trusted, and wharf issues none itself.
+    pub trust_certificates: Option<PathBuf>,
+    /// An external token server's keys as a JWKS file, instead of (or beside) certificates.
+    pub trust_jwks: Option<PathBuf>,
+    /// How long a verified password is remembered (then bcrypt runs again).
+    #[serde(with = "duration")]
+    pub password_cache: Duration,
+    /// Groups of users, for rules: `ci = ["robot", "builder"]`.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Who may do what where. Without rules every authenticated user may pull, push and
+    /// delete everywhere and anonymous clients nothing.
+    pub rules: Vec<AccessRule>,
+}
+
+/// One `[[auth.rules]]`: the users and groups it is for may do `actions` in repositories
+/// matching `repos`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Repository patterns; `*` matches any run of characters, `/` included.
+    pub repos: Vec<String>,
+    /// User names; `*` is every authenticated user, `anonymous` a client without credentials.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names from `[auth.groups]`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Some of `pull`, `push`, `delete`, or `*` for all three.
+    pub actions: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Token,
+            htpasswd: None,
+            realm: None,
+            service: "wharf".into(),
+            issuer: "wharf".into(),
+            token_key: None,
+            token_expiry: Duration::from_secs(300),
+            refresh_expiry: Duration::from_secs(30 * 86400),
+            trust_certificates: None,
+            trust_jwks: None,
+            password_cache: Duration::from_secs(300),
+            groups: Default::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether tokens come from an external server this registry trusts.
+    pub fn external(&self) -> bool {
+        self.trust_certificates.is_some() || self.trust_jwks.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.token_expiry.is_zero() || self.refresh_expiry.is_zero() {
+            return bad("auth.token_expiry and auth.refresh_expiry must be above 0".into());
+        }
+        match (self.mode, self.external()) {
+            (AuthMode::Basic, true) => {
+                return bad("auth.trust_certificates/trust_jwks go with mode = \"token\"".into());
+            }
+            (_, true) if self.realm.is_none() => {
+                return bad(
+                    "auth.realm must name the external token server when it is trusted".into(),
+                );
+            }
+            (_, true) if self.htpasswd.is_some() => {
+                return bad(
+                    "auth.htpasswd and an external token server exclude each other: the external server checks passwords".into(),
+                );
+            }
+            (_, false) if self.htpasswd.is_none() => {
+                return bad("auth.htpasswd must name the users file".into());
+            }
+            _ => {}
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let n = i + 1;
+            if rule.repos.is_empty() || rule.actions.is_empty() {
+                return bad(format!("auth.rules #{n} needs repos and actions"));
+            }
+            if rule.users.is_empty() && rule.groups.is_empty() {
+                return bad(format!("auth.rules #{n} names no users or groups"));
+            }
+            if let Some(a) = rule
+                .actions
+                .iter()
+                .find(|a| !matches!(a.as_str(), "pull" | "push" | "delete" | "*"))
+            {
+                return bad(format!(
+                    "auth.rules #{n}: unknown action {a:?} (pull, push, delete or *)"
+                ));
+            }
+            if let Some(g) = rule.groups.iter().find(|g| !self.groups.contains_key(*g)) {
+                return bad(format!(
+                    "auth.rules #{n}: group {g:?} is not defined in [auth.groups]"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`
@@ -89,6 +238,7 @@ impl Default for RegistryConfig {
             storage: StorageConfig::default(),
             uploads: UploadConfig::default(),
             limits: LimitsConfig::default(),
+            auth: None,
         }
     }
 }
@@ -189,6 +339,10 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`
     pub tls_key: Option<PathBuf>,
+    /// `--htpasswd`: turns authentication on with this users file.
+    pub htpasswd: Option<PathBuf>,
+    /// `--auth-mode`
+    pub auth_mode: Option<AuthMode>,
 }
 
 impl RegistryConfig {
@@ -271,6 +425,15 @@ impl RegistryConfig {
         if cli.tls_key.is_some() {
             config.server.tls_key.clone_from(&cli.tls_key);
         }
+        if cli.htpasswd.is_some() || cli.auth_mode.is_some() {
+            let auth = config.auth.get_or_insert_with(AuthConfig::default);
+            if cli.htpasswd.is_some() {
+                auth.htpasswd.clone_from(&cli.htpasswd);
+            }
+            if let Some(m) = cli.auth_mode {
+                auth.mode = m;
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -309,6 +472,9 @@ impl RegistryConfig {
                 "server.header_timeout must be above 0".into(),
             ));
         }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         if self.uploads.purge_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "uploads.purge_interval must be above 0".into(),
@@ -323,7 +489,7 @@ impl RegistryConfig {
     }
 }
 
-const SECTIONS: [&str; 4] = ["server", "storage", "uploads", "limits"];
+const SECTIONS: [&str; 5] = ["server", "storage", "uploads", "limits", "auth"];
 
 enum Kind {
     Int,
@@ -337,6 +503,11 @@ fn setting_kind(section: &str, key: &str) -> Option<Kind> {
         ("storage", "delete") => Some(Kind::Bool),
         ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout" | "header_timeout")
         | ("storage", "root")
+        | (
+            "auth",
+            "mode" | "htpasswd" | "realm" | "service" | "issuer" | "token_key" | "token_expiry"
+            | "refresh_expiry" | "trust_certificates" | "trust_jwks" | "password_cache",
+        )
         | ("uploads", "max_age" | "purge_interval") => Some(Kind::Text),
         _ => None,
     }

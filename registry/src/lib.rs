@@ -5,6 +5,7 @@
 //! validation, tags, referrers) → [`storage`] (blob bytes) and [`metadata`] (the only SQL).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod metadata;
 pub mod metrics;
@@ -42,6 +43,9 @@ pub enum RunError {
         /// The other server's pid, as it wrote it in the lock file.
         pid: Option<u32>,
     },
+    /// The users file or a token key cannot be used.
+    #[error("setting up authentication")]
+    Auth(#[from] auth::AuthError),
     /// The listener or TLS setup failed.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
@@ -97,6 +101,14 @@ pub async fn run(
         _ => None,
     };
     let _lock = lock_root(&config.storage.root)?;
+    let auth = match &config.auth {
+        Some(a) => Some(std::sync::Arc::new(auth::Auth::open(
+            a,
+            &config.storage.root,
+            tls.is_some(),
+        )?)),
+        None => None,
+    };
     server::raise_open_files_limit();
     let registry = Registry::open(config.clone())
         .await
@@ -121,7 +133,7 @@ pub async fn run(
     on_ready(addr);
     let result = server::serve(
         listener,
-        api::router(registry),
+        api::router(registry, auth),
         tls,
         shutdown,
         server::Timeouts {

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use wharf_registry::RegistryConfig;
-use wharf_registry::config::Overrides;
+use wharf_registry::config::{AuthMode, Overrides};
 
-use crate::cli::ServeArgs;
+use crate::cli::{AuthModeArg, ServeArgs};
 use crate::context::Ctx;
 use crate::printer::out;
 
@@ -16,6 +16,11 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         root: ctx.global.root.clone(),
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        htpasswd: args.htpasswd,
+        auth_mode: args.auth_mode.map(|m| match m {
+            AuthModeArg::Token => AuthMode::Token,
+            AuthModeArg::Basic => AuthMode::Basic,
+        }),
     };
     // For serve, --root is the registry's data folder, not the image store (main drops a
     // root that came from WHARF_ROOT).

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr, clippy::print_stdout)]
 
 mod archive;
+mod auth;
 mod build;
 mod build_cases;
 mod concurrency;

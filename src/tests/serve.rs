@@ -70,26 +70,6 @@ fn zstd_busybox(dir: &std::path::Path) -> String {
     format!("oci:{}:1", dir.display())
 }
 
-fn podman(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = Command::new("podman")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--runroot")
-        .arg(dir.join("run"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "none",
-        ])
-        .args(args)
-        .output()
-        .expect("running podman");
-    run_output(out)
-}
-
 #[test]
 fn issue_3_docker_pushes_and_pulls_through_wharf_serve() {
     if !require("skopeo") || !have_busybox() {

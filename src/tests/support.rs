@@ -286,6 +286,17 @@ impl Dockerd {
         c
     }
 
+    /// The socket of the containerd this daemon uses: the one it started itself under its
+    /// exec root, or the system's.
+    #[allow(dead_code, reason = "used by some test binaries only")]
+    pub fn containerd_socket(&self) -> String {
+        let own = self.dir.join("exec/containerd/containerd.sock");
+        if own.exists() {
+            return own.display().to_string();
+        }
+        "/run/containerd/containerd.sock".into()
+    }
+
     pub fn docker(&self, args: &[&str]) -> Run {
         let out = Command::new("/usr/bin/docker")
             .args(["-H", &format!("unix://{}", self.sock)])
@@ -602,4 +613,26 @@ pub fn wait_for_port(addr: &str) {
         Duration::from_secs(20),
         || TcpStream::connect(addr).is_ok(),
     );
+}
+
+/// podman with its storage under `dir` (vfs, no systemd), as the tests run it.
+#[allow(dead_code, reason = "used by some test modules only")]
+pub fn podman(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
+        ])
+        .args(args)
+        .output()
+        .expect("running podman");
+    run_output(out)
 }

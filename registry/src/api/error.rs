@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use wharf_common::error::Chain;
 
+use crate::auth::Denial;
 use crate::service::{NameError, ServiceError};
 
 /// The error codes of the distribution spec (and `UNSUPPORTED`/`TOOMANYREQUESTS`).
@@ -291,6 +292,30 @@ impl From<ServiceError> for ApiError {
                 internal: Some(detail),
                 ..ApiError::new(C::Unknown, "internal error; see the server's log")
             },
+        }
+    }
+}
+
+impl From<Denial> for ApiError {
+    fn from(d: Denial) -> ApiError {
+        use OciErrorCode as C;
+        match d {
+            Denial::Unauthorized { challenge, detail } => {
+                let err = ApiError::new(C::Unauthorized, detail);
+                match HeaderValue::from_str(&challenge) {
+                    Ok(v) => err.with_header(header::WWW_AUTHENTICATE, v),
+                    Err(_) => err,
+                }
+            }
+            Denial::Denied(detail) => ApiError::new(C::Denied, detail),
+            Denial::Throttled(wait) => {
+                let secs = wait.as_secs().max(1);
+                ApiError::new(
+                    C::TooManyRequests,
+                    format!("too many failed logins; try again in {secs}s"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            }
         }
     }
 }

@@ -64,7 +64,7 @@ pub async fn tags(reg: &Registry, repo: &Repository, req: &Req) -> Result<Respon
 
 pub async fn catalog(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = paging(req)?;
-    let page = reg.catalog(n, last).await?;
+    let page = reg.catalog(n, last, &|r| req.may_list(r)).await?;
     let body = json!({"repositories": page.names});
     Ok(with_link(body, &page, "/v2/_catalog"))
 }
@@ -136,7 +136,12 @@ pub async fn search(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
     let query = req.query.get("q").map(String::as_str).unwrap_or_default();
     let page_size = number("n", 25)?.clamp(1, 100);
     let page = number("page", 1)?.max(1);
-    let (total, hits) = reg.search(query, page, page_size).await?;
+    let visible = |r: &str| req.may_list(r);
+    let filter: Option<&(dyn Fn(&str) -> bool + Sync)> = match req.auth {
+        Some(_) => Some(&visible),
+        None => None,
+    };
+    let (total, hits) = reg.search(query, page, page_size, filter).await?;
     let results: Vec<Value> = hits
         .into_iter()
         .map(|(name, description)| {

@@ -10,9 +10,11 @@ mod blobs;
 pub mod error;
 mod lists;
 mod manifests;
+mod token;
 mod uploads;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -26,6 +28,7 @@ use futures_util::TryStreamExt;
 use tower_http::trace::TraceLayer;
 use wharf_common::digest::Digest;
 
+use crate::auth::{Action, Auth, Identity};
 use crate::service::{Registry, Repository, ServiceError, UploadId};
 use crate::storage::ByteStream;
 pub use error::{ApiError, Descriptor, OciErrorCode, RequestError};
@@ -34,17 +37,33 @@ pub use error::{ApiError, Descriptor, OciErrorCode, RequestError};
 #[derive(Clone, Copy, Debug)]
 struct RouteName(&'static str);
 
-/// The whole HTTP surface of the registry.
-pub fn router(registry: Registry) -> Router {
-    Router::new()
+/// What the handlers share: the registry, and its access control when `[auth]` is on.
+#[derive(Clone)]
+struct App {
+    reg: Registry,
+    auth: Option<Arc<Auth>>,
+}
+
+/// The whole HTTP surface of the registry; with `auth`, requests are authenticated and
+/// checked against its rules, and `/token` is served when wharf issues its own tokens.
+pub fn router(registry: Registry, auth: Option<Arc<Auth>>) -> Router {
+    let mut router = Router::new()
         .route("/v2/", get(base))
         .route("/v2", get(base))
         .route("/v2/{*path}", any(dispatch))
         .route("/v1/search", get(search))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    if auth.as_ref().is_some_and(|a| a.issues_tokens()) {
+        router = router.route("/token", get(token::get).post(token::post));
+    }
+    let app = App {
+        reg: registry,
+        auth,
+    };
+    router
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(registry.clone(), observe))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -57,11 +76,12 @@ pub fn router(registry: Registry) -> Router {
                     },
                 ),
         )
-        .with_state(registry)
+        .with_state(app)
 }
 
 /// Adds the API version header to every response and counts requests and bytes.
-async fn observe(State(reg): State<Registry>, req: Request, next: Next) -> Response {
+async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
+    let reg = &app.reg;
     let start = Instant::now();
     let method = req.method().clone();
     let mut resp = next.run(req).await;
@@ -90,15 +110,49 @@ async fn observe(State(reg): State<Registry>, req: Request, next: Next) -> Respo
     resp
 }
 
-async fn base() -> Response {
+/// `/v2/`: with authentication on, a client without valid credentials is challenged here
+/// first (this is where `docker login` learns how to log in).
+async fn base(State(app): State<App>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let mut req = Req::new(
+        parts.method,
+        parts.headers,
+        &parts.extensions,
+        HashMap::new(),
+    );
+    if let Err(e) = identify(&app, &mut req).await.and_then(|()| {
+        let Some(auth) = &app.auth else {
+            return Ok(());
+        };
+        auth.require_login(&req.who, req.host(), None)
+            .map_err(ApiError::from)
+    }) {
+        return named("base", e.into_response());
+    }
     named(
         "base",
         ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
     )
 }
 
+/// Sets `req.who` from its credentials (and `req.auth`), when authentication is on.
+async fn identify(app: &App, req: &mut Req) -> Result<(), ApiError> {
+    let Some(auth) = &app.auth else {
+        return Ok(());
+    };
+    req.auth = Some(auth.clone());
+    req.who = auth
+        .identify(
+            req.header(header::AUTHORIZATION),
+            req.peer.map(|p| p.ip()),
+            req.host(),
+        )
+        .await?;
+    Ok(())
+}
+
 /// docker's `GET /v1/search`, which `docker search REGISTRY/TERM` asks.
-async fn search(State(reg): State<Registry>, req: Request) -> Response {
+async fn search(State(app): State<App>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     // A query that does not parse is refused: read as empty, it would match everything.
     let query = match Query::<HashMap<String, String>>::try_from_uri(&parts.uri) {
@@ -111,11 +165,11 @@ async fn search(State(reg): State<Registry>, req: Request) -> Response {
             );
         }
     };
-    let result = lists::search(
-        &reg,
-        &Req::new(parts.method, parts.headers, &parts.extensions, query),
-    )
-    .await;
+    let mut req = Req::new(parts.method, parts.headers, &parts.extensions, query);
+    let result = match identify(&app, &mut req).await {
+        Ok(()) => lists::search(&app.reg, &req).await,
+        Err(e) => Err(e),
+    };
     named("search", result.unwrap_or_else(IntoResponse::into_response))
 }
 
@@ -123,7 +177,8 @@ async fn healthz() -> Response {
     named("healthz", "ok\n".into_response())
 }
 
-async fn metrics(State(reg): State<Registry>) -> Response {
+async fn metrics(State(app): State<App>) -> Response {
+    let reg = &app.reg;
     named(
         "metrics",
         (
@@ -221,6 +276,10 @@ struct Req {
     query: HashMap<String, String>,
     /// Where the request came from, when the server knows it.
     peer: Option<std::net::SocketAddr>,
+    /// Who sent it (anonymous until authentication says otherwise).
+    who: Identity,
+    /// The access control, when authentication is on.
+    auth: Option<Arc<Auth>>,
 }
 
 /// The client address of a connection, added to its requests by the server.
@@ -228,13 +287,13 @@ struct Req {
 pub struct Peer(pub std::net::SocketAddr);
 
 /// One audit log line (target `wharf::audit`): who did what to which repository, from where.
-/// Until the registry authenticates users, everyone is `anonymous`.
+/// A client without credentials is `anonymous`.
 fn audit(action: &'static str, repo: &Repository, reference: &str, digest: &str, req: &Req) {
     let client = req.peer.map(|p| p.ip().to_string()).unwrap_or_default();
     tracing::info!(
         target: "wharf::audit",
         action,
-        user = "anonymous",
+        user = req.who.name(),
         client = %client,
         repo = repo.as_str(),
         reference,
@@ -256,7 +315,28 @@ impl Req {
             headers,
             query,
             peer: extensions.get::<Peer>().map(|p| p.0),
+            who: Identity::default(),
+            auth: None,
         }
+    }
+
+    /// The `Host` the client addressed, for token realms.
+    fn host(&self) -> Option<&str> {
+        self.header(header::HOST)
+    }
+
+    /// Whether the caller may pull `repo` (always, without authentication).
+    fn may_pull(&self, repo: &str) -> bool {
+        self.auth
+            .as_ref()
+            .is_none_or(|a| a.allows(&self.who, repo, Action::Pull))
+    }
+
+    /// Whether listings show `repo` to the caller (always, without authentication).
+    fn may_list(&self, repo: &str) -> bool {
+        self.auth
+            .as_ref()
+            .is_none_or(|a| a.may_list(&self.who, repo))
     }
 
     fn header(&self, name: header::HeaderName) -> Option<&str> {
@@ -272,7 +352,7 @@ fn body_stream(body: Body) -> ByteStream {
     )
 }
 
-async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
+async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().strip_prefix("/v2/").unwrap_or("");
     let Some(route) = parse_route(path) else {
@@ -282,14 +362,63 @@ async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
     let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
-    let result = handle(
-        &reg,
-        &route,
-        Req::new(parts.method, parts.headers, &parts.extensions, query),
-        body,
+    let mut req = Req::new(parts.method, parts.headers, &parts.extensions, query);
+    let result = match authorize(&app, &route, &mut req).await {
+        Ok(()) => handle(&app.reg, &route, req, body).await,
+        Err(e) => {
+            drain(body).await;
+            Err(e)
+        }
+    };
+    named(name, result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Reads and drops what a refused client is still sending (up to 16 MiB, for up to 10 s):
+/// answering before its body is read would close the connection under a client still
+/// writing, which then sees a broken pipe instead of the 401 that tells it to log in.
+async fn drain(body: Body) {
+    const LIMIT: usize = 16 << 20;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        axum::body::to_bytes(body, LIMIT),
     )
     .await;
-    named(name, result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// The action a request needs on its repository.
+fn needed(route: &Route<'_>, method: &Method) -> Action {
+    match route {
+        Route::Manifest(..) if method == Method::PUT => Action::Push,
+        Route::Manifest(..) | Route::Blob(..) if method == Method::DELETE => Action::Delete,
+        Route::UploadStart(_) | Route::Upload(..) => Action::Push,
+        _ => Action::Pull,
+    }
+}
+
+/// Identifies the caller and checks it may do what the route does.
+async fn authorize(app: &App, route: &Route<'_>, req: &mut Req) -> Result<(), ApiError> {
+    identify(app, req).await?;
+    let Some(auth) = &app.auth else {
+        return Ok(());
+    };
+    match route.repo() {
+        None => auth.require_catalog(&req.who, req.host())?,
+        Some(repo) => {
+            // A mount's challenge also asks for pull on its source, so that the token the
+            // client fetches can mount from there.
+            let from = match route {
+                Route::UploadStart(_) if req.query.contains_key("mount") => req
+                    .query
+                    .get("from")
+                    .filter(|f| !f.is_empty())
+                    .map(|f| format!("repository:{f}:pull")),
+                _ => None,
+            };
+            let action = needed(route, &req.method);
+            auth.require(&req.who, repo, action, req.host(), from.as_deref())?;
+        }
+    }
+    Ok(())
 }
 
 async fn handle(

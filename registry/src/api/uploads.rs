@@ -90,10 +90,15 @@ pub async fn start(
             .filter(|f| !f.is_empty())
             .map(|f| Repository::parse(f).map_err(RequestError::MountFrom))
             .transpose()?;
-        return Ok(match reg.mount(repo, &digest, from.as_ref()).await? {
-            Mounted::Linked => created(repo, &digest),
-            Mounted::Session(id) => session_response(StatusCode::ACCEPTED, repo, &id, 0),
-        });
+        return Ok(
+            match reg
+                .mount(repo, &digest, from.as_ref(), &|r| req.may_pull(r))
+                .await?
+            {
+                Mounted::Linked => created(repo, &digest),
+                Mounted::Session(id) => session_response(StatusCode::ACCEPTED, repo, &id, 0),
+            },
+        );
     }
     if let Some(d) = req.query.get("digest") {
         let digest = parse_digest(d)?;

@@ -120,11 +120,12 @@ pub trait Metadata: Send + Sync + 'static {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<Option<u64>, MetadataError>>;
 
-    /// Size of `digest` if any repository links it.
-    fn any_blob<'a>(
+    /// The repositories that link `digest` (at most `limit`, by name), with its size.
+    fn blob_repos<'a>(
         &'a self,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<Option<u64>, MetadataError>>;
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, MetadataError>>;
 
     /// Records the blob (if new) and links it into `repo` (creating the repository).
     fn link_blob<'a>(

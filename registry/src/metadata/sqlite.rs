@@ -131,16 +131,23 @@ impl Metadata for SqliteMetadata {
         })
     }
 
-    fn any_blob<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, MetadataError>> {
+    fn blob_repos<'a>(
+        &'a self,
+        d: &'a Digest,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, MetadataError>> {
         Box::pin(async move {
-            let row: Option<i64> = sqlx::query_scalar(
-                "SELECT b.size FROM blobs b WHERE b.digest = ?1
-                 AND EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)",
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT r.name, b.size FROM repo_blobs rb
+                 JOIN repositories r ON r.id = rb.repo_id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE rb.digest = ?1 ORDER BY r.name LIMIT ?2",
             )
             .bind(d.as_str())
-            .fetch_optional(&self.read)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
             .await?;
-            Ok(row.map(size))
+            Ok(rows.into_iter().map(|(n, s)| (n, size(s))).collect())
         })
     }
 

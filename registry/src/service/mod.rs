@@ -146,6 +146,10 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
+/// How many repositories holding a blob a mount without `from` looks through for one the
+/// caller may pull.
+const MOUNT_CANDIDATES: u32 = 1000;
+
 struct Inner {
     meta: Arc<dyn Metadata>,
     storage: Arc<dyn BlobStorage>,
@@ -297,17 +301,29 @@ impl Registry {
         Ok(id)
     }
 
-    /// Links `digest` into `repo` from `from` (or from anywhere when `from` is `None`), or opens
-    /// a session when it cannot.
+    /// Links `digest` into `repo` from `from` (or, when `from` is `None`, from any repository
+    /// holding it), if the caller `may_pull` that repository; otherwise opens a session, and
+    /// the client uploads the blob.
     pub async fn mount(
         &self,
         repo: &Repository,
         digest: &Digest,
         from: Option<&Repository>,
+        may_pull: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Mounted, ServiceError> {
         let size = match from {
-            Some(from) => self.inner.meta.repo_blob(from.as_str(), digest).await?,
-            None => self.inner.meta.any_blob(digest).await?,
+            Some(from) if may_pull(from.as_str()) => {
+                self.inner.meta.repo_blob(from.as_str(), digest).await?
+            }
+            Some(_) => None,
+            None => self
+                .inner
+                .meta
+                .blob_repos(digest, MOUNT_CANDIDATES)
+                .await?
+                .into_iter()
+                .find(|(r, _)| may_pull(r))
+                .map(|(_, size)| size),
         };
         if let Some(size) = size
             && self.inner.storage.stat(digest).await?.is_some()
@@ -706,9 +722,34 @@ impl Registry {
         Ok(self.inner.meta.tags(repo, self.page_size(n), last).await?)
     }
 
-    /// A page of repository names.
-    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page, ServiceError> {
-        Ok(self.inner.meta.catalog(self.page_size(n), last).await?)
+    /// A page of the repository names the caller may see (`visible`): pages are read until
+    /// this one is full or the names run out, so hidden repositories do not shorten it.
+    pub async fn catalog(
+        &self,
+        n: Option<u32>,
+        last: Option<&str>,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Page, ServiceError> {
+        let want = self.page_size(n) as usize;
+        let mut names = Vec::new();
+        let mut cursor = last.map(str::to_owned);
+        loop {
+            let page = self
+                .inner
+                .meta
+                .catalog(self.page_size(n), cursor.as_deref())
+                .await?;
+            cursor = page.names.last().cloned();
+            let mut rest = page.names.into_iter().filter(|r| visible(r));
+            names.extend(rest.by_ref().take(want - names.len()));
+            if names.len() == want {
+                let more = rest.next().is_some() || page.more;
+                return Ok(Page { names, more });
+            }
+            if !page.more {
+                return Ok(Page { names, more: false });
+            }
+        }
     }
 
     /// The size of a listing page: `n`, at most `limits.list_max_entries` (also the size when
@@ -722,14 +763,29 @@ impl Registry {
     /// many match, and page `page` (from 1) of `page_size`, each with a description: the
     /// `org.opencontainers.image.description` annotation of the manifest its latest tag points
     /// at, else that image's label of the same name.
+    /// With `visible`, only the repositories it lets through are counted and shown.
     pub async fn search(
         &self,
         query: &str,
         page: u32,
         page_size: u32,
+        visible: Option<&(dyn Fn(&str) -> bool + Sync)>,
     ) -> Result<(u64, Vec<(String, String)>), ServiceError> {
         let offset = page.saturating_sub(1).saturating_mul(page_size);
-        let (total, hits) = self.inner.meta.search(query, offset, page_size).await?;
+        let (total, hits) = match visible {
+            None => self.inner.meta.search(query, offset, page_size).await?,
+            Some(visible) => {
+                let (_, all) = self.inner.meta.search(query, 0, u32::MAX).await?;
+                let shown: Vec<_> = all.into_iter().filter(|h| visible(&h.name)).collect();
+                let total = shown.len() as u64;
+                let page = shown
+                    .into_iter()
+                    .skip(offset as usize)
+                    .take(page_size as usize)
+                    .collect();
+                (total, page)
+            }
+        };
         let mut out = Vec::with_capacity(hits.len());
         for hit in hits {
             let description = match &hit.manifest {

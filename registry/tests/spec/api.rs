@@ -1,6 +1,9 @@
 //! A small HTTP client for the registry API, and the content the checks push: blobs of unique
 //! bytes, and images, indexes and artifacts built from them. Nothing here follows redirects or
-//! retries, so each check sees exactly what the registry answered.
+//! retries, so each check sees exactly what the registry answered, with one exception: against
+//! a target with credentials (the official suite's `OCI_USERNAME`/`OCI_PASSWORD`), a 401 is
+//! answered as docker does (a token from the challenge's realm, or basic credentials) and the
+//! request sent once more.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -174,6 +177,7 @@ pub struct Image {
 pub struct Api {
     http: Client,
     base: String,
+    creds: Option<(String, String)>,
 }
 
 impl Api {
@@ -189,6 +193,7 @@ impl Api {
         Ok(Api {
             http,
             base: target.base.clone(),
+            creds: target.creds.clone(),
         })
     }
 
@@ -208,6 +213,69 @@ impl Api {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Resp, String> {
+        let first = self
+            .send_once(method.clone(), path, headers, body.clone(), None)
+            .await?;
+        if first.status != 401 || self.creds.is_none() {
+            return Ok(first);
+        }
+        let challenge = first
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .to_owned();
+        let authorization = self.authorize(&challenge).await?;
+        self.send_once(method, path, headers, body, Some(&authorization))
+            .await
+    }
+
+    /// The `Authorization` a challenge asks for, made from the target's credentials.
+    async fn authorize(&self, challenge: &str) -> Result<String, String> {
+        use base64::Engine as _;
+        let (user, password) = self.creds.clone().unwrap_or_default();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let Some(params) = challenge.strip_prefix("Bearer ") else {
+            return Ok(format!("Basic {basic}"));
+        };
+        // `key="value"` pairs; values are quoted and may hold commas (`pull,push`).
+        let param = |name: &str| {
+            let start = params.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = params[start..].find('"')?;
+            Some(params[start..start + len].to_owned())
+        };
+        let realm = param("realm").ok_or_else(|| format!("no realm in {challenge:?}"))?;
+        let mut query = vec![("service", param("service").unwrap_or_default())];
+        if let Some(scope) = param("scope") {
+            query.push(("scope", scope));
+        }
+        let resp = self
+            .http
+            .get(&realm)
+            .query(&query)
+            .header("Authorization", format!("Basic {basic}"))
+            .send()
+            .await
+            .map_err(|e| format!("GET {realm}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {realm}: {status}: {e}"))?;
+        let body: Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("GET {realm}: {status}: {e}"))?;
+        let token = body["token"]
+            .as_str()
+            .ok_or_else(|| format!("GET {realm}: {status}: no token in {body}"))?;
+        Ok(format!("Bearer {token}"))
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        authorization: Option<&str>,
+    ) -> Result<Resp, String> {
         let url = self.url(path);
         let request = format!("{method} {url}");
         // Go clients (docker, containerd) send `Content-Length: 0` with an empty POST, PUT or
@@ -217,6 +285,9 @@ impl Api {
         let mut builder = self.http.request(method, &url);
         if empty_upload {
             builder = builder.header("Content-Length", "0");
+        }
+        if let Some(a) = authorization {
+            builder = builder.header("Authorization", a);
         }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
@@ -249,7 +320,17 @@ impl Api {
         let mut stream = TcpStream::connect(address)
             .await
             .map_err(|e| format!("{request}: connecting to {address}: {e}"))?;
-        let head = format!("{request} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let authorization = match &self.creds {
+            Some((u, p)) => {
+                use base64::Engine as _;
+                let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                format!("Authorization: Basic {b}\r\n")
+            }
+            None => String::new(),
+        };
+        let head = format!(
+            "{request} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         stream
             .write_all(head.as_bytes())
             .await

@@ -11,6 +11,9 @@ pub struct Target {
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub base: String,
     pub kind: Kind,
+    /// User and password to answer challenges with (the official suite's `OCI_USERNAME` and
+    /// `OCI_PASSWORD`).
+    pub creds: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -31,12 +34,52 @@ pub fn wharf() -> Option<&'static Target> {
             return Target {
                 base: url.trim_end_matches('/').to_owned(),
                 kind: Kind::Wharf,
+                creds: None,
             };
         }
         let (_, spawned) = SERVER.get_or_init(|| spawn_wharf(true));
         Target {
             base: format!("http://{}", spawned.addr),
             kind: Kind::Wharf,
+            creds: None,
+        }
+    }))
+}
+
+/// wharf's registry with authentication on (token mode, its own token service, one user who may
+/// do everything), every check answering its challenges with that user's credentials, as the
+/// official suite does with `OCI_USERNAME` and `OCI_PASSWORD`. With `WHARF_SPEC_AUTH_URL`, a
+/// running `wharf serve` and those two variables instead.
+pub fn wharf_with_auth() -> Option<&'static Target> {
+    static TARGET: OnceLock<Target> = OnceLock::new();
+    static SERVER: OnceLock<(tempfile::TempDir, wharf_registry::testing::Spawned)> =
+        OnceLock::new();
+    Some(TARGET.get_or_init(|| {
+        if let Ok(url) = std::env::var("WHARF_SPEC_AUTH_URL") {
+            let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+            return Target {
+                base: url.trim_end_matches('/').to_owned(),
+                kind: Kind::Wharf,
+                creds: Some((var("OCI_USERNAME"), var("OCI_PASSWORD"))),
+            };
+        }
+        let password = format!("pw-{}", std::process::id());
+        let hash = bcrypt::hash(&password, 4).expect("bcrypt");
+        let (_, spawned) = SERVER.get_or_init(|| {
+            spawn_wharf_with(|c| {
+                c.storage.delete = true;
+                let users = c.storage.root.join("htpasswd");
+                std::fs::write(&users, format!("conformance:{hash}\n")).expect("htpasswd");
+                c.auth = Some(wharf_registry::config::AuthConfig {
+                    htpasswd: Some(users),
+                    ..Default::default()
+                });
+            })
+        });
+        Target {
+            base: format!("http://{}", spawned.addr),
+            kind: Kind::Wharf,
+            creds: Some(("conformance".into(), password)),
         }
     }))
 }
@@ -70,6 +113,7 @@ fn own_target(
         let target = Target {
             base: format!("http://{}", spawned.addr),
             kind: Kind::Wharf,
+            creds: None,
         };
         (dir, spawned, target)
     });
@@ -101,6 +145,7 @@ fn distribution_target(
         let target = Target {
             base: format!("http://{}", server.addr),
             kind: Kind::Distribution,
+            creds: None,
         };
         Some((server, target))
     })

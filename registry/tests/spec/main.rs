@@ -46,6 +46,13 @@ macro_rules! spec {
             }
 
             #[tokio::test]
+            async fn wharf_auth() {
+                if let Some(t) = crate::harness::wharf_with_auth() {
+                    crate::harness::expect_pass(t, super::$check(t).await);
+                }
+            }
+
+            #[tokio::test]
             async fn distribution() {
                 if let Some(t) = crate::harness::distribution() {
                     crate::harness::expect_pass(t, super::$check(t).await);
@@ -58,6 +65,13 @@ macro_rules! spec {
             #[tokio::test]
             async fn wharf() {
                 if let Some(t) = crate::harness::wharf() {
+                    crate::harness::expect_pass(t, super::$check(t).await);
+                }
+            }
+
+            #[tokio::test]
+            async fn wharf_auth() {
+                if let Some(t) = crate::harness::wharf_with_auth() {
                     crate::harness::expect_pass(t, super::$check(t).await);
                 }
             }
