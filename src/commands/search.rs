@@ -1,8 +1,9 @@
 //! `wharf search [REGISTRY/]TERM`: repositories whose name holds the term, as `docker search`
 //! lists them. The registry's search API (`GET /v1/search`, what Docker Hub's index and
 //! `wharf serve` answer) when it has one; else its `_catalog`, filtered here (distribution has
-//! no search). Without a registry, Docker Hub's index. Requests carry no credentials, so a
-//! registry shows what it shows anyone.
+//! no search). Without a registry, Docker Hub's index (asked without credentials). A registry
+//! the user logged in to is asked as that user (the `/v2/` challenge answered for
+//! `registry:catalog:*`, as docker does with a login), so it shows what the user may see.
 
 use std::process::ExitCode;
 
@@ -52,15 +53,16 @@ pub async fn run(ctx: &Ctx, args: SearchArgs) -> anyhow::Result<ExitCode> {
     // Docker Hub answers search on its index host, not its registry's.
     let index = (registry == "docker.io").then_some("index.docker.io");
     let path = format!("/v1/search?q={}&n={limit}", query_value(term));
-    let (status, _, body) = client
-        .get_anonymous(registry, index, &path)
-        .await
-        .with_context(|| format!("searching {registry}"))?;
+    let answer = match index {
+        Some(index) => client.get_anonymous(registry, Some(index), &path).await,
+        None => client.get_listing(registry, &path).await,
+    };
+    let (status, _, body) = answer.with_context(|| format!("searching {registry}"))?;
     // A registry (not Docker Hub) whose answer is not a search result has no search API: its
     // catalog is read instead.
     let found = match (status, from_search(&body)) {
         (401 | 403, _) => anyhow::bail!(
-            "{registry} answered {status} to an anonymous search: it shows its repositories only to users it knows"
+            "{registry} answered {status} to the search: it shows its repositories only to users it knows (`wharf login {registry}`)"
         ),
         (200, Ok(found)) => found,
         _ if index.is_none() => from_catalog(&client, registry, term, limit).await?,
@@ -143,13 +145,13 @@ async fn from_catalog(
         pages += 1;
         anyhow::ensure!(pages <= 10_000, "{registry}'s catalog does not end");
         let (status, link, body) = client
-            .get_anonymous(registry, None, &url)
+            .get_listing(registry, &url)
             .await
             .with_context(|| format!("reading {registry}'s catalog"))?;
         match status {
             200 => {}
             401 | 403 => anyhow::bail!(
-                "{registry} has no search API and answered {status} to an anonymous catalog read"
+                "{registry} has no search API and answered {status} to a catalog read (`wharf login {registry}`?)"
             ),
             other => {
                 anyhow::bail!("{registry} has no search API, and its catalog answered {other}")

@@ -155,6 +155,21 @@ fn issue_13_token_auth_for_docker_podman_skopeo_ctr_and_wharf() {
         r.stderr
     );
 
+    // docker search shows each caller what it may pull.
+    let search = |config: &Path| {
+        let r = docker_as(
+            &d,
+            config,
+            &["search", "--format", "{{.Name}}", &format!("{a}/bb")],
+        )
+        .ok();
+        let mut names: Vec<String> = r.stdout.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(search(&alice), ["public/bb", "team/bb"]);
+    assert_eq!(search(&nobody), ["public/bb"]);
+
     // podman logs in and pulls.
     let pod = tempfile::tempdir().unwrap();
     let auth_file = pod.path().join("auth.json");
@@ -211,6 +226,26 @@ fn issue_13_token_auth_for_docker_podman_skopeo_ctr_and_wharf() {
     w.run(&["tag", &team, &format!("{a}/team/from-wharf:1")])
         .ok();
     w.run(&["push", &format!("{a}/team/from-wharf:1")]).ok();
+    // wharf search asks as the user logged in, and anonymously without a login.
+    let found = |w: &Wharf| {
+        let r = w
+            .run(&["search", "--format", "json", &format!("{a}/bb")])
+            .ok();
+        let mut names: Vec<String> = r
+            .stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["Name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(found(&w), ["public/bb", "team/bb"]);
+    assert_eq!(found(&Wharf::new()), ["public/bb"]);
 
     // Every failed login left an audit line naming the user and where it came from.
     let log = serve.log();

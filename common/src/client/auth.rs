@@ -22,6 +22,9 @@ pub enum Operation {
     Pull,
     /// Writing (includes reading).
     Push,
+    /// Listing the registry's repositories (`/v2/_catalog`, `/v1/search`); the repository in
+    /// the cache key is a placeholder.
+    Catalog,
 }
 
 impl Operation {
@@ -29,6 +32,7 @@ impl Operation {
         match self {
             Operation::Pull => format!("repository:{}:pull", repo.path()),
             Operation::Push => format!("repository:{}:pull,push", repo.path()),
+            Operation::Catalog => "registry:catalog:*".to_owned(),
         }
     }
 }
@@ -111,7 +115,10 @@ impl Authenticator {
         }
     }
 
-    async fn credentials_for(&self, host: &str) -> Result<Option<Credentials>, ClientError> {
+    pub(crate) async fn credentials_for(
+        &self,
+        host: &str,
+    ) -> Result<Option<Credentials>, ClientError> {
         match &self.credentials {
             Some(store) => store.get(host).await,
             None => Ok(None),

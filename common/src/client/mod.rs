@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, LOCATION, RANGE,
+};
 use reqwest::{Method, StatusCode};
 
 use crate::blob::{BlobStream, Fetched};
@@ -293,6 +295,82 @@ impl Client {
         host: Option<&str>,
         path_and_query: &str,
     ) -> Result<(u16, Option<String>, Vec<u8>), ClientError> {
+        self.get_listing_as(domain, host, path_and_query, None)
+            .await
+    }
+
+    /// `GET` of a listing outside any repository (`/v1/search`, `/v2/_catalog`, or a `Link`
+    /// of one) as the user logged in to `domain`, when there is one: as docker does with a
+    /// login, the registry's challenge is read from `/v2/` first and answered for
+    /// `registry:catalog:*` (a token, or basic credentials), so the registry shows what that
+    /// user may see. Without credentials, or without a challenge, [`Client::get_anonymous`].
+    pub async fn get_listing(
+        &self,
+        domain: &str,
+        path_and_query: &str,
+    ) -> Result<(u16, Option<String>, Vec<u8>), ClientError> {
+        let host = api_host(domain);
+        let auth = &self.inner.auth;
+        if auth.credentials_for(host).await?.is_none() {
+            return self.get_anonymous(domain, None, path_and_query).await;
+        }
+        let endpoint = self.endpoint(domain).await?;
+        let base = format!("{}://{host}", endpoint.scheme);
+        let origin = url::Url::parse(&base)
+            .map_err(|e| ClientError::Protocol {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?
+            .origin();
+        let key = origin.ascii_serialization();
+        let placeholder = RepoName::new(domain, "catalog").map_err(|e| ClientError::Protocol {
+            url: base.clone(),
+            reason: e.to_string(),
+        })?;
+        if auth
+            .cached(&key, &placeholder, Operation::Catalog)
+            .is_none()
+        {
+            let url = format!("{base}/v2/");
+            let ping = endpoint
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|source| ClientError::Http { url, source })?;
+            if ping.status() != StatusCode::UNAUTHORIZED {
+                return self.get_anonymous(domain, None, path_and_query).await;
+            }
+            let challenge = ping
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            auth.authenticate(
+                &endpoint.http,
+                host,
+                &key,
+                &placeholder,
+                Operation::Catalog,
+                challenge.as_deref(),
+            )
+            .await?;
+        }
+        let header = auth
+            .cached(&key, &placeholder, Operation::Catalog)
+            .map(|h| (origin, h));
+        self.get_listing_as(domain, None, path_and_query, header)
+            .await
+    }
+
+    /// A listing `GET`, with `authorization` when the URL is on its origin.
+    async fn get_listing_as(
+        &self,
+        domain: &str,
+        host: Option<&str>,
+        path_and_query: &str,
+        authorization: Option<(url::Origin, HeaderValue)>,
+    ) -> Result<(u16, Option<String>, Vec<u8>), ClientError> {
         let endpoint = self.endpoint(domain).await?;
         let host = host.unwrap_or_else(|| api_host(domain));
         let url = if path_and_query.starts_with("http://") || path_and_query.starts_with("https://")
@@ -301,15 +379,16 @@ impl Client {
         } else {
             format!("{}://{host}{path_and_query}", endpoint.scheme)
         };
-        let resp = endpoint
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
+        let mut req = endpoint.http.get(&url);
+        if let Some((origin, value)) = authorization
+            && url::Url::parse(&url).is_ok_and(|u| u.origin() == origin)
+        {
+            req = req.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status().as_u16();
         let next = next_link(&resp)
             .and_then(|l| url::Url::parse(&url).ok()?.join(l).ok())
