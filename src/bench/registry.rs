@@ -68,10 +68,17 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// Requests per second from wrk's summary.
 fn wrk(url: &str) -> f64 {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c32", "-d5s", "-H", ACCEPT, url])
-        .output()
-        .unwrap();
+    wrk_as(url, None)
+}
+
+/// [`wrk`] with an `Authorization` header.
+fn wrk_as(url: &str, authorization: Option<&str>) -> f64 {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", "-d5s", "-H", ACCEPT]);
+    if let Some(a) = authorization {
+        cmd.args(["-H", &format!("Authorization: {a}")]);
+    }
+    let out = cmd.arg(url).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         !text.contains("Non-2xx"),
@@ -291,6 +298,7 @@ pub fn bench(args: &Args) {
         ]));
     }
     let last = args.rounds - 1;
+    let mut anonymous_get = 0.0;
     for (label, path) in [
         (
             "1-layer manifest".to_owned(),
@@ -306,6 +314,9 @@ pub fn bench(args: &Args) {
             .map(|s| wrk(&format!("http://{}/v2/{path}", s.addr)))
             .collect();
         rate_line(&format!("GET {label} (wrk)"), get[0], get[1]);
+        if anonymous_get == 0.0 {
+            anonymous_get = get[0];
+        }
         let head: Vec<f64> = servers
             .iter()
             .map(|s| ab_head(&format!("http://{}/v2/{path}", s.addr)))
@@ -313,11 +324,65 @@ pub fn bench(args: &Args) {
         rate_line(&format!("HEAD {label} (ab -i)"), head[0], head[1]);
     }
     let rss: Vec<u64> = servers.iter().map(|s| peak_rss_kib(s.pid)).collect();
+    let rss_line = (rss[0], rss[1]);
+    authenticated(parent, &one, anonymous_get);
+    let rss = [rss_line.0, rss_line.1];
     println!(
         "{:<28} wharf {:>8.1} MiB   distribution {:>8.1} MiB   ratio {:>5.2}x",
         "server peak RSS",
         rss[0] as f64 / 1024.0,
         rss[1] as f64 / 1024.0,
         rss[0] as f64 / rss[1] as f64
+    );
+}
+
+/// Manifest GETs with credentials: wharf in basic mode against docker-registry with the same
+/// htpasswd file (it runs bcrypt on every request; wharf remembers a verified password), and
+/// wharf's token mode against wharf's anonymous rate measured before.
+fn authenticated(parent: &Path, image: &Path, anonymous_get: f64) {
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    let users = dir.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "bench", "bench-password"])
+        .output()
+        .unwrap();
+    std::fs::write(&users, out.stdout).unwrap();
+    let users_arg = users.to_str().unwrap();
+    let auth = format!("auth:\n  htpasswd:\n    realm: bench\n    path: {users_arg}\n");
+    let dist = Distribution::start_with(parent, &auth).unwrap();
+    let basic = WharfServe::start_with(&["--htpasswd", users_arg, "--auth-mode", "basic"]);
+    let token = WharfServe::start_with(&["--htpasswd", users_arg]);
+    for addr in [&basic.addr, &dist.addr, &token.addr] {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "bench:bench-password",
+            &format!("oci:{}:1", image.display()),
+            &format!("docker://{addr}/one/img:1"),
+        ]));
+    }
+    // base64 of bench:bench-password
+    let credentials = "Basic YmVuY2g6YmVuY2gtcGFzc3dvcmQ=";
+    let path = "/v2/one/img/manifests/1";
+    let w = wrk_as(&format!("http://{}{path}", basic.addr), Some(credentials));
+    let d = wrk_as(&format!("http://{}{path}", dist.addr), Some(credentials));
+    rate_line("GET 1-layer, basic auth", w, d);
+    let out = Command::new("curl")
+        .args(["-sf", "-u", "bench:bench-password"])
+        .arg(format!(
+            "http://{}/token?service=wharf&scope=repository:one/img:pull",
+            token.addr
+        ))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bearer = format!("Bearer {}", answer["token"].as_str().unwrap());
+    let t = wrk_as(&format!("http://{}{path}", token.addr), Some(&bearer));
+    println!(
+        "{:<28} wharf {t:>10.0} req/s   anonymous  {anonymous_get:>10.0} req/s   ratio {:>5.2}x",
+        "GET 1-layer, bearer token",
+        t / anonymous_get
     );
 }

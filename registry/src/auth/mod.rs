@@ -19,7 +19,7 @@ pub mod users;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -61,7 +61,7 @@ pub enum Denial {
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
     /// The user name; `None` for an anonymous client (or an anonymous token).
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     /// What the bearer token grants, when the request carried one.
     pub token: Option<Arc<Grants>>,
 }
@@ -89,7 +89,7 @@ pub struct Grants {
     /// When it expires (seconds since the epoch).
     exp: i64,
     /// The token's subject; `None` for an anonymous token.
-    user: Option<String>,
+    user: Option<Arc<str>>,
 }
 
 impl Grants {
@@ -121,7 +121,7 @@ impl Grants {
             user: claims["sub"]
                 .as_str()
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned),
+                .map(Arc::from),
         }
     }
 
@@ -163,7 +163,7 @@ pub struct Auth {
     token_expiry: Duration,
     refresh_expiry: Duration,
     https: bool,
-    tokens: Mutex<HashMap<String, Arc<Grants>>>,
+    tokens: RwLock<HashMap<String, Arc<Grants>>>,
 }
 
 fn now() -> i64 {
@@ -209,7 +209,7 @@ impl Auth {
             token_expiry: config.token_expiry,
             refresh_expiry: config.refresh_expiry,
             https,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: RwLock::new(HashMap::new()),
         })
     }
 
@@ -237,7 +237,7 @@ impl Auth {
         if scheme.eq_ignore_ascii_case("basic") {
             let user = self.check_basic(rest.trim(), client, host).await?;
             return Ok(Identity {
-                user: Some(user),
+                user: Some(Arc::from(user)),
                 token: None,
             });
         }
@@ -293,7 +293,7 @@ impl Auth {
         let now = now();
         let cached = self
             .tokens
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(token)
             .cloned();
@@ -312,7 +312,7 @@ impl Auth {
                 let grants = Arc::new(Grants::from_claims(&claims));
                 let mut cache = self
                     .tokens
-                    .lock()
+                    .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if cache.len() >= TOKEN_CACHE {
                     cache.retain(|_, g| g.exp > now);
