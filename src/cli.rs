@@ -111,6 +111,22 @@ pub enum Command {
     Builder(BuilderArgs),
     /// Run the registry server (OCI Distribution v1.1) [default: 0.0.0.0:5000, data in --root]
     Serve(ServeArgs),
+    /// Collect the registry's garbage (what `wharf serve` does every [gc] interval), beside a
+    /// running server or not
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print what would be deleted; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete untagged manifests older than the grace period
+    #[arg(long)]
+    pub delete_untagged: bool,
+    /// Print the totals only
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

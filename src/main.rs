@@ -17,9 +17,9 @@ use clap::{CommandFactory, FromArgMatches};
 fn main() -> ExitCode {
     let matches = cli::Cli::command().get_matches();
     let mut cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    // For `serve`, `--root` names the registry's storage; `WHARF_ROOT` is the image store's and
+    // For `serve` and `gc`, `--root` names the registry's storage; `WHARF_ROOT` is the image store's and
     // must not override the registry's own config file and WHARF_STORAGE_ROOT.
-    if let Some(("serve", sub)) = matches.subcommand() {
+    if let Some(("serve" | "gc", sub)) = matches.subcommand() {
         let from_flag =
             |m: &clap::ArgMatches| m.value_source("root") == Some(ValueSource::CommandLine);
         if !from_flag(&matches) && !from_flag(sub) {

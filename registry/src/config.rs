@@ -29,6 +29,60 @@ pub struct RegistryConfig {
     /// who can reach it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// Garbage collection and retention.
+    pub gc: GcConfig,
+}
+
+/// `[gc]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// How often `wharf serve` collects garbage; `0s` turns online collection off.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Nothing younger than this is collected: blob links and manifests a push is still
+    /// assembling. Also the floor of every retention rule's `untagged_older_than`.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
+    /// Whether untagged manifests older than the grace period are deleted (besides what
+    /// retention rules delete); a manifest an index or a tag holds, or a referrer of a kept
+    /// one, is never untagged garbage.
+    pub delete_untagged: bool,
+    /// Retention rules, the first matching a repository applying to it.
+    pub retention: Vec<RetentionRule>,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::from_secs(3600),
+            grace_period: Duration::from_secs(3600),
+            delete_untagged: false,
+            retention: Vec::new(),
+        }
+    }
+}
+
+/// One `[[gc.retention]]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Repository patterns (`*` matches anything, `/` included).
+    pub repos: Vec<String>,
+    /// Keep the N most recently pushed tags and delete the others (tags matching
+    /// `keep_tags` are kept besides and do not count). Without it no tag is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Tag patterns never deleted (`latest`, `v*`).
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    /// Delete untagged manifests older than this (at least the grace period).
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub untagged_older_than: Option<Duration>,
 }
 
 /// How clients prove who they are.
@@ -239,6 +293,7 @@ impl Default for RegistryConfig {
             uploads: UploadConfig::default(),
             limits: LimitsConfig::default(),
             auth: None,
+            gc: GcConfig::default(),
         }
     }
 }
@@ -475,6 +530,14 @@ impl RegistryConfig {
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
+        for (i, r) in self.gc.retention.iter().enumerate() {
+            if r.repos.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "gc.retention #{} names no repos",
+                    i + 1
+                )));
+            }
+        }
         if self.uploads.purge_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "uploads.purge_interval must be above 0".into(),
@@ -489,7 +552,7 @@ impl RegistryConfig {
     }
 }
 
-const SECTIONS: [&str; 5] = ["server", "storage", "uploads", "limits", "auth"];
+const SECTIONS: [&str; 6] = ["server", "storage", "uploads", "limits", "auth", "gc"];
 
 enum Kind {
     Int,
@@ -500,9 +563,10 @@ enum Kind {
 fn setting_kind(section: &str, key: &str) -> Option<Kind> {
     match (section, key) {
         ("limits", "manifest_max_bytes" | "list_max_entries") => Some(Kind::Int),
-        ("storage", "delete") => Some(Kind::Bool),
+        ("storage", "delete") | ("gc", "delete_untagged") => Some(Kind::Bool),
         ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout" | "header_timeout")
         | ("storage", "root")
+        | ("gc", "interval" | "grace_period")
         | (
             "auth",
             "mode" | "htpasswd" | "realm" | "service" | "issuer" | "token_key" | "token_expiry"
@@ -510,6 +574,26 @@ fn setting_kind(section: &str, key: &str) -> Option<Kind> {
         )
         | ("uploads", "max_age" | "purge_interval") => Some(Kind::Text),
         _ => None,
+    }
+}
+
+/// An optional duration, written as [`duration`] writes one.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::duration")] Duration);
+        Ok(Some(Wrapped::deserialize(d)?.0))
     }
 }
 

@@ -129,6 +129,8 @@ pub async fn run(
             source,
         })?;
     let purge = tokio::spawn(registry.clone().purge_loop());
+    let gc = tokio::spawn(registry.clone().gc_loop());
+    let watch = tokio::spawn(registry.clone().watch_collections());
     tracing::info!(%addr, root = %config.storage.root.display(), tls = tls.is_some(), "registry listening");
     on_ready(addr);
     let result = server::serve(
@@ -143,5 +145,7 @@ pub async fn run(
     )
     .await;
     purge.abort();
+    gc.abort();
+    watch.abort();
     Ok(result?)
 }

@@ -8,16 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 use wharf_registry::config::{AccessRule, AuthConfig};
-use wharf_registry::testing::Spawned;
 
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
+mod support;
+use support::{Reg, basic};
 
 fn rule(repos: &[&str], users: &[&str], groups: &[&str], actions: &[&str]) -> AccessRule {
     let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect();
@@ -35,13 +31,6 @@ fn write_users(path: &Path, users: &[(&str, &str)]) {
         .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-struct Reg {
-    base: String,
-    http: Client,
-    dir: tempfile::TempDir,
-    _server: Spawned,
 }
 
 /// alice: everything in `team/*`, push in `public/*`; bob (group readers): pull in `team/*`;
@@ -66,127 +55,7 @@ fn start(set: impl FnOnce(&mut AuthConfig, &Path)) -> Reg {
         ..AuthConfig::default()
     };
     set(&mut auth, dir.path());
-    let mut config = wharf_registry::RegistryConfig::with_root(&dir.path().join("root"));
-    config.server.addr = ([127, 0, 0, 1], 0).into();
-    config.auth = Some(auth);
-    let server = wharf_registry::testing::spawn_with(config);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Reg {
-        base: format!("http://{}", server.addr),
-        http: Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap(),
-        dir,
-        _server: server,
-    }
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {b}")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn challenge(&self) -> String {
-        self.headers
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    fn code(&self) -> &str {
-        self.body["errors"][0]["code"].as_str().unwrap_or_default()
-    }
-}
-
-impl Reg {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        auth: Option<&str>,
-        ctype: Option<&str>,
-        body: Vec<u8>,
-    ) -> Answer {
-        let mut b = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(a) = auth {
-            b = b.header("Authorization", a);
-        }
-        if let Some(t) = ctype {
-            b = b.header("Content-Type", t);
-        }
-        let r = b.body(body).send().await.unwrap();
-        let status = r.status();
-        let headers = r.headers().clone();
-        let bytes = r.bytes().await.unwrap();
-        Answer {
-            status,
-            headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
-    }
-
-    async fn get(&self, path: &str, auth: Option<&str>) -> Answer {
-        self.send(Method::GET, path, auth, None, Vec::new()).await
-    }
-
-    /// A bearer token from `/token` for these scopes, as `user` (or anonymous).
-    async fn token(&self, user: Option<(&str, &str)>, scopes: &[&str]) -> (String, Value) {
-        let mut path = "/token?service=wharf".to_owned();
-        for s in scopes {
-            path.push_str(&format!("&scope={}", s.replace(' ', "%20")));
-        }
-        let auth = user.map(|(u, p)| basic(u, p));
-        let a = self.get(&path, auth.as_deref()).await;
-        assert_eq!(a.status, 200, "{}", a.body);
-        let t = a.body["token"].as_str().unwrap().to_owned();
-        (format!("Bearer {t}"), a.body)
-    }
-
-    /// Pushes a one-layer image to `repo:tag` with `auth`; returns the layer's digest.
-    async fn push(&self, repo: &str, tag: &str, auth: &str) -> String {
-        let layer = format!("layer of {repo}:{tag}").into_bytes();
-        let config = b"{}".to_vec();
-        for blob in [&layer, &config] {
-            let a = self
-                .send(
-                    Method::POST,
-                    &format!("/v2/{repo}/blobs/uploads/?digest={}", digest(blob)),
-                    Some(auth),
-                    Some("application/octet-stream"),
-                    blob.clone(),
-                )
-                .await;
-            assert_eq!(a.status, 201, "{}", a.body);
-        }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": digest(&config), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": digest(&layer), "size": layer.len()}],
-        });
-        let a = self
-            .send(
-                Method::PUT,
-                &format!("/v2/{repo}/manifests/{tag}"),
-                Some(auth),
-                Some("application/vnd.oci.image.manifest.v1+json"),
-                manifest.to_string().into_bytes(),
-            )
-            .await;
-        assert_eq!(a.status, 201, "{}", a.body);
-        digest(&layer)
-    }
+    Reg::start(dir, |c| c.auth = Some(auth))
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! One module per command: arguments → options → one library call → render.
 
 pub(crate) mod build;
+mod gc;
 mod history;
 mod images;
 mod import;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Login(a) => login::login(&ctx, a).await,
         Command::Logout(a) => login::logout(&ctx, a).await,
         Command::Serve(a) => serve::run(&ctx, a).await,
+        Command::Gc(a) => gc::run(&ctx, a).await,
         Command::Build(a) => build::run(&ctx, a).await,
         Command::Builder(a) => build::builder(&ctx, a).await,
         Command::Run(a) => run::run(&ctx, a).await,

@@ -12,23 +12,17 @@ use crate::printer::out;
 
 pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
-        addr: args.addr,
-        root: ctx.global.root.clone(),
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
         htpasswd: args.htpasswd,
         auth_mode: args.auth_mode.map(|m| match m {
             AuthModeArg::Token => AuthMode::Token,
             AuthModeArg::Basic => AuthMode::Basic,
         }),
+        addr: args.addr,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        ..overrides(ctx)
     };
-    // For serve, --root is the registry's data folder, not the image store (main drops a
-    // root that came from WHARF_ROOT).
-    let config = RegistryConfig::resolve(
-        ctx.global.docker_config.as_deref(),
-        std::env::vars(),
-        &overrides,
-    )?;
+    let config = resolve(ctx, &overrides)?;
     if args.show_config {
         out(config.to_toml().trim_end())?;
         return Ok(ExitCode::SUCCESS);
@@ -44,6 +38,24 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("wharf serve")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the global flags say of the registry: `--root` is the registry's data folder, not the
+/// image store (main drops a root that came from WHARF_ROOT).
+pub(crate) fn overrides(ctx: &Ctx) -> Overrides {
+    Overrides {
+        root: ctx.global.root.clone(),
+        ..Overrides::default()
+    }
+}
+
+/// The registry's configuration: `--config` file, environment, then `overrides`.
+pub(crate) fn resolve(ctx: &Ctx, overrides: &Overrides) -> anyhow::Result<RegistryConfig> {
+    Ok(RegistryConfig::resolve(
+        ctx.global.docker_config.as_deref(),
+        std::env::vars(),
+        overrides,
+    )?)
 }
 
 /// Completes on SIGINT or SIGTERM.

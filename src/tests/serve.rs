@@ -1118,18 +1118,7 @@ fn issue_13_pushes_and_deletes_leave_audit_lines() {
     let serve = WharfServe::start_with(&["--config", config.to_str().unwrap()]);
     let a = &serve.addr;
     seed_busybox(&format!("{a}/tools/busybox:1"));
-    let digest = skopeo_inspect(&format!("{a}/tools/busybox:1"))["Digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _, _) = http(
-        a,
-        "DELETE",
-        &format!("/v2/tools/busybox/manifests/{digest}"),
-        &[],
-        b"",
-    );
-    assert_eq!(status, 202);
+    let digest = delete_manifest(a, "tools/busybox", "1");
     let log = serve.log();
     let audit = |action: &str| -> Vec<String> {
         log.lines()
@@ -1145,4 +1134,140 @@ fn issue_13_pushes_and_deletes_leave_audit_lines() {
     let deleted = audit("delete");
     assert_eq!(deleted.len(), 1, "{log}");
     assert!(deleted[0].contains(&digest), "{}", deleted[0]);
+}
+
+/// The blob files under a registry root, and their total size.
+fn blob_files(root: &std::path::Path) -> (usize, u64) {
+    let mut n = (0, 0);
+    let mut dirs = vec![root.join("blobs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else {
+                n.0 += 1;
+                n.1 += m.len();
+            }
+        }
+    }
+    n
+}
+
+/// Pushes two images to `a`, one under `keep/bb:1` and one (zstd, other blobs) under
+/// `drop/bb:1`, then deletes the second's manifest; the deleted manifest's digest.
+fn push_two_delete_one(a: &str, dir: &std::path::Path) -> String {
+    seed_busybox(&format!("{a}/keep/bb:1"));
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &zstd_busybox(dir),
+        &format!("docker://{a}/drop/bb:1"),
+    ])
+    .ok();
+    delete_manifest(a, "drop/bb", "1")
+}
+
+/// Deletes the manifest `repo:tag` points at, by digest (deletes must be on); its digest.
+fn delete_manifest(a: &str, repo: &str, tag: &str) -> String {
+    let digest = skopeo_inspect(&format!("{a}/{repo}:{tag}"))["Digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, _) = http(
+        a,
+        "DELETE",
+        &format!("/v2/{repo}/manifests/{digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    digest
+}
+
+#[test]
+fn issue_13_wharf_gc_beside_a_running_server() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ndelete = true\n[gc]\ninterval = \"0s\"\ngrace_period = \"0s\"\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let serve = WharfServe::start_with(&["--config", cfg]);
+    let a = &serve.addr;
+    push_two_delete_one(a, dir.path());
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = blob_files(&serve.root);
+    let w = Wharf::new();
+    let root = serve.root.to_str().unwrap();
+    let dry = w
+        .run(&["gc", "--config", cfg, "--root", root, "--dry-run"])
+        .ok();
+    assert!(
+        dry.stdout.contains("would delete blob sha256:"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("would free"), "{}", dry.stdout);
+    assert_eq!(blob_files(&serve.root), before, "a dry run deletes nothing");
+    let done = w.run(&["gc", "--config", cfg, "--root", root]).ok();
+    assert!(
+        done.stdout.contains("deleted blob sha256:"),
+        "{}",
+        done.stdout
+    );
+    let after = blob_files(&serve.root);
+    assert!(
+        after.0 < before.0 && after.1 < before.1,
+        "{before:?} -> {after:?}\n{}",
+        done.stdout
+    );
+    // The server goes on serving what is kept, whole.
+    let out = dir.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{a}/keep/bb:1"),
+        &format!("oci:{}:1", out.display()),
+    ])
+    .ok();
+    // On a root that holds no registry, gc says so.
+    let none = w
+        .run(&["gc", "--root", dir.path().join("nothing").to_str().unwrap()])
+        .fails();
+    assert!(none.stderr.contains("no registry"), "{}", none.stderr);
+}
+
+#[test]
+fn issue_13_wharf_serve_collects_garbage_on_its_own() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ndelete = true\n[gc]\ninterval = \"1s\"\ngrace_period = \"0s\"\n",
+    )
+    .unwrap();
+    let serve = WharfServe::start_with(&["--config", config.to_str().unwrap()]);
+    let a = &serve.addr;
+    let keep = blob_files(&serve.root);
+    assert_eq!(keep.0, 0);
+    push_two_delete_one(a, dir.path());
+    let pushed = blob_files(&serve.root);
+    wait_until("the server to collect", Duration::from_secs(20), || {
+        serve
+            .log()
+            .lines()
+            .any(|l| l.contains("garbage collected") && !l.contains("blobs=0"))
+    });
+    let after = blob_files(&serve.root);
+    assert!(after.0 < pushed.0, "{pushed:?} -> {after:?}");
+    skopeo_inspect(&format!("{a}/keep/bb:1"));
 }

@@ -44,6 +44,30 @@ pub enum Unlink {
     Referenced(Digest),
 }
 
+/// One repository as garbage collection sees it.
+#[derive(Clone, Debug, Default)]
+pub struct GcRepo {
+    /// Its name.
+    pub name: String,
+    /// Tags: name, digest, when last pointed (milliseconds, or seconds for old rows).
+    pub tags: Vec<(String, String, i64)>,
+    /// Manifests: digest, when stored (seconds), subject.
+    pub manifests: Vec<(String, i64, Option<String>)>,
+    /// What each manifest references: (manifest, child).
+    pub refs: Vec<(String, String)>,
+    /// Blob links: digest, when last linked (seconds).
+    pub links: Vec<(String, i64)>,
+}
+
+/// Everything garbage collection decides from, read in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct GcSnapshot {
+    /// Every repository.
+    pub repos: Vec<GcRepo>,
+    /// Every blob: digest, size.
+    pub blobs: Vec<(String, u64)>,
+}
+
 /// A stored manifest.
 #[derive(Clone, Debug)]
 pub struct ManifestRecord {
@@ -255,6 +279,48 @@ pub trait Metadata: Send + Sync + 'static {
 
     /// How many sessions are open.
     fn upload_count(&self) -> BoxFuture<'_, Result<u64, MetadataError>>;
+
+    /// Garbage collection's view of everything, from one read transaction.
+    fn gc_snapshot(&self) -> BoxFuture<'_, Result<GcSnapshot, MetadataError>>;
+
+    /// Deletes these tags of `repo` if each still points where it did when last pointed at
+    /// `(name, updated_at)`; the names deleted.
+    fn gc_delete_tags<'a>(
+        &'a self,
+        repo: &'a str,
+        tags: &'a [(String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+
+    /// Deletes those of `digests` in `repo` that are (still) untagged, stored before
+    /// `before` (seconds), referenced by no manifest left, and whose subject is gone; children
+    /// go after their parents, in one transaction. The digests deleted.
+    fn gc_delete_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [String],
+        before: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+
+    /// Unlinks those of `digests` from `repo` that no manifest of it references and that were
+    /// last linked before `before` (seconds); the digests unlinked.
+    fn gc_unlink<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [String],
+        before: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+
+    /// Forgets those of `digests` that no repository links; the digests and sizes forgotten.
+    fn gc_delete_blobs<'a>(
+        &'a self,
+        digests: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, MetadataError>>;
+
+    /// How many collections have deleted tags or manifests (any process's).
+    fn gc_epoch(&self) -> BoxFuture<'_, Result<i64, MetadataError>>;
+
+    /// Whether a blob row exists for `digest`.
+    fn blob_known<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>>;
 }
 
 /// Seconds since the epoch.

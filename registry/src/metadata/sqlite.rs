@@ -3,6 +3,7 @@
 //! pool of their own. Commits are synchronous=FULL: what the server acknowledged survives a
 //! power cut, not only a crash.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,8 +17,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use wharf_common::digest::Digest;
 
 use super::{
-    ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer, SearchHit, Unlink,
-    UploadRecord, now,
+    GcRepo, GcSnapshot, ManifestRecord, Metadata, MetadataError, NewManifest, Page, Referrer,
+    SearchHit, Unlink, UploadRecord, now,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -84,11 +85,16 @@ async fn link(
         .bind(now())
         .execute(&mut **tx)
         .await?;
-    sqlx::query("INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?1, ?2)")
-        .bind(id)
-        .bind(d.as_str())
-        .execute(&mut **tx)
-        .await?;
+    // Linking again refreshes the time, so a collection leaves it alone for its grace period.
+    sqlx::query(
+        "INSERT INTO repo_blobs (repo_id, digest, linked_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (repo_id, digest) DO UPDATE SET linked_at = excluded.linked_at",
+    )
+    .bind(id)
+    .bind(d.as_str())
+    .bind(now())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -159,20 +165,7 @@ impl Metadata for SqliteMetadata {
     ) -> BoxFuture<'a, Result<(), MetadataError>> {
         Box::pin(async move {
             let mut tx = self.write.begin().await?;
-            let id = repo_id(&mut tx, repo).await?;
-            sqlx::query(
-                "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)",
-            )
-            .bind(d.as_str())
-            .bind(i64::try_from(sz).unwrap_or(i64::MAX))
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?1, ?2)")
-                .bind(id)
-                .bind(d.as_str())
-                .execute(&mut *tx)
-                .await?;
+            link(&mut tx, repo, d, sz).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -625,6 +618,229 @@ impl Metadata for SqliteMetadata {
             Ok(size(n))
         })
     }
+
+    fn gc_snapshot(&self) -> BoxFuture<'_, Result<GcSnapshot, MetadataError>> {
+        Box::pin(async move {
+            let mut tx = self.read.begin().await?;
+            let repos: Vec<(i64, String)> =
+                sqlx::query_as("SELECT id, name FROM repositories ORDER BY name")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut by_id: HashMap<i64, GcRepo> = repos
+                .into_iter()
+                .map(|(id, name)| {
+                    (
+                        id,
+                        GcRepo {
+                            name,
+                            ..GcRepo::default()
+                        },
+                    )
+                })
+                .collect();
+            let tags: Vec<(i64, String, String, i64)> =
+                sqlx::query_as("SELECT repo_id, name, digest, updated_at FROM tags")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (id, name, d, at) in tags {
+                if let Some(r) = by_id.get_mut(&id) {
+                    r.tags.push((name, d, at));
+                }
+            }
+            let manifests: Vec<(i64, String, i64, Option<String>)> =
+                sqlx::query_as("SELECT repo_id, digest, created_at, subject FROM manifests")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (id, d, at, subject) in manifests {
+                if let Some(r) = by_id.get_mut(&id) {
+                    r.manifests.push((d, at, subject));
+                }
+            }
+            let refs: Vec<(i64, String, String)> =
+                sqlx::query_as("SELECT repo_id, manifest, child FROM manifest_refs")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (id, m, c) in refs {
+                if let Some(r) = by_id.get_mut(&id) {
+                    r.refs.push((m, c));
+                }
+            }
+            let links: Vec<(i64, String, i64)> =
+                sqlx::query_as("SELECT repo_id, digest, linked_at FROM repo_blobs")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (id, d, at) in links {
+                if let Some(r) = by_id.get_mut(&id) {
+                    r.links.push((d, at));
+                }
+            }
+            let blobs: Vec<(String, i64)> = sqlx::query_as("SELECT digest, size FROM blobs")
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let mut repos: Vec<GcRepo> = by_id.into_values().collect();
+            repos.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(GcSnapshot {
+                repos,
+                blobs: blobs.into_iter().map(|(d, s)| (d, size(s))).collect(),
+            })
+        })
+    }
+
+    fn gc_delete_tags<'a>(
+        &'a self,
+        repo: &'a str,
+        tags: &'a [(String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+        Box::pin(async move {
+            let mut tx = self.write.begin().await?;
+            let mut deleted = Vec::new();
+            for (name, at) in tags {
+                let r = sqlx::query(
+                    "DELETE FROM tags WHERE name = ?2 AND updated_at = ?3
+                     AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+                )
+                .bind(repo)
+                .bind(name)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if r.rows_affected() > 0 {
+                    deleted.push(name.clone());
+                }
+            }
+            if !deleted.is_empty() {
+                bump_epoch(&mut tx).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
+    }
+
+    fn gc_delete_manifests<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [String],
+        before: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+        Box::pin(async move {
+            let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
+            let mut tx = self.write.begin().await?;
+            let mut deleted = Vec::new();
+            // Each round deletes what nothing left points at: parents before their children,
+            // subjects before their referrers; a manifest tagged or referenced meanwhile stays,
+            // and so does everything it holds.
+            loop {
+                let round: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM manifests AS m
+                     WHERE m.repo_id = (SELECT id FROM repositories WHERE name = ?1)
+                       AND m.digest IN (SELECT value FROM json_each(?2))
+                       AND m.created_at < ?3
+                       AND NOT EXISTS (SELECT 1 FROM tags t
+                                       WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
+                       AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                                       WHERE r.repo_id = m.repo_id AND r.child = m.digest)
+                       AND (m.subject IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM manifests s
+                            WHERE s.repo_id = m.repo_id AND s.digest = m.subject))
+                     RETURNING digest",
+                )
+                .bind(repo)
+                .bind(&list)
+                .bind(before)
+                .fetch_all(&mut *tx)
+                .await?;
+                if round.is_empty() {
+                    break;
+                }
+                deleted.extend(round);
+            }
+            if !deleted.is_empty() {
+                bump_epoch(&mut tx).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
+    }
+
+    fn gc_unlink<'a>(
+        &'a self,
+        repo: &'a str,
+        digests: &'a [String],
+        before: i64,
+    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+        Box::pin(async move {
+            let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
+            let mut tx = self.write.begin().await?;
+            let unlinked: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM repo_blobs AS b
+                 WHERE b.repo_id = (SELECT id FROM repositories WHERE name = ?1)
+                   AND b.digest IN (SELECT value FROM json_each(?2))
+                   AND b.linked_at < ?3
+                   AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                                   WHERE r.repo_id = b.repo_id AND r.child = b.digest)
+                 RETURNING digest",
+            )
+            .bind(repo)
+            .bind(&list)
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(unlinked)
+        })
+    }
+
+    fn gc_delete_blobs<'a>(
+        &'a self,
+        digests: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, u64)>, MetadataError>> {
+        Box::pin(async move {
+            let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
+            let mut tx = self.write.begin().await?;
+            let deleted: Vec<(String, i64)> = sqlx::query_as(
+                "DELETE FROM blobs AS b
+                 WHERE b.digest IN (SELECT value FROM json_each(?1))
+                   AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest)
+                 RETURNING digest, size",
+            )
+            .bind(&list)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(deleted.into_iter().map(|(d, s)| (d, size(s))).collect())
+        })
+    }
+
+    fn gc_epoch(&self) -> BoxFuture<'_, Result<i64, MetadataError>> {
+        Box::pin(async move {
+            let v: Option<i64> = sqlx::query_scalar("SELECT value FROM epochs WHERE name = 'gc'")
+                .fetch_optional(&self.read)
+                .await?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    fn blob_known<'a>(&'a self, d: &'a str) -> BoxFuture<'a, Result<bool, MetadataError>> {
+        Box::pin(async move {
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1)")
+                    .bind(d)
+                    .fetch_one(&self.write)
+                    .await?;
+            Ok(known)
+        })
+    }
+}
+
+async fn bump_epoch(tx: &mut Transaction<'_, Sqlite>) -> Result<(), MetadataError> {
+    sqlx::query(
+        "INSERT INTO epochs (name, value) VALUES ('gc', 1)
+         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

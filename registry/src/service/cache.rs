@@ -14,6 +14,8 @@ const MAX_ENTRIES: usize = 50_000;
 #[derive(Default)]
 pub struct ManifestCache {
     repos: RwLock<HashMap<String, RepoEntries>>,
+    /// Bumped when everything is forgotten; part of every generation.
+    everything: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -30,11 +32,13 @@ impl ManifestCache {
 
     /// The repository's generation, read before looking in the database.
     pub fn generation(&self, repo: &str) -> u64 {
+        let everything = self.everything.load(std::sync::atomic::Ordering::Acquire);
         self.repos
             .read()
             .ok()
             .and_then(|r| r.get(repo).map(|e| e.generation))
             .unwrap_or(0)
+            + everything
     }
 
     pub fn insert(&self, repo: &str, reference: &str, generation: u64, m: Arc<ManifestRecord>) {
@@ -48,9 +52,21 @@ impl ManifestCache {
                 e.generation > 0
             });
         }
+        let everything = self.everything.load(std::sync::atomic::Ordering::Acquire);
         let entries = repos.entry(repo.to_owned()).or_default();
-        if entries.generation == generation {
+        if entries.generation + everything == generation {
             entries.by_reference.insert(reference.to_owned(), m);
+        }
+    }
+
+    /// Forgets every repository's entries (another process changed the database).
+    pub fn invalidate_all(&self) {
+        if let Ok(mut repos) = self.repos.write() {
+            self.everything
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            for e in repos.values_mut() {
+                e.by_reference.clear();
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! into calls here and [`ServiceError`]s into the spec's error envelope.
 
 mod cache;
+pub mod gc;
 pub mod manifest;
 mod names;
 
@@ -22,6 +23,7 @@ use crate::metadata::{
 use crate::metrics::Metrics;
 use crate::storage::{BlobStorage, ByteStream, FsStorage, StorageError};
 use cache::ManifestCache;
+pub use gc::{GcOptions, GcReport};
 pub use names::{NameError, Repository, UploadId};
 
 /// Why an operation failed; the api module maps each to an error code.
@@ -157,6 +159,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>,
     cache: ManifestCache,
+    sweep: gc::SweepLock,
 }
 
 /// A manifest or tag reference from a URL.
@@ -201,6 +204,7 @@ impl Registry {
     ) -> Result<Registry, ServiceError> {
         let metrics = Arc::new(Metrics::default());
         metrics.set_uploads_open(meta.upload_count().await?);
+        let sweep = gc::SweepLock::new(&config.storage.root);
         Ok(Registry {
             inner: Arc::new(Inner {
                 meta,
@@ -209,6 +213,7 @@ impl Registry {
                 metrics,
                 sessions: Mutex::new(HashMap::new()),
                 cache: ManifestCache::default(),
+                sweep,
             }),
         })
     }
@@ -311,6 +316,9 @@ impl Registry {
         from: Option<&Repository>,
         may_pull: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Mounted, ServiceError> {
+        // Held from reading the source's link to writing ours: a collection cannot delete the
+        // blob in between.
+        let _sweep = self.inner.sweep.shared().await?;
         let size = match from {
             Some(from) if may_pull(from.as_str()) => {
                 self.inner.meta.repo_blob(from.as_str(), digest).await?
@@ -367,8 +375,11 @@ impl Registry {
                 return Err(e);
             }
         };
+        // A collection deletes no blob between its commit and its link.
+        let sweep = self.inner.sweep.shared().await?;
         storage.commit(&id, digest).await?;
         self.inner.meta.link_blob(repo, digest, size).await?;
+        drop(sweep);
         tracing::debug!(repo, %digest, size, "blob stored");
         Ok(size)
     }
@@ -513,11 +524,13 @@ impl Registry {
             self.drop_session(id).await?;
             return Err(e);
         }
+        let sweep = self.inner.sweep.shared().await?;
         self.inner.storage.commit(id, digest).await?;
         self.inner
             .meta
             .complete_upload(id, repo, digest, len)
             .await?;
+        drop(sweep);
         self.lock_sessions().remove(id);
         self.inner.metrics.upload_ended(true);
         drop(st);

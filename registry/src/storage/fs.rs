@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use wharf_common::digest::Digest;
 
-use super::{Appended, BlobStorage, ByteStream, StorageError};
+use super::{Appended, BlobFile, BlobStorage, ByteStream, StorageError};
 
 /// Write-behind granularity: dirty pages are handed to the disk every this many bytes, so the
 /// fsync at commit has little left to do.
@@ -386,6 +386,50 @@ impl BlobStorage for FsStorage {
             }
         })
     }
+
+    fn blob_files(&self) -> BoxFuture<'_, Result<Vec<BlobFile>, StorageError>> {
+        let blobs = self.blobs.clone();
+        Box::pin(blocking(move || list_blob_files(&blobs)))
+    }
+}
+
+/// The blob files under `blobs/<algorithm>/<xx>/<hex>`.
+fn list_blob_files(blobs: &Path) -> Result<Vec<BlobFile>, StorageError> {
+    let mut out = Vec::new();
+    let read = |dir: &Path| -> Result<Vec<std::fs::DirEntry>, StorageError> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => Ok(entries.flatten().collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StorageError::io("listing", dir)(e)),
+        }
+    };
+    for alg in read(blobs)? {
+        let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        for prefix in read(&alg.path())? {
+            for file in read(&prefix.path())? {
+                let Some(hex) = file.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(digest) = format!("{alg_name}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else { continue };
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                out.push(BlobFile {
+                    digest,
+                    size: meta.len(),
+                    written: modified,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn tokio_stream<T: Send + 'static>(

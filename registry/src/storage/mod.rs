@@ -55,6 +55,17 @@ pub struct Appended {
     pub received: u64,
 }
 
+/// A stored blob's file.
+#[derive(Clone, Debug)]
+pub struct BlobFile {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When its bytes were last written (seconds since the epoch).
+    pub written: u64,
+}
+
 /// Where blobs and upload data live. Implementations: the filesystem ([`FsStorage`]).
 pub trait BlobStorage: Send + Sync + 'static {
     /// The size of the stored blob, or `None`.
@@ -106,4 +117,7 @@ pub trait BlobStorage: Send + Sync + 'static {
 
     /// Removes a blob's bytes (absent is fine).
     fn delete<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Every stored blob file. Files that are not blobs are skipped.
+    fn blob_files(&self) -> BoxFuture<'_, Result<Vec<BlobFile>, StorageError>>;
 }
