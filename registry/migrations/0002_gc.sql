@@ -13,3 +13,7 @@ CREATE TABLE epochs (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- "Does any repository still link this blob", asked for every blob a collection deletes (and
+-- by mounts without `from`).
+CREATE INDEX repo_blobs_by_digest ON repo_blobs (digest);

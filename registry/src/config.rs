@@ -259,6 +259,9 @@ pub struct StorageConfig {
     /// Whether manifests, tags and blobs may be deleted through the API (off by default, as in
     /// distribution: `DELETE` answers 405 `UNSUPPORTED`). Cancelling an upload is always allowed.
     pub delete: bool,
+    /// Bytes kept in reserve (`<root>/headroom`) so deletes and garbage collection can still
+    /// write when the disk is full; 0 keeps none.
+    pub headroom: u64,
 }
 
 /// `[uploads]`
@@ -315,6 +318,7 @@ impl Default for StorageConfig {
         StorageConfig {
             root: default_root(),
             delete: false,
+            headroom: 64 << 20,
         }
     }
 }
@@ -562,7 +566,9 @@ enum Kind {
 
 fn setting_kind(section: &str, key: &str) -> Option<Kind> {
     match (section, key) {
-        ("limits", "manifest_max_bytes" | "list_max_entries") => Some(Kind::Int),
+        ("limits", "manifest_max_bytes" | "list_max_entries") | ("storage", "headroom") => {
+            Some(Kind::Int)
+        }
         ("storage", "delete") | ("gc", "delete_untagged") => Some(Kind::Bool),
         ("server", "addr" | "tls_cert" | "tls_key" | "shutdown_timeout" | "header_timeout")
         | ("storage", "root")

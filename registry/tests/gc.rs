@@ -22,7 +22,7 @@ fn start() -> Reg {
 
 /// A collector on the server's root, as `wharf gc` opens one.
 async fn collector(reg: &Reg) -> Registry {
-    Registry::open(RegistryConfig::with_root(&reg.dir.path().join("root")))
+    Registry::open_beside(RegistryConfig::with_root(&reg.dir.path().join("root")))
         .await
         .unwrap()
 }

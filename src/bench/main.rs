@@ -5,6 +5,7 @@
 //! cargo bench --bench compare -- transfer [--rounds N] [--big-mib N] [--small-layers N]
 //! cargo bench --bench compare -- registry [--rounds N] [--big-mib N] [--small-layers N]
 //! cargo bench --bench compare -- build [--rounds N]
+//! cargo bench --bench compare -- gc [--blobs N] [--manifests N]
 //! ```
 //! `build`: see `build.rs`: cold, no-op and one-file builds against BuildKit and buildah, and
 //! the start of `run IMAGE true` against docker and podman.
@@ -17,6 +18,9 @@
 //! `$WHARF_BENCH_DIR`, with the same clients: curl for one large blob (push: POST + PUT with
 //! the body; pull: GET to /dev/null), skopeo for the 200-layer image, wrk (GET) and `ab -i`
 //! (HEAD) for manifests (2 threads / 32 connections), and each server's peak RSS (VmHWM).
+//!
+//! `gc`: see `gc.rs`: `wharf gc` on 100,000 blobs in 10,000 manifests beside a server taking
+//! 20 pushers, then every manifest pulled back.
 //!
 //! For `transfer`, the registry's storage and the images pushed from live in /dev/shm, so the server side is
 //! never the disk's bottleneck; the pulling clients write to `$WHARF_BENCH_DIR` (default
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 mod build;
+mod gc;
 mod registry;
 
 struct Args {
@@ -46,6 +51,8 @@ struct Args {
     rounds: usize,
     big_mib: usize,
     small_layers: usize,
+    blobs: usize,
+    manifests: usize,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +61,8 @@ fn parse_args() -> Args {
         rounds: 3,
         big_mib: 1024,
         small_layers: 200,
+        blobs: 100_000,
+        manifests: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -63,6 +72,8 @@ fn parse_args() -> Args {
             "--small-layers" => {
                 a.small_layers = it.next().and_then(|v| v.parse().ok()).unwrap_or(200)
             }
+            "--blobs" => a.blobs = it.next().and_then(|v| v.parse().ok()).unwrap_or(100_000),
+            "--manifests" => a.manifests = it.next().and_then(|v| v.parse().ok()).unwrap_or(10_000),
             "--bench" => {}
             other if !other.starts_with('-') => a.what.push(other.to_owned()),
             _ => {}
@@ -303,7 +314,10 @@ fn main() {
             "transfer" => transfer(&args),
             "registry" => registry::bench(&args),
             "build" => build::bench(&args),
-            other => eprintln!("unknown benchmark {other:?} (known: transfer, registry, build)"),
+            "gc" => gc::bench(args.blobs, args.manifests),
+            other => {
+                eprintln!("unknown benchmark {other:?} (known: transfer, registry, build, gc)")
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, args: GcArgs) -> anyhow::Result<ExitCode> {
         grace: config.gc.grace_period,
         retention: config.gc.retention.clone(),
     };
-    let registry = Registry::open(config)
+    let registry = Registry::open_beside(config)
         .await
         .with_context(|| format!("opening the registry at {}", root.display()))?;
     let report = registry

@@ -1271,3 +1271,122 @@ fn issue_13_wharf_serve_collects_garbage_on_its_own() {
     assert!(after.0 < pushed.0, "{pushed:?} -> {after:?}");
     skopeo_inspect(&format!("{a}/keep/bb:1"));
 }
+
+/// A tmpfs of `mib` MiB mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn issue_13_a_full_disk_is_survived() {
+    if !require_root() || !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let disk = SmallDisk::mount(40);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        "[storage]\ndelete = true\nheadroom = 4194304\n[gc]\ninterval = \"0s\"\ngrace_period = \"0s\"\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let serve = WharfServe::start_in_with(&disk.path, &["--config", cfg]);
+    let a = &serve.addr;
+    assert!(serve.root.join("headroom").exists(), "the reserve is taken");
+    // Images of one 6 MiB layer each, until the disk is full.
+    let layouts = random_layouts(dir.path(), 8, &[], 6 << 20);
+    let mut pushed = 0;
+    let refusal = loop {
+        let i = pushed;
+        assert!(i < layouts.len(), "40 MiB never filled up");
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", layouts[i].display()))
+            .arg(format!("docker://{a}/full/img{i}:1"))
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        pushed += 1;
+    };
+    assert!(pushed >= 2, "{pushed} pushed before: {refusal}");
+    // skopeo shows the status of a failed chunk; wharf shows the registry's words too.
+    assert!(refusal.contains("507 Insufficient Storage"), "{refusal}");
+    let w = Wharf::new();
+    let loaded = w
+        .run(&["load", "-i", layouts[pushed].to_str().unwrap()])
+        .ok();
+    let id = loaded.stdout.trim().trim_start_matches("Loaded image ID: ");
+    w.run(&["tag", id, &format!("{a}/full/by-wharf:1")]).ok();
+    let r = w.run(&["push", &format!("{a}/full/by-wharf:1")]).fails();
+    assert!(
+        r.stderr.contains("no space left on the registry's disk"),
+        "{}",
+        r.stderr
+    );
+    // The partial upload was dropped with its data.
+    let uploads: Vec<_> = std::fs::read_dir(serve.root.join("uploads"))
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+        .collect();
+    assert!(
+        uploads.is_empty(),
+        "partial uploads left behind: {uploads:?}\n{}",
+        serve.log()
+    );
+    // Pulls go on.
+    let out = dir.path().join("pulled");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{a}/full/img0:1"),
+        &format!("oci:{}:1", out.display()),
+    ])
+    .ok();
+    // Deletes and a collection run, and give the space back.
+    for i in 0..pushed {
+        delete_manifest(a, &format!("full/img{i}"), "1");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let root = serve.root.to_str().unwrap();
+    let done = w.run(&["gc", "--config", cfg, "--root", root]).ok();
+    assert!(done.stdout.contains("deleted blob"), "{}", done.stdout);
+    // Pushes work again, and the reserve is back.
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layouts[pushed].display()),
+        &format!("docker://{a}/full/again:1"),
+    ])
+    .ok();
+    assert!(
+        serve.root.join("headroom").exists(),
+        "the reserve is taken again"
+    );
+}

@@ -390,30 +390,23 @@ impl WharfServe {
 
     /// Starts with extra flags (e.g. TLS).
     pub fn start_with(flags: &[&str]) -> WharfServe {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in_with(&std::env::temp_dir(), flags)
+    }
+
+    /// Starts with its data in a fresh directory under `parent`.
+    pub fn start_in(parent: &Path) -> WharfServe {
+        Self::start_in_with(parent, &[])
+    }
+
+    /// Starts with extra flags and its data in a fresh directory under `parent`.
+    pub fn start_in_with(parent: &Path, flags: &[&str]) -> WharfServe {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let mut s = WharfServe {
             addr: "127.0.0.1:0".into(),
             root: dir.path().join("registry"),
             child: None,
             log: dir.path().join("log"),
             flags: flags.iter().map(|f| (*f).to_owned()).collect(),
-            _dir: dir,
-        };
-        s.spawn();
-        s
-    }
-
-    /// Starts with its data in a fresh directory under `parent`.
-    pub fn start_in(parent: &Path) -> WharfServe {
-        let dir = tempfile::tempdir_in(parent).unwrap();
-        let root = dir.path().join("registry");
-        let log = dir.path().join("log");
-        let mut s = WharfServe {
-            addr: "127.0.0.1:0".into(),
-            root,
-            child: None,
-            log,
-            flags: Vec::new(),
             _dir: dir,
         };
         s.spawn();

@@ -12,6 +12,9 @@ pub struct RegistryErrorEntry {
     /// The registry's message.
     #[serde(default)]
     pub message: String,
+    /// What the registry adds: any JSON; a string is shown with the message.
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -38,11 +41,19 @@ fn describe(entries: &[RegistryErrorEntry], body_text: &str) -> String {
         entries
             .iter()
             .map(|e| {
-                if e.message.is_empty() {
+                let mut text = if e.message.is_empty() {
                     e.code.clone()
                 } else {
                     format!("{}: {}", e.code, e.message)
+                };
+                if let Some(d) = e
+                    .detail
+                    .as_str()
+                    .filter(|d| !d.is_empty() && *d != e.message)
+                {
+                    text.push_str(&format!(" ({})", d.chars().take(300).collect::<String>()));
                 }
+                text
             })
             .collect::<Vec<_>>()
             .join("; ")

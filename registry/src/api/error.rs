@@ -284,6 +284,10 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::ClientGone(_) => ApiError::new(C::BlobUploadInvalid, detail),
             ServiceError::DeletesDisabled => ApiError::new(C::Unsupported, detail),
+            // No code of the spec says it; 507 does, and the detail says what to do.
+            ServiceError::DiskFull(_) => {
+                ApiError::new(C::Unknown, detail).with_status(StatusCode::INSUFFICIENT_STORAGE)
+            }
             // As zot answers it: the method is not allowed on this blob now.
             ServiceError::BlobReferenced { .. } => {
                 ApiError::new(C::Denied, detail).with_status(StatusCode::METHOD_NOT_ALLOWED)

@@ -24,6 +24,21 @@ pub enum MetadataError {
     Corrupt(String),
 }
 
+impl MetadataError {
+    /// Whether the database could not write for want of disk space (`SQLITE_FULL`, or the OS's
+    /// `ENOSPC` through it).
+    pub fn is_full(&self) -> bool {
+        match self {
+            MetadataError::Db(sqlx::Error::Database(e)) => e
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 13),
+            MetadataError::Db(sqlx::Error::Io(e)) => e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
 /// A repository a search found.
 #[derive(Clone, Debug)]
 pub struct SearchHit {
@@ -283,32 +298,29 @@ pub trait Metadata: Send + Sync + 'static {
     /// Garbage collection's view of everything, from one read transaction.
     fn gc_snapshot(&self) -> BoxFuture<'_, Result<GcSnapshot, MetadataError>>;
 
-    /// Deletes these tags of `repo` if each still points where it did when last pointed at
-    /// `(name, updated_at)`; the names deleted.
+    /// Deletes these tags, (repository, name, when last pointed), each only if it was not
+    /// pointed again since; the (repository, name) deleted. One transaction.
     fn gc_delete_tags<'a>(
         &'a self,
-        repo: &'a str,
-        tags: &'a [(String, i64)],
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+        tags: &'a [(String, String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>>;
 
-    /// Deletes those of `digests` in `repo` that are (still) untagged, stored before
-    /// `before` (seconds), referenced by no manifest left, and whose subject is gone; children
-    /// go after their parents, in one transaction. The digests deleted.
+    /// For each (repository, digests, before): deletes those digests that are (still)
+    /// untagged, stored before `before` (seconds), referenced by no manifest left, and whose
+    /// subject is gone; children go after their parents. The (repository, digest) deleted.
+    /// One transaction.
     fn gc_delete_manifests<'a>(
         &'a self,
-        repo: &'a str,
-        digests: &'a [String],
-        before: i64,
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+        work: &'a [(String, Vec<String>, i64)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>>;
 
-    /// Unlinks those of `digests` from `repo` that no manifest of it references and that were
-    /// last linked before `before` (seconds); the digests unlinked.
+    /// For each (repository, digests): unlinks those digests no manifest of the repository
+    /// references that were last linked before `before` (seconds); how many. One transaction.
     fn gc_unlink<'a>(
         &'a self,
-        repo: &'a str,
-        digests: &'a [String],
+        work: &'a [(String, Vec<String>)],
         before: i64,
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>>;
+    ) -> BoxFuture<'a, Result<usize, MetadataError>>;
 
     /// Forgets those of `digests` that no repository links; the digests and sizes forgotten.
     fn gc_delete_blobs<'a>(

@@ -28,11 +28,25 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct SqliteMetadata {
     read: SqlitePool,
     write: SqlitePool,
+    /// Beside a server (`wharf gc`): write transactions poll for the lock every fraction of a
+    /// millisecond instead of SQLite's backing-off waits, which a busy server's writer would
+    /// win every time.
+    polling: bool,
 }
 
 impl SqliteMetadata {
     /// Opens (creating and migrating) the database at `path`.
     pub async fn open(path: &Path) -> Result<SqliteMetadata, MetadataError> {
+        SqliteMetadata::open_as(path, false).await
+    }
+
+    /// Opens the database of a registry a server may be running on, for garbage collection:
+    /// its write transactions poll for the lock (see [`SqliteMetadata::polling`]).
+    pub async fn open_beside(path: &Path) -> Result<SqliteMetadata, MetadataError> {
+        SqliteMetadata::open_as(path, true).await
+    }
+
+    async fn open_as(path: &Path, polling: bool) -> Result<SqliteMetadata, MetadataError> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -45,11 +59,48 @@ impl SqliteMetadata {
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
+        let write = if polling {
+            write.close().await;
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone().busy_timeout(Duration::ZERO))
+                .await?
+        } else {
+            write
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteMetadata { read, write })
+        Ok(SqliteMetadata {
+            read,
+            write,
+            polling,
+        })
+    }
+
+    /// A write transaction: the pool's, or when polling, `BEGIN IMMEDIATE` tried every
+    /// 200 µs for up to a minute.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, MetadataError> {
+        if !self.polling {
+            return Ok(self.write.begin().await?);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.write.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => return Ok(tx),
+                Err(sqlx::Error::Database(e))
+                    if e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .map(|c| c & 0xff)
+                        == Some(5)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -689,13 +740,12 @@ impl Metadata for SqliteMetadata {
 
     fn gc_delete_tags<'a>(
         &'a self,
-        repo: &'a str,
-        tags: &'a [(String, i64)],
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+        tags: &'a [(String, String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>> {
         Box::pin(async move {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let mut deleted = Vec::new();
-            for (name, at) in tags {
+            for (repo, name, at) in tags {
                 let r = sqlx::query(
                     "DELETE FROM tags WHERE name = ?2 AND updated_at = ?3
                      AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
@@ -706,7 +756,7 @@ impl Metadata for SqliteMetadata {
                 .execute(&mut *tx)
                 .await?;
                 if r.rows_affected() > 0 {
-                    deleted.push(name.clone());
+                    deleted.push((repo.clone(), name.clone()));
                 }
             }
             if !deleted.is_empty() {
@@ -719,41 +769,41 @@ impl Metadata for SqliteMetadata {
 
     fn gc_delete_manifests<'a>(
         &'a self,
-        repo: &'a str,
-        digests: &'a [String],
-        before: i64,
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+        work: &'a [(String, Vec<String>, i64)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>> {
         Box::pin(async move {
-            let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let mut deleted = Vec::new();
-            // Each round deletes what nothing left points at: parents before their children,
-            // subjects before their referrers; a manifest tagged or referenced meanwhile stays,
-            // and so does everything it holds.
-            loop {
-                let round: Vec<String> = sqlx::query_scalar(
-                    "DELETE FROM manifests AS m
-                     WHERE m.repo_id = (SELECT id FROM repositories WHERE name = ?1)
-                       AND m.digest IN (SELECT value FROM json_each(?2))
-                       AND m.created_at < ?3
-                       AND NOT EXISTS (SELECT 1 FROM tags t
-                                       WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
-                       AND NOT EXISTS (SELECT 1 FROM manifest_refs r
-                                       WHERE r.repo_id = m.repo_id AND r.child = m.digest)
-                       AND (m.subject IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM manifests s
-                            WHERE s.repo_id = m.repo_id AND s.digest = m.subject))
-                     RETURNING digest",
-                )
-                .bind(repo)
-                .bind(&list)
-                .bind(before)
-                .fetch_all(&mut *tx)
-                .await?;
-                if round.is_empty() {
-                    break;
+            for (repo, digests, before) in work {
+                let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
+                // Each round deletes what nothing left points at: parents before their
+                // children, subjects before their referrers; a manifest tagged or referenced
+                // meanwhile stays, and so does everything it holds.
+                loop {
+                    let round: Vec<String> = sqlx::query_scalar(
+                        "DELETE FROM manifests AS m
+                         WHERE m.repo_id = (SELECT id FROM repositories WHERE name = ?1)
+                           AND m.digest IN (SELECT value FROM json_each(?2))
+                           AND m.created_at < ?3
+                           AND NOT EXISTS (SELECT 1 FROM tags t
+                                           WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
+                           AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                                           WHERE r.repo_id = m.repo_id AND r.child = m.digest)
+                           AND (m.subject IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM manifests s
+                                WHERE s.repo_id = m.repo_id AND s.digest = m.subject))
+                         RETURNING digest",
+                    )
+                    .bind(repo)
+                    .bind(&list)
+                    .bind(before)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if round.is_empty() {
+                        break;
+                    }
+                    deleted.extend(round.into_iter().map(|d| (repo.clone(), d)));
                 }
-                deleted.extend(round);
             }
             if !deleted.is_empty() {
                 bump_epoch(&mut tx).await?;
@@ -765,27 +815,29 @@ impl Metadata for SqliteMetadata {
 
     fn gc_unlink<'a>(
         &'a self,
-        repo: &'a str,
-        digests: &'a [String],
+        work: &'a [(String, Vec<String>)],
         before: i64,
-    ) -> BoxFuture<'a, Result<Vec<String>, MetadataError>> {
+    ) -> BoxFuture<'a, Result<usize, MetadataError>> {
         Box::pin(async move {
-            let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
-            let mut tx = self.write.begin().await?;
-            let unlinked: Vec<String> = sqlx::query_scalar(
-                "DELETE FROM repo_blobs AS b
-                 WHERE b.repo_id = (SELECT id FROM repositories WHERE name = ?1)
-                   AND b.digest IN (SELECT value FROM json_each(?2))
-                   AND b.linked_at < ?3
-                   AND NOT EXISTS (SELECT 1 FROM manifest_refs r
-                                   WHERE r.repo_id = b.repo_id AND r.child = b.digest)
-                 RETURNING digest",
-            )
-            .bind(repo)
-            .bind(&list)
-            .bind(before)
-            .fetch_all(&mut *tx)
-            .await?;
+            let mut tx = self.begin_write().await?;
+            let mut unlinked = 0;
+            for (repo, digests) in work {
+                let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
+                let r = sqlx::query(
+                    "DELETE FROM repo_blobs AS b
+                     WHERE b.repo_id = (SELECT id FROM repositories WHERE name = ?1)
+                       AND b.digest IN (SELECT value FROM json_each(?2))
+                       AND b.linked_at < ?3
+                       AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                                       WHERE r.repo_id = b.repo_id AND r.child = b.digest)",
+                )
+                .bind(repo)
+                .bind(&list)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+                unlinked += usize::try_from(r.rows_affected()).unwrap_or(usize::MAX);
+            }
             tx.commit().await?;
             Ok(unlinked)
         })
@@ -797,7 +849,7 @@ impl Metadata for SqliteMetadata {
     ) -> BoxFuture<'a, Result<Vec<(String, u64)>, MetadataError>> {
         Box::pin(async move {
             let list = serde_json::to_string(digests).unwrap_or_else(|_| "[]".into());
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let deleted: Vec<(String, i64)> = sqlx::query_as(
                 "DELETE FROM blobs AS b
                  WHERE b.digest IN (SELECT value FROM json_each(?1))

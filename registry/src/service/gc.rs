@@ -247,16 +247,21 @@ fn plan_repo(
     }
 }
 
-/// The sweep lock (see the module's documentation).
+/// The sweep lock (see the module's documentation). Two files: `gc.lock` is the lock itself,
+/// `gc.gate` a turnstile in front of it, so a collector waiting for the lock is not starved
+/// by a server whose commits always overlap: a committer passes the gate (shared, for an
+/// instant) before taking the lock shared; a collector closes the gate (exclusive) and then
+/// waits only for the commits already inside.
 pub(crate) struct SweepLock {
-    path: PathBuf,
+    lock: PathBuf,
+    gate: PathBuf,
     local: tokio::sync::RwLock<()>,
 }
 
-/// Held while the lock is: the in-process guard and the locked file.
+/// Held while the lock is: the in-process guard and the locked file(s).
 pub(crate) struct SweepGuard<'a> {
     _local: Guard<'a>,
-    _file: std::fs::File,
+    _files: Vec<std::fs::File>,
 }
 
 enum Guard<'a> {
@@ -269,7 +274,8 @@ enum Guard<'a> {
 impl SweepLock {
     pub(crate) fn new(root: &std::path::Path) -> SweepLock {
         SweepLock {
-            path: root.join("gc.lock"),
+            lock: root.join("gc.lock"),
+            gate: root.join("gc.gate"),
             local: tokio::sync::RwLock::new(()),
         }
     }
@@ -277,50 +283,71 @@ impl SweepLock {
     /// Held while a blob is committed and linked.
     pub(crate) async fn shared(&self) -> Result<SweepGuard<'_>, StorageError> {
         let local = Guard::Shared(self.local.read().await);
-        let file = self.flock(libc::LOCK_SH).await?;
+        let (lock, gate) = (self.lock.clone(), self.gate.clone());
+        let file = blocking_io(move || {
+            let gate = flock(&gate, libc::LOCK_SH)?;
+            let file = flock(&lock, libc::LOCK_SH)?;
+            drop(gate);
+            Ok(file)
+        })
+        .await?;
         Ok(SweepGuard {
             _local: local,
-            _file: file,
+            _files: vec![file],
         })
     }
 
     /// Held while blobs are deleted.
     pub(crate) async fn exclusive(&self) -> Result<SweepGuard<'_>, StorageError> {
         let local = Guard::Exclusive(self.local.write().await);
-        let file = self.flock(libc::LOCK_EX).await?;
+        let (lock, gate) = (self.lock.clone(), self.gate.clone());
+        let files = blocking_io(move || {
+            let gate = flock(&gate, libc::LOCK_EX)?;
+            let file = flock(&lock, libc::LOCK_EX)?;
+            Ok(vec![file, gate])
+        })
+        .await?;
         Ok(SweepGuard {
             _local: local,
-            _file: file,
+            _files: files,
         })
-    }
-
-    async fn flock(&self, how: i32) -> Result<std::fs::File, StorageError> {
-        let path = self.path.clone();
-        let err = |e| StorageError::io("locking", &path)(e);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let locked = tokio::task::spawn_blocking(move || {
-            // SAFETY: flock on a descriptor `file` keeps open until it is returned.
-            if unsafe { libc::flock(fd, how) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        locked.map_err(err)?;
-        Ok(file)
     }
 }
 
+/// Runs blocking file locking off the async threads.
+async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StorageError::Io {
+            what: "locking",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+/// Opens `path` (creating it) and `flock`s it `how`; unlocked when the file is closed.
+fn flock(path: &std::path::Path, how: i32) -> Result<std::fs::File, StorageError> {
+    let err = |e| StorageError::io("locking", path)(e);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    // SAFETY: flock on a descriptor `file` keeps open while it is in use.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), how) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
 /// Blobs deleted per hold of the sweep lock, so pushes are not held up for long.
-const BLOB_BATCH: usize = 2000;
+const BLOB_BATCH: usize = 5000;
+
+/// Blob links removed per transaction.
+const LINK_BATCH: usize = 20_000;
 
 impl Registry {
     /// Collects garbage as `opts` says (see the module's documentation).
@@ -362,32 +389,61 @@ impl Registry {
             report.took = start.elapsed();
             return Ok(report);
         }
-        for r in &plan.repos {
-            let tags = meta.gc_delete_tags(&r.name, &r.tags).await?;
-            let manifests = if r.manifests.is_empty() {
-                Vec::new()
-            } else {
-                meta.gc_delete_manifests(&r.name, &r.manifests, r.manifest_cutoff)
-                    .await?
-            };
-            if !tags.is_empty() || !manifests.is_empty() {
-                self.inner.cache.invalidate(&r.name);
+        // Few transactions, each over every repository: a `wharf gc` beside a busy server
+        // waits for the database's write lock once per transaction.
+        let tags: Vec<(String, String, i64)> = plan
+            .repos
+            .iter()
+            .flat_map(|r| {
+                r.tags
+                    .iter()
+                    .map(|(t, at)| (r.name.clone(), t.clone(), *at))
+            })
+            .collect();
+        if !tags.is_empty() {
+            report.tags = self
+                .freeing(|| async { Ok(meta.gc_delete_tags(&tags).await?) })
+                .await?;
+        }
+        let manifests: Vec<(String, Vec<String>, i64)> = plan
+            .repos
+            .iter()
+            .filter(|r| !r.manifests.is_empty())
+            .map(|r| (r.name.clone(), r.manifests.clone(), r.manifest_cutoff))
+            .collect();
+        if !manifests.is_empty() {
+            report.manifests = self
+                .freeing(|| async { Ok(meta.gc_delete_manifests(&manifests).await?) })
+                .await?;
+        }
+        let touched: HashSet<&str> = report
+            .tags
+            .iter()
+            .chain(&report.manifests)
+            .map(|(r, _)| r.as_str())
+            .collect();
+        for repo in touched {
+            self.inner.cache.invalidate(repo);
+        }
+        let mut batch: Vec<(String, Vec<String>)> = Vec::new();
+        let mut in_batch = 0;
+        for r in plan.repos.iter().filter(|r| !r.links.is_empty()) {
+            for chunk in r.links.chunks(LINK_BATCH) {
+                batch.push((r.name.clone(), chunk.to_vec()));
+                in_batch += chunk.len();
+                if in_batch >= LINK_BATCH {
+                    report.links += self.unlink(&batch, now.saturating_sub(grace)).await?;
+                    batch.clear();
+                    in_batch = 0;
+                }
             }
-            report
-                .tags
-                .extend(tags.into_iter().map(|t| (r.name.clone(), t)));
-            report
-                .manifests
-                .extend(manifests.into_iter().map(|m| (r.name.clone(), m)));
-            for chunk in r.links.chunks(5000) {
-                report.links += meta
-                    .gc_unlink(&r.name, chunk, now.saturating_sub(grace))
-                    .await?
-                    .len();
-            }
+        }
+        if !batch.is_empty() {
+            report.links += self.unlink(&batch, now.saturating_sub(grace)).await?;
         }
         // Links removed just now make more blobs unlinked than the plan saw: all of them are
         // offered, and the delete keeps whatever is linked.
+        tracing::debug!(elapsed = ?start.elapsed(), "gc: tags, manifests and links done");
         let candidates = if report.links > 0 {
             unlinked(&meta.gc_snapshot().await?)
         } else {
@@ -395,7 +451,9 @@ impl Registry {
         };
         for chunk in candidates.chunks(BLOB_BATCH) {
             let _lock = self.inner.sweep.exclusive().await?;
-            let gone = meta.gc_delete_blobs(chunk).await?;
+            let gone = self
+                .freeing(|| async { Ok(meta.gc_delete_blobs(chunk).await?) })
+                .await?;
             for (d, _) in &gone {
                 if let Ok(d) = d.parse::<Digest>() {
                     self.inner.storage.delete(&d).await?;
@@ -403,6 +461,7 @@ impl Registry {
             }
             report.blobs.extend(gone);
         }
+        tracing::debug!(elapsed = ?start.elapsed(), "gc: blobs done");
         if !stray.is_empty() {
             let _lock = self.inner.sweep.exclusive().await?;
             for (d, size) in stray {
@@ -415,8 +474,19 @@ impl Registry {
                 }
             }
         }
+        // With space back, keep the reserve for the next full disk.
+        self.inner.headroom.take();
         report.took = start.elapsed();
         Ok(report)
+    }
+
+    async fn unlink(
+        &self,
+        batch: &[(String, Vec<String>)],
+        before: i64,
+    ) -> Result<usize, ServiceError> {
+        self.freeing(|| async { Ok(self.inner.meta.gc_unlink(batch, before).await?) })
+            .await
     }
 
     /// Blob files no row of `snapshot` knows, written before `before`.

@@ -3,6 +3,7 @@
 //! into calls here and [`ServiceError`]s into the spec's error envelope.
 
 mod cache;
+mod disk;
 pub mod gc;
 pub mod manifest;
 mod names;
@@ -98,12 +99,18 @@ pub enum ServiceError {
     /// The client's body broke off; what arrived was kept.
     #[error("the request body broke off: {0}")]
     ClientGone(String),
+    /// The registry's disk is full (or the space kept for deletes is all that is left).
+    #[error(
+        "no space left on the registry's disk{}: pushes fail until space is freed (delete images, then collect garbage)",
+        .0.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+    )]
+    DiskFull(Option<String>),
     /// Blob storage failed.
     #[error(transparent)]
     Storage(StorageError),
     /// The metadata database failed.
     #[error(transparent)]
-    Metadata(#[from] MetadataError),
+    Metadata(MetadataError),
 }
 
 impl From<StorageError> for ServiceError {
@@ -111,8 +118,22 @@ impl From<StorageError> for ServiceError {
         match e {
             StorageError::Body(e) => ServiceError::ClientGone(e.to_string()),
             StorageError::UploadMissing(id) => ServiceError::UploadUnknown(id),
+            StorageError::Io { source, path, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                ServiceError::DiskFull(Some(format!("writing {}", path.display())))
+            }
             e => ServiceError::Storage(e),
         }
+    }
+}
+
+impl From<MetadataError> for ServiceError {
+    fn from(e: MetadataError) -> ServiceError {
+        if e.is_full() {
+            return ServiceError::DiskFull(Some("the metadata database cannot grow".into()));
+        }
+        ServiceError::Metadata(e)
     }
 }
 
@@ -160,6 +181,7 @@ struct Inner {
     sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SessionState>>>>,
     cache: ManifestCache,
     sweep: gc::SweepLock,
+    headroom: disk::Headroom,
 }
 
 /// A manifest or tag reference from a URL.
@@ -183,6 +205,17 @@ impl ManifestRef {
 impl Registry {
     /// Opens the embedded default: SQLite metadata and filesystem blobs under the configured root.
     pub async fn open(config: RegistryConfig) -> Result<Registry, ServiceError> {
+        Registry::open_as(config, false).await
+    }
+
+    /// Opens the registry at the configured root as `wharf gc` does, beside a server that may
+    /// be running on it: its collections get the database's write lock between the server's
+    /// writes instead of waiting for a pause.
+    pub async fn open_beside(config: RegistryConfig) -> Result<Registry, ServiceError> {
+        Registry::open_as(config, true).await
+    }
+
+    async fn open_as(config: RegistryConfig, beside: bool) -> Result<Registry, ServiceError> {
         let root = config.storage.root.clone();
         std::fs::create_dir_all(&root).map_err(|source| {
             ServiceError::Storage(StorageError::Io {
@@ -192,7 +225,12 @@ impl Registry {
             })
         })?;
         let storage = FsStorage::open(&root)?;
-        let meta = SqliteMetadata::open(&root.join("registry.db")).await?;
+        let db = root.join("registry.db");
+        let meta = if beside {
+            SqliteMetadata::open_beside(&db).await?
+        } else {
+            SqliteMetadata::open(&db).await?
+        };
         Registry::with_parts(config, Arc::new(meta), Arc::new(storage)).await
     }
 
@@ -205,6 +243,8 @@ impl Registry {
         let metrics = Arc::new(Metrics::default());
         metrics.set_uploads_open(meta.upload_count().await?);
         let sweep = gc::SweepLock::new(&config.storage.root);
+        let headroom = disk::Headroom::new(&config.storage.root, config.storage.headroom);
+        headroom.take();
         Ok(Registry {
             inner: Arc::new(Inner {
                 meta,
@@ -214,6 +254,7 @@ impl Registry {
                 sessions: Mutex::new(HashMap::new()),
                 cache: ManifestCache::default(),
                 sweep,
+                headroom,
             }),
         })
     }
@@ -261,6 +302,19 @@ impl Registry {
         Ok(self.inner.storage.read(digest, offset, len).await?)
     }
 
+    /// Runs a delete (or a collection's step), and if the disk is too full for it to write,
+    /// gives back the space kept in reserve and runs it again.
+    pub(crate) async fn freeing<T, F, Fut>(&self, f: F) -> Result<T, ServiceError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        match f().await {
+            Err(ServiceError::DiskFull(_)) if self.inner.headroom.release() => f().await,
+            other => other,
+        }
+    }
+
     /// Unlinks a blob from `repo`.
     pub async fn delete_blob(
         &self,
@@ -271,7 +325,10 @@ impl Registry {
             return Err(ServiceError::DeletesDisabled);
         }
         let repo = repo.as_str();
-        match self.inner.meta.unlink_blob(repo, digest).await? {
+        let unlinked = self
+            .freeing(|| async { Ok(self.inner.meta.unlink_blob(repo, digest).await?) })
+            .await?;
+        match unlinked {
             Unlink::Unlinked => {
                 tracing::info!(repo, %digest, "blob unlinked");
                 Ok(())
@@ -288,6 +345,7 @@ impl Registry {
 
     /// Opens an upload session in `repo`.
     pub async fn start_upload(&self, repo: &Repository) -> Result<UploadId, ServiceError> {
+        self.inner.headroom.admit(0)?;
         let id = UploadId::new();
         let key = id.as_str();
         self.inner.storage.create_upload(key).await?;
@@ -354,6 +412,7 @@ impl Registry {
         declared: Option<u64>,
     ) -> Result<u64, ServiceError> {
         let repo = repo.as_str();
+        self.inner.headroom.admit(declared.unwrap_or(0))?;
         let id = format!("mono-{}", UploadId::new());
         let storage = &self.inner.storage;
         storage.create_upload(&id).await?;
@@ -488,7 +547,13 @@ impl Registry {
             }
             Err(e) => {
                 st.len = u64::MAX;
-                Err(e.into())
+                let e = ServiceError::from(e);
+                if matches!(e, ServiceError::DiskFull(_)) {
+                    // What arrived is of no use to anyone and holds the space others need.
+                    tracing::warn!(upload = id, "disk full: upload dropped with its data");
+                    self.drop_session(id).await?;
+                }
+                Err(e)
             }
         }
     }
@@ -554,8 +619,12 @@ impl Registry {
     /// Ends a session without a blob: cancelled, failed verification or expired.
     async fn drop_session(&self, id: &str) -> Result<(), ServiceError> {
         self.lock_sessions().remove(id);
-        let existed = self.inner.meta.delete_upload(id).await?;
+        // The data first: on a full disk, removing it is what makes room for the row's delete
+        // (a row without data is an unknown upload, and expires).
         self.inner.storage.remove_upload(id).await?;
+        let existed = self
+            .freeing(|| async { Ok(self.inner.meta.delete_upload(id).await?) })
+            .await?;
         if existed {
             self.inner.metrics.upload_ended(false);
         }
@@ -626,6 +695,7 @@ impl Registry {
                 limit,
             });
         }
+        self.inner.headroom.admit(content.len() as u64)?;
         let parsed =
             manifest::parse(&content, content_type).map_err(ServiceError::ManifestInvalid)?;
         let (digest, tag) = match reference {
@@ -708,10 +778,14 @@ impl Registry {
             return Err(ServiceError::DeletesDisabled);
         }
         let repo = repo.as_str();
-        let existed = match reference {
-            ManifestRef::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
-            ManifestRef::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
-        };
+        let existed = self
+            .freeing(|| async {
+                Ok(match reference {
+                    ManifestRef::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
+                    ManifestRef::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
+                })
+            })
+            .await?;
         self.inner.cache.invalidate(repo);
         if existed {
             tracing::info!(repo, reference = reference.key(), "manifest deleted");

@@ -244,6 +244,10 @@ impl BlobStorage for FsStorage {
                         on_bytes(&c);
                         received += c.len() as u64;
                         if tx.send(c).await.is_err() {
+                            // The writer failed (a full disk, say): read what the client is
+                            // still sending, so that it gets the answer instead of a broken
+                            // pipe.
+                            drain(&mut body).await;
                             break;
                         }
                     }
@@ -391,6 +395,20 @@ impl BlobStorage for FsStorage {
         let blobs = self.blobs.clone();
         Box::pin(blocking(move || list_blob_files(&blobs)))
     }
+}
+
+/// Reads and drops up to 16 MiB more of `body`, for up to 10 seconds.
+async fn drain(body: &mut ByteStream) {
+    let mut left: usize = 16 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(c)) = body.next().await {
+            left = left.saturating_sub(c.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The blob files under `blobs/<algorithm>/<xx>/<hex>`.
