@@ -3,6 +3,10 @@
 -- manifest that will reference it is on its way; rows from before count as old.
 ALTER TABLE repo_blobs ADD COLUMN linked_at INTEGER NOT NULL DEFAULT 0;
 
+-- When a manifest was last pushed (again): a collection leaves a manifest pushed within the
+-- grace period alone even if it was first stored long ago.
+ALTER TABLE manifests ADD COLUMN pushed_at INTEGER NOT NULL DEFAULT 0;
+
 -- "Which manifests of this repository reference this digest", asked for every link a
 -- collection looks at and for every blob delete.
 CREATE INDEX manifest_refs_by_child ON manifest_refs (repo_id, child);

@@ -228,6 +228,39 @@ async fn rules_decide_what_each_caller_may_do_and_see() {
 }
 
 #[tokio::test]
+async fn challenges_carry_only_what_the_grammar_allows() {
+    let reg = start(|_, _| {});
+    let layer = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let a = reg
+        .send(
+            Method::POST,
+            &format!(
+                "/v2/team/x/blobs/uploads/?mount={layer}&from=x%22,realm=%22https://evil/token"
+            ),
+            None,
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(a.status, 401);
+    let c = a.challenge();
+    assert!(
+        !c.contains("evil") && c.matches("realm=").count() == 1,
+        "{c}"
+    );
+    // A Host that is not a host name does not become the realm.
+    let r = reg
+        .http
+        .get(format!("{}/v2/", reg.base))
+        .header("Host", "a\",realm=\"https://evil")
+        .send()
+        .await
+        .unwrap();
+    let c = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(!c.contains("evil"), "{c}");
+}
+
+#[tokio::test]
 async fn refresh_tokens_follow_the_password() {
     let reg = start(|_, _| {});
     let form = |pairs: &[(&str, &str)]| -> Vec<u8> {

@@ -357,3 +357,24 @@ async fn collections_racing_pushes_leave_no_manifest_broken() {
         assert_eq!(tagged + refused, 8 * 12, "{phase}");
     }
 }
+
+#[tokio::test]
+async fn a_manifest_pushed_again_is_young_again() {
+    let reg = start();
+    let layers = [b"pushed twice".to_vec()];
+    let (m, _) = reg.push_image("again", "", None, &layers).await.unwrap();
+    age().await;
+    // Pushed again by digest (a platform's manifest before its index, say): a collection
+    // now must not take it from under the index that is coming.
+    reg.push_image("again", "", None, &layers).await.unwrap();
+    let gc = collector(&reg).await;
+    let opts = GcOptions {
+        delete_untagged: true,
+        ..GcOptions::default()
+    };
+    let r = gc.collect(&opts).await.unwrap();
+    assert!(r.manifests.is_empty(), "{r:?}");
+    age().await;
+    let r = gc.collect(&opts).await.unwrap();
+    assert_eq!(r.manifests, [("again".to_owned(), m)]);
+}

@@ -320,9 +320,15 @@ impl Req {
         }
     }
 
-    /// The `Host` the client addressed, for token realms.
+    /// The `Host` the client addressed, for token realms: a host name or address with an
+    /// optional port, nothing else (a realm is built from it).
     fn host(&self) -> Option<&str> {
-        self.header(header::HOST)
+        self.header(header::HOST).filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        })
     }
 
     /// Whether the caller may pull `repo` (always, without authentication).
@@ -404,13 +410,15 @@ async fn authorize(app: &App, route: &Route<'_>, req: &mut Req) -> Result<(), Ap
     match route.repo() {
         None => auth.require_catalog(&req.who, req.host())?,
         Some(repo) => {
+            // Only names of the spec's grammar reach a challenge (they hold no quotes).
+            Repository::parse(repo).map_err(RequestError::from)?;
             // A mount's challenge also asks for pull on its source, so that the token the
             // client fetches can mount from there.
             let from = match route {
                 Route::UploadStart(_) if req.query.contains_key("mount") => req
                     .query
                     .get("from")
-                    .filter(|f| !f.is_empty())
+                    .filter(|f| Repository::parse(f).is_ok())
                     .map(|f| format!("repository:{f}:pull")),
                 _ => None,
             };

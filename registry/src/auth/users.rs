@@ -54,8 +54,16 @@ struct Loaded {
 /// How often the file's stamp is looked at.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// After this many failures in a row a user or address must wait before trying again.
+/// After this many failures in a row an address (or a user from an address) must wait before
+/// trying again.
 const FREE_FAILURES: u32 = 5;
+
+/// A user's failures from every address together: higher, so that nobody locks a user out by
+/// guessing wrong on purpose, but a distributed guesser still meets a wall.
+const FREE_USER_FAILURES: u32 = 50;
+
+/// bcrypt checks running at once; more wait (each takes a core for milliseconds).
+const BCRYPT_SLOTS: usize = 4;
 
 /// The longest wait a run of failures earns.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -92,8 +100,21 @@ pub struct Users {
     secret: [u8; 32],
     failures: Mutex<HashMap<String, Failures>>,
     /// Checked when a user does not exist, so that answering takes as long as for one who
-    /// does.
-    decoy: String,
+    /// does: a hash at the highest cost the file uses.
+    decoy: RwLock<String>,
+    bcrypt_slots: tokio::sync::Semaphore,
+}
+
+/// The cost of a bcrypt hash (`$2y$05$…` → 5).
+fn cost(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
+}
+
+/// A hash of a random password at the highest cost among `users` (bcrypt's minimum, 4, when
+/// there are none).
+fn decoy_for(users: &HashMap<String, String>) -> String {
+    let c = users.values().filter_map(|h| cost(h)).max().unwrap_or(4);
+    bcrypt::hash(hex::encode(rand::random::<[u8; 16]>()), c).unwrap_or_default()
 }
 
 impl Users {
@@ -101,8 +122,7 @@ impl Users {
     pub fn open(path: &Path, remember_for: Duration) -> Result<Arc<Users>, UsersError> {
         let (users, stamp) = read(path)?;
         let secret = rand::random::<[u8; 32]>();
-        let decoy = bcrypt::hash(hex::encode(secret), bcrypt::DEFAULT_COST)
-            .unwrap_or_else(|_| String::new());
+        let decoy = RwLock::new(decoy_for(&users));
         Ok(Arc::new(Users {
             path: path.to_owned(),
             loaded: RwLock::new(Loaded {
@@ -115,6 +135,7 @@ impl Users {
             secret,
             failures: Mutex::new(HashMap::new()),
             decoy,
+            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_SLOTS),
         }))
     }
 
@@ -154,6 +175,10 @@ impl Users {
         match read(&self.path) {
             Ok((users, stamp)) => {
                 tracing::info!(path = %self.path.display(), users = users.len(), "users file read again");
+                *self
+                    .decoy
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = decoy_for(&users);
                 l.users = users;
                 l.stamp = stamp;
             }
@@ -171,25 +196,35 @@ impl Users {
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<(), LoginError> {
-        let keys = throttle_keys(user, client);
-        if let Some(wait) = self.throttled(&keys) {
-            return Err(LoginError::Throttled(wait));
-        }
         let hash = self.hash_of(user);
         let digest = self.digest(password);
+        // The password verified before comes first: a user someone else guesses for is not
+        // locked out of what it already proved.
         if let Some(h) = &hash
             && self.remembered_ok(user, h, &digest)
         {
             return Ok(());
         }
+        let keys = throttle_keys(user, client);
+        if let Some(wait) = self.throttled(&keys) {
+            return Err(LoginError::Throttled(wait));
+        }
+        // Counted before bcrypt runs (and forgiven on success), so guesses sent in parallel
+        // cannot all pass the check above.
+        self.fail(&keys);
+        let _slot = self.bcrypt_slots.acquire().await;
         let ok = {
-            let me = self.clone();
             let password = password.to_owned();
             let hash = hash.clone();
+            let decoy = self
+                .decoy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             tokio::task::spawn_blocking(move || match hash {
                 Some(h) => bcrypt::verify(&password, &h).unwrap_or(false),
                 None => {
-                    let _ = bcrypt::verify(&password, &me.decoy);
+                    let _ = bcrypt::verify(&password, &decoy);
                     false
                 }
             })
@@ -216,7 +251,6 @@ impl Users {
             );
             return Ok(());
         }
-        self.fail(&keys);
         Err(LoginError::Invalid)
     }
 
@@ -274,8 +308,13 @@ impl Users {
             }
             e.count += 1;
             e.last = now;
-            if e.count >= FREE_FAILURES {
-                let doublings = (e.count - FREE_FAILURES).min(16);
+            let free = if k.starts_with("user:") {
+                FREE_USER_FAILURES
+            } else {
+                FREE_FAILURES
+            };
+            if e.count >= free {
+                let doublings = (e.count - free).min(16);
                 e.until = Some(now + Duration::from_secs(1 << doublings).min(MAX_WAIT));
             }
         }
@@ -292,10 +331,13 @@ impl Users {
     }
 }
 
+/// What a failure counts against: the user everywhere (loosely), and the address and the
+/// user from that address (tightly).
 fn throttle_keys(user: &str, client: Option<IpAddr>) -> Vec<String> {
     let mut keys = vec![format!("user:{user}")];
     if let Some(ip) = client {
         keys.push(format!("client:{ip}"));
+        keys.push(format!("pair:{user}@{ip}"));
     }
     keys
 }
@@ -411,16 +453,45 @@ mod tests {
                 Err(LoginError::Invalid)
             );
         }
-        // Now even the right password waits, for the user from anywhere and for the address.
+        // Now even the right password waits, from that address, for every user.
         assert!(matches!(
-            users.check("alice", "wonder", None).await,
+            users.check("alice", "wonder", Some(ip)).await,
             Err(LoginError::Throttled(_))
         ));
         assert!(matches!(
             users.check("bob", "b", Some(ip)).await,
             Err(LoginError::Throttled(_))
         ));
+        // Elsewhere alice is not locked out by someone guessing her password.
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert_eq!(users.check("alice", "wonder", Some(other)).await, Ok(()));
         assert_eq!(users.check("bob", "b", None).await, Ok(()));
+        // A password proved before passes even from the throttled address.
+        assert_eq!(users.check("alice", "wonder", Some(ip)).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn parallel_guesses_are_counted_before_they_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), &[("alice", "wonder")]);
+        let users = Users::open(&path, Duration::from_secs(60)).unwrap();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let guesses = (0..40).map(|i| {
+            let users = users.clone();
+            async move { users.check("alice", &format!("guess{i}"), Some(ip)).await }
+        });
+        let results = futures_util::future::join_all(guesses).await;
+        let checked = results
+            .iter()
+            .filter(|r| **r == Err(LoginError::Invalid))
+            .count();
+        assert!(checked <= FREE_FAILURES as usize, "{checked} guesses ran");
+    }
+
+    #[test]
+    fn the_decoy_costs_what_the_users_cost() {
+        let users = HashMap::from([("a".to_owned(), bcrypt::hash("x", 6).unwrap())]);
+        assert_eq!(cost(&decoy_for(&users)), Some(6));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct GcRepo {
     pub name: String,
     /// Tags: name, digest, when last pointed (milliseconds, or seconds for old rows).
     pub tags: Vec<(String, String, i64)>,
-    /// Manifests: digest, when stored (seconds), subject.
+    /// Manifests: digest, when stored or last pushed again (seconds), subject.
     pub manifests: Vec<(String, i64, Option<String>)>,
     /// What each manifest references: (manifest, child).
     pub refs: Vec<(String, String)>,
@@ -298,11 +298,11 @@ pub trait Metadata: Send + Sync + 'static {
     /// Garbage collection's view of everything, from one read transaction.
     fn gc_snapshot(&self) -> BoxFuture<'_, Result<GcSnapshot, MetadataError>>;
 
-    /// Deletes these tags, (repository, name, when last pointed), each only if it was not
-    /// pointed again since; the (repository, name) deleted. One transaction.
+    /// Deletes these tags, (repository, name, digest, when last pointed), each only if it was
+    /// not pointed again since; the (repository, name) deleted. One transaction.
     fn gc_delete_tags<'a>(
         &'a self,
-        tags: &'a [(String, String, i64)],
+        tags: &'a [(String, String, String, i64)],
     ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>>;
 
     /// For each (repository, digests, before): deletes those digests that are (still)

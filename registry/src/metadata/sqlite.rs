@@ -331,6 +331,12 @@ impl Metadata for SqliteMetadata {
             .await?
             .rows_affected()
                 > 0;
+            sqlx::query("UPDATE manifests SET pushed_at = ?3 WHERE repo_id = ?1 AND digest = ?2")
+                .bind(id)
+                .bind(m.digest.as_str())
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
             if inserted {
                 for child in &m.children {
                     sqlx::query(
@@ -698,10 +704,11 @@ impl Metadata for SqliteMetadata {
                     r.tags.push((name, d, at));
                 }
             }
-            let manifests: Vec<(i64, String, i64, Option<String>)> =
-                sqlx::query_as("SELECT repo_id, digest, created_at, subject FROM manifests")
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let manifests: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as(
+                "SELECT repo_id, digest, max(created_at, pushed_at), subject FROM manifests",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
             for (id, d, at, subject) in manifests {
                 if let Some(r) = by_id.get_mut(&id) {
                     r.manifests.push((d, at, subject));
@@ -740,18 +747,19 @@ impl Metadata for SqliteMetadata {
 
     fn gc_delete_tags<'a>(
         &'a self,
-        tags: &'a [(String, String, i64)],
+        tags: &'a [(String, String, String, i64)],
     ) -> BoxFuture<'a, Result<Vec<(String, String)>, MetadataError>> {
         Box::pin(async move {
             let mut tx = self.begin_write().await?;
             let mut deleted = Vec::new();
-            for (repo, name, at) in tags {
+            for (repo, name, digest, at) in tags {
                 let r = sqlx::query(
-                    "DELETE FROM tags WHERE name = ?2 AND updated_at = ?3
+                    "DELETE FROM tags WHERE name = ?2 AND digest = ?3 AND updated_at = ?4
                      AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
                 )
                 .bind(repo)
                 .bind(name)
+                .bind(digest)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
@@ -784,7 +792,7 @@ impl Metadata for SqliteMetadata {
                         "DELETE FROM manifests AS m
                          WHERE m.repo_id = (SELECT id FROM repositories WHERE name = ?1)
                            AND m.digest IN (SELECT value FROM json_each(?2))
-                           AND m.created_at < ?3
+                           AND max(m.created_at, m.pushed_at) < ?3
                            AND NOT EXISTS (SELECT 1 FROM tags t
                                            WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
                            AND NOT EXISTS (SELECT 1 FROM manifest_refs r

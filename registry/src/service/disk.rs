@@ -41,16 +41,19 @@ impl Headroom {
     }
 
     /// Refuses a push that would leave the disk without room (`incoming`: the bytes it says
-    /// it brings, when it says).
+    /// it brings, when it says). While the reserve is given back, pushes leave its size free,
+    /// so that they cannot use up what deletes were given.
     pub(crate) fn admit(&self, incoming: u64) -> Result<(), ServiceError> {
+        let reserve = if self.size > 0 && !self.file.exists() {
+            self.size
+        } else {
+            0
+        };
+        let needed = incoming.saturating_add(MIN_FREE).saturating_add(reserve);
         match self.available() {
-            Some(free) if free < incoming.saturating_add(MIN_FREE) => {
-                Err(ServiceError::DiskFull(Some(format!(
-                    "{} free, {} needed",
-                    free,
-                    incoming.saturating_add(MIN_FREE)
-                ))))
-            }
+            Some(free) if free < needed => Err(ServiceError::DiskFull(Some(format!(
+                "{free} bytes free, {needed} needed"
+            )))),
             _ => Ok(()),
         }
     }

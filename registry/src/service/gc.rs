@@ -80,8 +80,9 @@ impl GcReport {
 pub struct RepoPlan {
     /// The repository.
     pub name: String,
-    /// Tags to delete, with the time they were last pointed (the delete re-checks it).
-    pub tags: Vec<(String, i64)>,
+    /// Tags to delete, with the digest and time they were last pointed at (the delete
+    /// re-checks both).
+    pub tags: Vec<(String, String, i64)>,
     /// Manifests to delete, and the time before which they must have been stored.
     pub manifests: Vec<String>,
     /// The `before` for manifests.
@@ -165,7 +166,7 @@ fn plan_repo(
         doomed_tags = counted
             .into_iter()
             .skip(keep_last as usize)
-            .map(|t| (t.0.clone(), t.2))
+            .map(|t| (t.0.clone(), t.1.clone(), t.2))
             .collect();
     }
     let doomed_tag_names: HashSet<&str> = doomed_tags.iter().map(|t| t.0.as_str()).collect();
@@ -391,13 +392,13 @@ impl Registry {
         }
         // Few transactions, each over every repository: a `wharf gc` beside a busy server
         // waits for the database's write lock once per transaction.
-        let tags: Vec<(String, String, i64)> = plan
+        let tags: Vec<(String, String, String, i64)> = plan
             .repos
             .iter()
             .flat_map(|r| {
                 r.tags
                     .iter()
-                    .map(|(t, at)| (r.name.clone(), t.clone(), *at))
+                    .map(|(t, d, at)| (r.name.clone(), t.clone(), d.clone(), *at))
             })
             .collect();
         if !tags.is_empty() {

@@ -528,6 +528,7 @@ impl Registry {
         {
             return Err(ServiceError::UploadOutOfOrder { offset: len, start });
         }
+        self.inner.headroom.admit(0)?;
         let mut hasher = st.hasher.take();
         let result = self
             .inner
@@ -673,6 +674,8 @@ impl Registry {
             if let Err(e) = self.purge_expired_uploads().await {
                 tracing::error!(error = %wharf_common::error::Chain(&e), "removing expired uploads");
             }
+            // Space may have come back (deletes, or room made outside the registry).
+            self.inner.headroom.take();
             tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         }
     }
