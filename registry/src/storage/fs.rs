@@ -7,9 +7,8 @@
 //!
 //! Uploads and blobs share one filesystem, so a commit is fsync → rename → fsync(dir).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,11 +18,9 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use wharf_common::digest::Digest;
 
+use super::direct::UploadWriter;
 use super::{Appended, BlobFile, BlobStorage, ByteStream, StorageError};
 
-/// Write-behind granularity: dirty pages are handed to the disk every this many bytes, so the
-/// fsync at commit has little left to do.
-const WRITEBACK_EVERY: u64 = 16 << 20;
 /// Read size when replaying an upload.
 const READ_CHUNK: usize = 1 << 20;
 /// Blobs up to this size are served from one read, not mapped.
@@ -80,21 +77,23 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(StorageError::io("syncing directory", dir))
 }
 
-/// Starts writeback of `len` bytes at `from` without waiting for it.
-fn start_writeback(file: &File, from: u64, len: u64) {
-    // SAFETY: the fd is valid for the call; sync_file_range only schedules IO and touches no
-    // memory of ours. Failure only leaves more for the final fsync.
+/// Maps `len` bytes of `file` at `offset` read-only and faults them in.
+/// How far ahead of the window being sent a large read asks the kernel to read.
+const READ_AHEAD: u64 = 64 << 20;
+
+/// Advice to the kernel about a range of `file`; failure only costs speed.
+fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
+    // SAFETY: the fd is valid for the call; posix_fadvise touches no memory of ours.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset as libc::off_t,
+            len as libc::off_t,
+            advice,
         );
     }
 }
 
-/// Maps `len` bytes of `file` at `offset` read-only and faults them in.
 fn map_window(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     // SAFETY: committed blobs are never written or truncated (they arrive by rename and are
@@ -156,7 +155,17 @@ impl BlobStorage for FsStorage {
             tokio::task::spawn_blocking(move || {
                 let mut at = offset;
                 let end = offset + len;
+                // Large uploads are written around the page cache (see `direct`): a blob read
+                // soon after may come from the disk, so the kernel is asked to read well ahead
+                // of the windows, keeping the device busy instead of one window at a time.
+                fadvise(&file, offset, len, libc::POSIX_FADV_SEQUENTIAL);
+                let mut ahead = offset;
                 while at < end {
+                    if ahead < end && ahead < at + READ_AHEAD / 2 {
+                        let n = (end - ahead).min(READ_AHEAD);
+                        fadvise(&file, ahead, n, libc::POSIX_FADV_WILLNEED);
+                        ahead += n;
+                    }
                     let n = (end - at).min(MAP_WINDOW);
                     let r = map_window(&file, at, n).map_err(|e| {
                         std::io::Error::new(e.kind(), format!("mapping {}: {e}", path.display()))
@@ -200,11 +209,11 @@ impl BlobStorage for FsStorage {
     ) -> BoxFuture<'a, Result<Appended, StorageError>> {
         let path = self.upload_path(id);
         Box::pin(async move {
-            let file = blocking({
+            let writer = blocking({
                 let path = path.clone();
                 let id = id.to_owned();
-                move || match OpenOptions::new().append(true).open(&path) {
-                    Ok(f) => Ok(f),
+                move || match UploadWriter::open(&path) {
+                    Ok(w) => Ok(w),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         Err(StorageError::UploadMissing(id))
                     }
@@ -214,27 +223,12 @@ impl BlobStorage for FsStorage {
             .await?;
             // Hashing happens here, writing on a blocking thread: the two overlap.
             let (tx, mut rx) = mpsc::channel::<Bytes>(16);
-            let writer = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || -> Result<u64, StorageError> {
-                    let mut file = file;
-                    let start = file
-                        .metadata()
-                        .map_err(StorageError::io("reading metadata of", &path))?
-                        .len();
-                    let mut written = 0u64;
-                    let mut flushed = 0u64;
-                    while let Some(chunk) = rx.blocking_recv() {
-                        file.write_all(&chunk)
-                            .map_err(StorageError::io("writing", &path))?;
-                        written += chunk.len() as u64;
-                        if written - flushed >= WRITEBACK_EVERY {
-                            start_writeback(&file, start + flushed, written - flushed);
-                            flushed = written;
-                        }
-                    }
-                    Ok(start + written)
+            let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+                let mut writer = writer;
+                while let Some(chunk) = rx.blocking_recv() {
+                    writer.write(&chunk)?;
                 }
+                writer.finish()
             });
             let mut received = 0u64;
             let mut body_error = None;

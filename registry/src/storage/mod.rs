@@ -2,6 +2,7 @@
 //! by upload id. No metadata lives here (that is `metadata`); a blob visible under its digest
 //! is always complete and verified, because it arrives by rename from a verified upload.
 
+mod direct;
 mod fs;
 
 use std::path::PathBuf;
