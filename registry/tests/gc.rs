@@ -378,3 +378,44 @@ async fn a_manifest_pushed_again_is_young_again() {
     let r = gc.collect(&opts).await.unwrap();
     assert_eq!(r.manifests, [("again".to_owned(), m)]);
 }
+
+#[tokio::test]
+async fn foreign_layers_pushed_anyway_are_kept() {
+    let reg = start();
+    let foreign = b"a windows base layer, pushed to an air-gapped mirror".to_vec();
+    let config = b"{}".to_vec();
+    for blob in [&foreign, &config] {
+        assert_eq!(reg.push_blob("mirror", blob, None).await.status, 201);
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                    "digest": digest(&foreign), "size": foreign.len(),
+                    "urls": ["https://example.com/layer"]}],
+    })
+    .to_string();
+    let a = reg
+        .put_manifest(
+            "mirror",
+            "1",
+            None,
+            manifest.as_bytes(),
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    age().await;
+    let r = collector(&reg)
+        .await
+        .collect(&GcOptions::default())
+        .await
+        .unwrap();
+    assert!(r.blobs.is_empty(), "{r:?}");
+    let got = reg
+        .get(&format!("/v2/mirror/blobs/{}", digest(&foreign)), None)
+        .await;
+    assert_eq!(got.status, 200);
+}

@@ -111,8 +111,11 @@ pub struct NewManifest {
     pub subject: Option<Digest>,
     /// Its `annotations`, as JSON text.
     pub annotations: Option<String>,
-    /// Blobs and manifests it references.
+    /// Blobs and manifests it references, which must be in the repository.
     pub children: Vec<Digest>,
+    /// Blobs it references without needing them here (foreign layers): recorded as
+    /// references, so a collection keeps them if they were pushed, but never required.
+    pub optional: Vec<Digest>,
     /// Tag to point at it.
     pub tag: Option<String>,
 }

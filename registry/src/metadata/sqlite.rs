@@ -338,7 +338,7 @@ impl Metadata for SqliteMetadata {
                 .execute(&mut *tx)
                 .await?;
             if inserted {
-                for child in &m.children {
+                for child in m.children.iter().chain(&m.optional) {
                     sqlx::query(
                         "INSERT OR IGNORE INTO manifest_refs (repo_id, manifest, child) VALUES (?1, ?2, ?3)",
                     )
@@ -919,6 +919,7 @@ mod tests {
             subject: None,
             annotations: None,
             children,
+            optional: Vec::new(),
             tag: Some("v1".into()),
         }
     }
@@ -981,6 +982,7 @@ mod search_tests {
                 subject: None,
                 annotations: None,
                 children: Vec::new(),
+                optional: Vec::new(),
                 tag: Some("v1".into()),
             };
             meta.put_manifest(&m).await.unwrap();
@@ -996,6 +998,7 @@ mod search_tests {
             subject: None,
             annotations: None,
             children: Vec::new(),
+            optional: Vec::new(),
             tag: Some("v2".into()),
         })
         .await

@@ -24,6 +24,9 @@ pub struct Parsed {
     pub blobs: Vec<Digest>,
     /// Manifests (an index's entries) that must be in the repository.
     pub manifests: Vec<Digest>,
+    /// Foreign or non-distributable layers: not required, but kept by garbage collection if
+    /// a client pushed them anyway.
+    pub foreign: Vec<Digest>,
     /// The artifact type for referrers listings.
     pub artifact_type: Option<String>,
     /// `subject`, if any.
@@ -88,6 +91,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, String>
         media_type: media_type.clone(),
         blobs: Vec::new(),
         manifests: Vec::new(),
+        foreign: Vec::new(),
         artifact_type,
         subject,
         annotations,
@@ -122,7 +126,9 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, String>
                 .is_some_and(|t| NON_DISTRIBUTABLE.contains(&t))
                 || l.get("urls")
                     .is_some_and(|u| u.as_array().is_some_and(|a| !a.is_empty()));
-            if !foreign {
+            if foreign {
+                parsed.foreign.push(d);
+            } else {
                 parsed.blobs.push(d);
             }
         }

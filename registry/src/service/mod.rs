@@ -737,6 +737,7 @@ impl Registry {
             subject: parsed.subject.clone(),
             annotations: parsed.annotations,
             children: wanted,
+            optional: parsed.foreign,
             tag,
         };
         if let Some(gone) = self.inner.meta.put_manifest(&record).await? {
