@@ -416,15 +416,20 @@ impl Registry {
         let id = format!("mono-{}", UploadId::new());
         let storage = &self.inner.storage;
         storage.create_upload(&id).await?;
-        let mut hasher = digest.algorithm().hasher();
         let result = storage
-            .append(&id, body, &mut |b: &[u8]| hasher.update(b))
+            .append(&id, body, Some(digest.algorithm().hasher()))
             .await;
         self.inner
             .metrics
             .bytes_in(result.as_ref().map_or(0, |a| a.received));
         let checked = match result {
-            Ok(a) => check_content(digest, hasher.finish(), a.len, declared).map(|()| a.len),
+            Ok(a) => {
+                let actual = a
+                    .hasher
+                    .unwrap_or_else(|| digest.algorithm().hasher())
+                    .finish();
+                check_content(digest, actual, a.len, declared).map(|()| a.len)
+            }
             Err(e) => Err(e.into()),
         };
         let size = match checked {
@@ -529,20 +534,12 @@ impl Registry {
             return Err(ServiceError::UploadOutOfOrder { offset: len, start });
         }
         self.inner.headroom.admit(0)?;
-        let mut hasher = st.hasher.take();
-        let result = self
-            .inner
-            .storage
-            .append(id, body, &mut |b: &[u8]| {
-                if let Some(h) = hasher.as_mut() {
-                    h.update(b);
-                }
-            })
-            .await;
+        let hasher = st.hasher.take();
+        let result = self.inner.storage.append(id, body, hasher).await;
         match result {
             Ok(a) => {
                 self.inner.metrics.bytes_in(a.received);
-                st.hasher = hasher;
+                st.hasher = a.hasher;
                 st.len = a.len;
                 Ok(a.len)
             }

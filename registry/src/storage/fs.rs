@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
-use wharf_common::digest::Digest;
+use wharf_common::digest::{Digest, Hasher};
 
 use super::direct::UploadWriter;
 use super::{Appended, BlobFile, BlobStorage, ByteStream, StorageError};
@@ -205,7 +205,7 @@ impl BlobStorage for FsStorage {
         &'a self,
         id: &'a str,
         mut body: ByteStream,
-        on_bytes: &'a mut (dyn FnMut(&[u8]) + Send),
+        hasher: Option<Hasher>,
     ) -> BoxFuture<'a, Result<Appended, StorageError>> {
         let path = self.upload_path(id);
         Box::pin(async move {
@@ -221,8 +221,19 @@ impl BlobStorage for FsStorage {
                 }
             })
             .await?;
-            // Hashing happens here, writing on a blocking thread: the two overlap.
+            // Receiving happens here, hashing and writing each on a blocking thread: the three
+            // overlap (a chunk is shared, not copied).
             let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            let (htx, mut hrx) = mpsc::channel::<Bytes>(16);
+            let hashing = tokio::task::spawn_blocking(move || {
+                let mut hasher = hasher;
+                while let Some(chunk) = hrx.blocking_recv() {
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                }
+                hasher
+            });
             let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
                 let mut writer = writer;
                 while let Some(chunk) = rx.blocking_recv() {
@@ -235,8 +246,8 @@ impl BlobStorage for FsStorage {
             while let Some(chunk) = body.next().await {
                 match chunk {
                     Ok(c) => {
-                        on_bytes(&c);
                         received += c.len() as u64;
+                        let _ = htx.send(c.clone()).await;
                         if tx.send(c).await.is_err() {
                             // The writer failed (a full disk, say): read what the client is
                             // still sending, so that it gets the answer instead of a broken
@@ -252,15 +263,25 @@ impl BlobStorage for FsStorage {
                 }
             }
             drop(tx);
+            drop(htx);
             let len = writer.await.map_err(|e| StorageError::Io {
                 what: "writing",
                 path: path.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??;
+            let hasher = hashing.await.map_err(|e| StorageError::Io {
+                what: "hashing",
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
             if let Some(e) = body_error {
                 return Err(StorageError::Body(e));
             }
-            Ok(Appended { len, received })
+            Ok(Appended {
+                len,
+                received,
+                hasher,
+            })
         })
     }
 

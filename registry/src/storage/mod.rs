@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use wharf_common::digest::Digest;
+use wharf_common::digest::{Digest, Hasher};
 
 pub use fs::FsStorage;
 
@@ -54,6 +54,8 @@ pub struct Appended {
     pub len: u64,
     /// Bytes taken from this request's body.
     pub received: u64,
+    /// The hasher given, having seen every byte.
+    pub hasher: Option<Hasher>,
 }
 
 /// A stored blob's file.
@@ -86,13 +88,13 @@ pub trait BlobStorage: Send + Sync + 'static {
     /// The length of an upload's data, or `None` when it has none.
     fn upload_len<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<u64>, StorageError>>;
 
-    /// Appends `body` to the upload, feeding every byte to `on_bytes` (the caller's hasher) in
-    /// order. If the body fails midway, what arrived before stays appended.
+    /// Appends `body` to the upload, feeding every byte to `hasher` (the caller's, given back
+    /// in [`Appended`]) in order. If the body fails midway, what arrived before stays appended.
     fn append<'a>(
         &'a self,
         id: &'a str,
         body: ByteStream,
-        on_bytes: &'a mut (dyn FnMut(&[u8]) + Send),
+        hasher: Option<Hasher>,
     ) -> BoxFuture<'a, Result<Appended, StorageError>>;
 
     /// Reads the whole upload through `on_bytes` (to rebuild a hash state lost in a restart).
