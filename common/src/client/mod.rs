@@ -171,6 +171,14 @@ fn host_without_port(host: &str) -> &str {
     })
 }
 
+/// A response's `WWW-Authenticate` challenge, if it has a readable one.
+fn challenge_of(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 impl Client {
     /// A client with `config`.
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
@@ -341,11 +349,7 @@ impl Client {
             if ping.status() != StatusCode::UNAUTHORIZED {
                 return self.get_anonymous(domain, None, path_and_query).await;
             }
-            let challenge = ping
-                .headers()
-                .get(reqwest::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let challenge = challenge_of(&ping);
             auth.authenticate(
                 &endpoint.http,
                 host,
@@ -525,11 +529,7 @@ impl Repository {
                 return Ok(resp);
             }
             attempt += 1;
-            let challenge = resp
-                .headers()
-                .get(reqwest::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let challenge = challenge_of(&resp);
             auth.authenticate(
                 self.http(),
                 &self.host,

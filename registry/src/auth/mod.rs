@@ -255,9 +255,9 @@ impl Auth {
         host: Option<&str>,
     ) -> Result<String, Denial> {
         let bad = |detail: &str| self.unauthorized(host, None, detail);
-        let Some(users) = &self.users else {
+        if self.users.is_none() {
             return Err(bad("this registry takes tokens from its token server"));
-        };
+        }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()
@@ -266,6 +266,25 @@ impl Auth {
         let (user, password) = decoded
             .split_once(':')
             .ok_or_else(|| bad("basic credentials are not user:password"))?;
+        self.login(user, password, client, host).await
+    }
+
+    /// Checks a user name and password (basic credentials, or the OAuth2 password grant);
+    /// the user's name when they are right.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+        host: Option<&str>,
+    ) -> Result<String, Denial> {
+        let Some(users) = &self.users else {
+            return Err(self.unauthorized(
+                host,
+                None,
+                "this registry takes tokens from its token server",
+            ));
+        };
         match users.check(user, password, client).await {
             Ok(()) => Ok(user.to_owned()),
             Err(e) => {
@@ -282,7 +301,9 @@ impl Auth {
                     "audit"
                 );
                 match e {
-                    LoginError::Invalid => Err(bad("incorrect username or password")),
+                    LoginError::Invalid => {
+                        Err(self.unauthorized(host, None, "incorrect username or password"))
+                    }
                     LoginError::Throttled(wait) => Err(Denial::Throttled(wait)),
                 }
             }
@@ -590,18 +611,5 @@ impl Auth {
             return Err("the refresh token's user or password has changed".into());
         }
         Ok(user.to_owned())
-    }
-
-    /// Checks a user name and password (the OAuth2 password grant).
-    pub async fn login(
-        &self,
-        user: &str,
-        password: &str,
-        client: Option<IpAddr>,
-        host: Option<&str>,
-    ) -> Result<String, Denial> {
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        self.check_basic(&encoded, client, host).await
     }
 }

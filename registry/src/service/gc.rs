@@ -30,7 +30,7 @@ use super::{Registry, ServiceError};
 use crate::auth::rules::matches;
 use crate::config::RetentionRule;
 use crate::metadata::{GcRepo, GcSnapshot};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, blocking};
 
 /// What to collect.
 #[derive(Clone, Debug, Default)]
@@ -98,21 +98,6 @@ pub struct Plan {
     pub repos: Vec<RepoPlan>,
     /// Blobs that no repository will link.
     pub blobs: Vec<String>,
-}
-
-/// The blobs of `snapshot` that no repository links.
-fn unlinked(snapshot: &GcSnapshot) -> Vec<String> {
-    let linked: HashSet<&str> = snapshot
-        .repos
-        .iter()
-        .flat_map(|r| r.links.iter().map(|(d, _)| d.as_str()))
-        .collect();
-    snapshot
-        .blobs
-        .iter()
-        .filter(|(d, _)| !linked.contains(d.as_str()))
-        .map(|(d, _)| d.clone())
-        .collect()
 }
 
 /// Decides what goes, at `now` (seconds).
@@ -285,7 +270,7 @@ impl SweepLock {
     pub(crate) async fn shared(&self) -> Result<SweepGuard<'_>, StorageError> {
         let local = Guard::Shared(self.local.read().await);
         let (lock, gate) = (self.lock.clone(), self.gate.clone());
-        let file = blocking_io(move || {
+        let file = blocking(move || {
             let gate = flock(&gate, libc::LOCK_SH)?;
             let file = flock(&lock, libc::LOCK_SH)?;
             drop(gate);
@@ -302,7 +287,7 @@ impl SweepLock {
     pub(crate) async fn exclusive(&self) -> Result<SweepGuard<'_>, StorageError> {
         let local = Guard::Exclusive(self.local.write().await);
         let (lock, gate) = (self.lock.clone(), self.gate.clone());
-        let files = blocking_io(move || {
+        let files = blocking(move || {
             let gate = flock(&gate, libc::LOCK_EX)?;
             let file = flock(&lock, libc::LOCK_EX)?;
             Ok(vec![file, gate])
@@ -313,19 +298,6 @@ impl SweepLock {
             _files: files,
         })
     }
-}
-
-/// Runs blocking file locking off the async threads.
-async fn blocking_io<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StorageError::Io {
-            what: "locking",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
 }
 
 /// Opens `path` (creating it) and `flock`s it `how`; unlocked when the file is closed.
@@ -442,14 +414,9 @@ impl Registry {
         if !batch.is_empty() {
             report.links += self.unlink(&batch, now.saturating_sub(grace)).await?;
         }
-        // Links removed just now make more blobs unlinked than the plan saw: all of them are
-        // offered, and the delete keeps whatever is linked.
-        tracing::debug!(elapsed = ?start.elapsed(), "gc: tags, manifests and links done");
-        let candidates = if report.links > 0 {
-            unlinked(&meta.gc_snapshot().await?)
-        } else {
-            plan.blobs
-        };
+        // The plan's blobs are those whose every link it meant to remove; a link that stayed
+        // (re-pushed meanwhile) keeps its blob, which the delete re-checks.
+        let candidates = plan.blobs;
         for chunk in candidates.chunks(BLOB_BATCH) {
             let _lock = self.inner.sweep.exclusive().await?;
             let gone = self

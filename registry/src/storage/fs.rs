@@ -59,7 +59,8 @@ impl FsStorage {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs blocking filesystem work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {

@@ -13,6 +13,7 @@ use futures_util::stream::BoxStream;
 use wharf_common::digest::{Digest, Hasher};
 
 pub use fs::FsStorage;
+pub(crate) use fs::blocking;
 
 /// Bytes arriving from a client.
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
