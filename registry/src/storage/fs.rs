@@ -27,6 +27,10 @@ const READ_CHUNK: usize = 1 << 20;
 const SMALL_BLOB: u64 = 1 << 20;
 /// How much of a blob is mapped at once when serving it.
 const MAP_WINDOW: u64 = 4 << 20;
+/// Bytes of a request body handed to the hashing and writing threads at once.
+const BATCH: usize = 1 << 20;
+/// Batches queued for each of those threads before receiving waits.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// Filesystem blob storage under one root.
 #[derive(Clone, Debug)]
@@ -78,10 +82,6 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(StorageError::io("syncing directory", dir))
 }
 
-/// Maps `len` bytes of `file` at `offset` read-only and faults them in.
-/// How far ahead of the window being sent a large read asks the kernel to read.
-const READ_AHEAD: u64 = 64 << 20;
-
 /// Advice to the kernel about a range of `file`; failure only costs speed.
 fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     // SAFETY: the fd is valid for the call; posix_fadvise touches no memory of ours.
@@ -95,6 +95,12 @@ fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
     }
 }
 
+/// How far beyond the window being sent a large read has asked the kernel to read.
+const READ_AHEAD: u64 = 256 << 20;
+/// The size of each of those requests.
+const READ_AHEAD_STEP: u64 = 32 << 20;
+
+/// Maps `len` bytes of `file` at `offset` read-only and faults them in.
 fn map_window(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     // SAFETY: committed blobs are never written or truncated (they arrive by rename and are
@@ -156,14 +162,15 @@ impl BlobStorage for FsStorage {
             tokio::task::spawn_blocking(move || {
                 let mut at = offset;
                 let end = offset + len;
-                // Large uploads are written around the page cache (see `direct`): a blob read
-                // soon after may come from the disk, so the kernel is asked to read well ahead
-                // of the windows, keeping the device busy instead of one window at a time.
+                // Large uploads are written around the page cache (see `direct`), so a blob
+                // read soon after comes from the disk. The kernel's own readahead keeps one
+                // request in flight, a third of the device's speed on the disks this runs on;
+                // asking for READ_AHEAD beyond the window keeps its queue full.
                 fadvise(&file, offset, len, libc::POSIX_FADV_SEQUENTIAL);
                 let mut ahead = offset;
                 while at < end {
-                    if ahead < end && ahead < at + READ_AHEAD / 2 {
-                        let n = (end - ahead).min(READ_AHEAD);
+                    while ahead < end && ahead < at + READ_AHEAD {
+                        let n = (end - ahead).min(READ_AHEAD_STEP);
                         fadvise(&file, ahead, n, libc::POSIX_FADV_WILLNEED);
                         ahead += n;
                     }
@@ -223,44 +230,64 @@ impl BlobStorage for FsStorage {
             })
             .await?;
             // Receiving happens here, hashing and writing each on a blocking thread: the three
-            // overlap (a chunk is shared, not copied).
-            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
-            let (htx, mut hrx) = mpsc::channel::<Bytes>(16);
+            // overlap (a chunk is shared, not copied). Chunks travel in batches of about
+            // `BATCH` bytes, so the threads wake once per batch instead of once per socket read
+            // (64 KiB on loopback), and several batches in flight keep the socket read while
+            // the writer waits on a direct write.
+            let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
+            let (htx, mut hrx) = mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
             let hashing = tokio::task::spawn_blocking(move || {
                 let mut hasher = hasher;
-                while let Some(chunk) = hrx.blocking_recv() {
+                while let Some(batch) = hrx.blocking_recv() {
                     if let Some(h) = hasher.as_mut() {
-                        h.update(&chunk);
+                        batch.iter().for_each(|c| h.update(c));
                     }
                 }
                 hasher
             });
             let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
                 let mut writer = writer;
-                while let Some(chunk) = rx.blocking_recv() {
-                    writer.write(&chunk)?;
+                while let Some(batch) = rx.blocking_recv() {
+                    for chunk in &batch {
+                        writer.write(chunk)?;
+                    }
                 }
                 writer.finish()
             });
             let mut received = 0u64;
             let mut body_error = None;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(c) => {
+            let mut batch = Vec::new();
+            let mut batched = 0usize;
+            loop {
+                let next = body.next().await;
+                let end = match next {
+                    Some(Ok(c)) => {
                         received += c.len() as u64;
-                        let _ = htx.send(c.clone()).await;
-                        if tx.send(c).await.is_err() {
-                            // The writer failed (a full disk, say): read what the client is
-                            // still sending, so that it gets the answer instead of a broken
-                            // pipe.
-                            drain(&mut body).await;
-                            break;
-                        }
+                        batched += c.len();
+                        batch.push(c);
+                        false
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         body_error = Some(e);
+                        true
+                    }
+                    None => true,
+                };
+                if (end || batched >= BATCH) && !batch.is_empty() {
+                    batched = 0;
+                    let out = std::mem::take(&mut batch);
+                    let _ = htx.send(out.clone()).await;
+                    if tx.send(out).await.is_err() {
+                        // The writer failed (a full disk, say): read what the client is still
+                        // sending, so that it gets the answer instead of a broken pipe.
+                        if !end {
+                            drain(&mut body).await;
+                        }
                         break;
                     }
+                }
+                if end {
+                    break;
                 }
             }
             drop(tx);
