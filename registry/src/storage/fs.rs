@@ -29,6 +29,8 @@ const SMALL_BLOB: u64 = 1 << 20;
 const MAP_WINDOW: u64 = 4 << 20;
 /// Bytes of a request body handed to the hashing and writing threads at once.
 const BATCH: usize = 1 << 20;
+/// How long a batch waits for more before it goes anyway.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Batches queued for each of those threads before receiving waits.
 const BATCHES_IN_FLIGHT: usize = 8;
 
@@ -258,22 +260,37 @@ impl BlobStorage for FsStorage {
             let mut body_error = None;
             let mut batch = Vec::new();
             let mut batched = 0usize;
+            let mut due = tokio::time::Instant::now();
             loop {
-                let next = body.next().await;
+                // A batch goes when it holds BATCH bytes, or BATCH_WAIT after its first
+                // chunk came: a slow client's bytes still reach the disk as they arrive.
+                let next = if batch.is_empty() {
+                    Some(body.next().await)
+                } else {
+                    tokio::time::timeout_at(due, body.next()).await.ok()
+                };
                 let end = match next {
-                    Some(Ok(c)) => {
+                    // Waited long enough: send what there is.
+                    None => false,
+                    Some(Some(Ok(c))) => {
+                        if batch.is_empty() {
+                            due = tokio::time::Instant::now() + BATCH_WAIT;
+                        }
                         received += c.len() as u64;
                         batched += c.len();
                         batch.push(c);
+                        if batched < BATCH {
+                            continue;
+                        }
                         false
                     }
-                    Some(Err(e)) => {
+                    Some(Some(Err(e))) => {
                         body_error = Some(e);
                         true
                     }
-                    None => true,
+                    Some(None) => true,
                 };
-                if (end || batched >= BATCH) && !batch.is_empty() {
+                if !batch.is_empty() {
                     batched = 0;
                     let out = std::mem::take(&mut batch);
                     let _ = htx.send(out.clone()).await;
@@ -387,6 +404,38 @@ impl BlobStorage for FsStorage {
                 sync_dir(parent)?;
             }
             Ok(())
+        }))
+    }
+
+    fn read_upload<'a>(
+        &'a self,
+        id: &'a str,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Bytes, StorageError>> {
+        let path = self.upload_path(id);
+        let id = id.to_owned();
+        Box::pin(blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::UploadMissing(id));
+                }
+                Err(e) => return Err(StorageError::io("opening", &path)(e)),
+            };
+            let mut buf = BytesMut::zeroed(max);
+            let mut n = 0;
+            while n < max {
+                match f.read_at(&mut buf[n..], offset + n as u64) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StorageError::io("reading", &path)(e)),
+                }
+            }
+            buf.truncate(n);
+            Ok(buf.freeze())
         }))
     }
 
