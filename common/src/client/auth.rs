@@ -41,6 +41,7 @@ type Key = (String, String, Operation);
 
 pub(crate) struct Authenticator {
     credentials: Option<CredentialStore>,
+    fixed: Vec<(String, Credentials)>,
     headers: Mutex<HashMap<Key, HeaderValue>>,
 }
 
@@ -86,6 +87,7 @@ impl Authenticator {
     pub(crate) fn new(config: &ClientConfig) -> Result<Authenticator, ClientError> {
         Ok(Authenticator {
             credentials: config.credentials.clone(),
+            fixed: config.host_credentials.clone(),
             headers: Mutex::new(HashMap::new()),
         })
     }
@@ -119,6 +121,9 @@ impl Authenticator {
         &self,
         host: &str,
     ) -> Result<Option<Credentials>, ClientError> {
+        if let Some((_, c)) = self.fixed.iter().find(|(h, _)| h == host) {
+            return Ok(Some(c.clone()));
+        }
         match &self.credentials {
             Some(store) => store.get(host).await,
             None => Ok(None),

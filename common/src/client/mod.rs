@@ -57,6 +57,26 @@ pub struct ClientConfig {
     pub ca_certs: Vec<std::path::PathBuf>,
     /// Per-host certificate directories, first found wins (docker's and podman's `certs.d`).
     pub certs_dirs: Vec<std::path::PathBuf>,
+    /// Hosts reached with a fixed scheme (`http` or `https`) instead of docker's rule: a
+    /// mirror's upstream URL says which.
+    pub schemes: Vec<(String, &'static str)>,
+    /// Credentials for these hosts, before any from `credentials`.
+    pub host_credentials: Vec<(String, Credentials)>,
+    /// Sees every response a registry sends (rate-limit headers, `Retry-After`).
+    pub observer: Option<Observer>,
+}
+
+/// What an [`Observer`] calls: with a response's status and headers.
+pub type ObserveFn = dyn Fn(u16, &reqwest::header::HeaderMap) + Send + Sync;
+
+/// A function that sees the status and headers of every registry response of a client.
+#[derive(Clone)]
+pub struct Observer(pub Arc<ObserveFn>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Default for ClientConfig {
@@ -70,6 +90,9 @@ impl Default for ClientConfig {
             tls_verify: true,
             ca_certs: Vec::new(),
             certs_dirs: Vec::new(),
+            schemes: Vec::new(),
+            host_credentials: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -272,7 +295,14 @@ impl Client {
             .apply(Self::builder(config))?
             .build()
             .map_err(ClientError::Setup)?;
-        let scheme = if insecure {
+        let pinned = config
+            .schemes
+            .iter()
+            .find(|(h, _)| h == domain || h == host)
+            .map(|(_, s)| *s);
+        let scheme = if let Some(s) = pinned {
+            s
+        } else if insecure {
             let probe = http
                 .get(format!("https://{host}/v2/"))
                 .timeout(Duration::from_secs(10))
@@ -521,6 +551,9 @@ impl Repository {
                     }
                 }
             })?;
+            if let Some(o) = &self.client.inner.config.observer {
+                (o.0)(resp.status().as_u16(), resp.headers());
+            }
             if resp.status() != StatusCode::UNAUTHORIZED
                 || attempt > 0
                 || !home
@@ -571,17 +604,27 @@ impl Repository {
         ClientError::status(method, url, status, &body)
     }
 
-    /// Fetches a manifest by tag or digest, verifying its digest.
-    pub async fn get_manifest(&self, selector: &str) -> Result<Fetched, ClientError> {
+    /// A GET or HEAD of a manifest, accepting every manifest type: the URL and the response.
+    async fn ask_manifest(
+        &self,
+        selector: &str,
+        method: Method,
+    ) -> Result<(String, reqwest::Response), ClientError> {
         let url = format!("{}/manifests/{selector}", self.base);
         let resp = self
             .send(
                 Operation::Pull,
                 &url,
                 |r| r.header(ACCEPT, MANIFEST_ACCEPT.join(", ")),
-                Method::GET,
+                method,
             )
             .await?;
+        Ok((url, resp))
+    }
+
+    /// Fetches a manifest by tag or digest, verifying its digest.
+    pub async fn get_manifest(&self, selector: &str) -> Result<Fetched, ClientError> {
+        let (url, resp) = self.ask_manifest(selector, Method::GET).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(self.not_found(format!("manifest {selector}")));
         }
@@ -626,6 +669,22 @@ impl Repository {
             media_type,
             digest,
         })
+    }
+
+    /// The digest a tag (or digest) names now, from a HEAD (which Docker Hub does not count
+    /// against its pull limit); `None` when the registry does not have it, or answers without
+    /// `Docker-Content-Digest`.
+    pub async fn head_manifest(&self, selector: &str) -> Result<Option<Digest>, ClientError> {
+        let (url, resp) = self.ask_manifest(selector, Method::HEAD).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<Digest>().ok())),
+            StatusCode::NOT_FOUND => Err(self.not_found(format!("manifest {selector}"))),
+            _ => Err(self.error_from("HEAD", &url, resp).await),
+        }
     }
 
     /// Uploads a manifest under `selector` (a tag or its digest). Returns the registry's digest.
@@ -685,16 +744,44 @@ impl Repository {
     /// then the stream fails saying where and why. The bytes are not verified here (wrap in
     /// [`crate::blob::verified`] or ingest).
     pub async fn get_blob(&self, blob: &BlobRef, offset: u64) -> Result<BlobStream, ClientError> {
-        let idle = self.client.inner.config.stall_timeout;
-        let first = match tokio::time::timeout(idle, self.open_blob_at(blob, offset)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(ClientError::Protocol {
-                    url: format!("{}/blobs/{}", self.base, blob.digest),
-                    reason: format!("no answer within {}s", idle.as_secs_f64()),
-                });
-            }
+        let (first, _) = self.open_within_stall(blob, offset).await?;
+        Ok(self.resumable(blob.clone(), offset, first))
+    }
+
+    /// Opens a blob whose size the caller does not know (a mirror asked for a digest): the
+    /// size the registry announces, and the bytes, resumed as [`Repository::get_blob`] does.
+    pub async fn get_blob_sized(&self, digest: &Digest) -> Result<(u64, BlobStream), ClientError> {
+        let blob = BlobRef {
+            digest: digest.clone(),
+            size: 0,
+            media_type: String::new(),
         };
+        let (first, size) = self.open_within_stall(&blob, 0).await?;
+        let size = size.ok_or_else(|| ClientError::Protocol {
+            url: format!("{}/blobs/{digest}", self.base),
+            reason: "the blob came without a Content-Length".into(),
+        })?;
+        let blob = BlobRef { size, ..blob };
+        Ok((size, self.resumable(blob, 0, first)))
+    }
+
+    async fn open_within_stall(
+        &self,
+        blob: &BlobRef,
+        offset: u64,
+    ) -> Result<((BlobStream, u64), Option<u64>), ClientError> {
+        let idle = self.client.inner.config.stall_timeout;
+        match tokio::time::timeout(idle, self.open_blob_at(blob, offset)).await {
+            Ok(r) => r.map(|(body, skip, len)| ((body, skip), len)),
+            Err(_) => Err(ClientError::Protocol {
+                url: format!("{}/blobs/{}", self.base, blob.digest),
+                reason: format!("no answer within {}s", idle.as_secs_f64()),
+            }),
+        }
+    }
+
+    fn resumable(&self, blob: BlobRef, offset: u64, first: (BlobStream, u64)) -> BlobStream {
+        let idle = self.client.inner.config.stall_timeout;
         struct State {
             repo: Repository,
             blob: BlobRef,
@@ -707,7 +794,7 @@ impl Repository {
         }
         let state = State {
             repo: self.clone(),
-            blob: blob.clone(),
+            blob,
             pos: offset,
             body: Some(first),
             retries: BLOB_RETRIES,
@@ -742,7 +829,7 @@ impl Repository {
                     match tokio::time::timeout(st.idle, st.repo.open_blob_at(&st.blob, st.pos))
                         .await
                     {
-                        Ok(Ok(b)) => st.body = Some(b),
+                        Ok(Ok((body, skip, _))) => st.body = Some((body, skip)),
                         Ok(Err(e)) if e.is_transient() => {
                             st.last = crate::error::Chain(&e).to_string();
                             continue;
@@ -795,16 +882,16 @@ impl Repository {
                 }
             }
         });
-        Ok(Box::pin(s))
+        Box::pin(s)
     }
 
-    /// Issues the GET for a blob at `offset`; returns the body and how many leading bytes to
-    /// drop (when the server answers 200 to a Range request).
+    /// Issues the GET for a blob at `offset`; returns the body, how many leading bytes to
+    /// drop (when the server answers 200 to a Range request) and the length of a 200's body.
     async fn open_blob_at(
         &self,
         blob: &BlobRef,
         offset: u64,
-    ) -> Result<(BlobStream, u64), ClientError> {
+    ) -> Result<(BlobStream, u64, Option<u64>), ClientError> {
         let url = format!("{}/blobs/{}", self.base, blob.digest);
         let resp = self
             .send(
@@ -826,10 +913,13 @@ impl Repository {
             StatusCode::NOT_FOUND => return Err(self.not_found(format!("blob {}", blob.digest))),
             _ => return Err(self.error_from("GET", &url, resp).await),
         };
+        let whole = (resp.status() == StatusCode::OK)
+            .then(|| resp.content_length())
+            .flatten();
         let body = resp
             .bytes_stream()
             .map(|r| r.map_err(std::io::Error::other));
-        Ok((Box::pin(body), skip))
+        Ok((Box::pin(body), skip, whole))
     }
 
     fn upload_url(&self, location: &str, url: &str) -> Result<url::Url, ClientError> {
