@@ -390,6 +390,11 @@ pub struct ServeArgs {
     /// [default: token]
     #[arg(long, value_enum, value_name = "MODE")]
     pub auth_mode: Option<AuthModeArg>,
+    /// Mirror an upstream registry (pull-through cache): `docker.io` (Docker Hub), a registry
+    /// host, or NAME=URL; repeatable, the first is where dockerd's `registry-mirrors`
+    /// requests go
+    #[arg(long, value_name = "UPSTREAM")]
+    pub mirror: Vec<String>,
     /// Print the resolved configuration as TOML and exit
     #[arg(long)]
     pub show_config: bool,

@@ -31,6 +31,148 @@ pub struct RegistryConfig {
     pub auth: Option<AuthConfig>,
     /// Garbage collection and retention.
     pub gc: GcConfig,
+    /// `[[mirror]]`: upstream registries served as a pull-through cache.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<MirrorConfig>,
+}
+
+/// Docker Hub's registry API, the upstream of `--mirror docker.io`.
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+
+/// One `[[mirror]]` table: an upstream registry whose images `wharf serve` fetches when a
+/// client asks and keeps.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// What clients call the upstream: the first component of a mirrored path
+    /// (`host:5000/docker.io/library/busybox`) and containerd's `?ns=`; mirrored content is
+    /// kept under it. One path component (`docker.io`, `ghcr.io`, `upstream`).
+    pub name: String,
+    /// Where the upstream's API is (`https://registry-1.docker.io`).
+    pub url: String,
+    /// A user name on the upstream (its private repositories, higher pull limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// That user's password or access token (shown masked).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked"
+    )]
+    pub password: Option<String>,
+    /// A file holding the password instead (read at start; a trailing newline is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How long a tag fetched from the upstream is served without asking it again.
+    #[serde(default = "default_tag_ttl", with = "duration")]
+    pub tag_ttl: Duration,
+    /// Requests with no upstream named (dockerd's `registry-mirrors`) go here; the first
+    /// mirror when none says so.
+    #[serde(default)]
+    pub default: bool,
+}
+
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn masked<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+impl MirrorConfig {
+    /// A mirror of `url` called `name`, every other setting at its default.
+    pub fn new(name: &str, url: &str) -> MirrorConfig {
+        MirrorConfig {
+            name: name.to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
+            username: None,
+            password: None,
+            password_file: None,
+            tag_ttl: default_tag_ttl(),
+            default: false,
+        }
+    }
+
+    /// A `--mirror` value: `NAME=URL`, or a registry host whose API is at `https://HOST`
+    /// (Docker Hub's at [`DOCKER_HUB_URL`]).
+    pub fn from_flag(flag: &str) -> Result<MirrorConfig, ConfigError> {
+        let (name, url) = match flag.split_once('=') {
+            Some((n, u)) => (n.trim().to_owned(), u.trim().to_owned()),
+            None if is_docker_hub(flag) => ("docker.io".to_owned(), DOCKER_HUB_URL.to_owned()),
+            None => (flag.to_owned(), format!("https://{flag}")),
+        };
+        Ok(MirrorConfig::new(&name, &url))
+    }
+
+    /// The upstream's host and port as clients name it (`registry-1.docker.io`,
+    /// `127.0.0.1:5001`).
+    pub fn authority(&self) -> Option<String> {
+        let url = url::Url::parse(&self.url).ok()?;
+        let host = url.host_str()?;
+        Some(match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        })
+    }
+
+    /// Whether the upstream is Docker Hub (`library/` is added to one-component names).
+    pub fn is_docker_hub(&self) -> bool {
+        is_docker_hub(&self.name) || self.authority().is_some_and(|a| is_docker_hub(&a))
+    }
+
+    fn validate(&self, n: usize) -> Result<(), ConfigError> {
+        let bad = |m: String| {
+            Err(ConfigError::Invalid(format!(
+                "mirror #{n} ({}): {m}",
+                self.name
+            )))
+        };
+        let component = !self.name.is_empty()
+            && self.name.split(['.', '_', '-']).all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        if !component {
+            return bad(
+                "name must be one repository path component (lowercase letters, digits, '.', '_', '-'), such as docker.io".into(),
+            );
+        }
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                if u.path() != "/" && !u.path().is_empty() {
+                    return bad(format!(
+                        "url {:?} must name the registry's host, without a path",
+                        self.url
+                    ));
+                }
+            }
+            _ => return bad(format!("url {:?} is not an http(s) URL", self.url)),
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return bad("password and password_file exclude each other".into());
+        }
+        if (self.password.is_some() || self.password_file.is_some()) != self.username.is_some() {
+            return bad("username and a password (or password_file) go together".into());
+        }
+        if self.tag_ttl.is_zero() {
+            return bad("tag_ttl must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Docker Hub's names for itself.
+pub fn is_docker_hub(host: &str) -> bool {
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+    )
 }
 
 /// `[gc]`
@@ -297,6 +439,7 @@ impl Default for RegistryConfig {
             limits: LimitsConfig::default(),
             auth: None,
             gc: GcConfig::default(),
+            mirror: Vec::new(),
         }
     }
 }
@@ -402,6 +545,9 @@ pub struct Overrides {
     pub htpasswd: Option<PathBuf>,
     /// `--auth-mode`
     pub auth_mode: Option<AuthMode>,
+    /// `--mirror`, in order: added after the file's `[[mirror]]` tables, replacing one of the
+    /// same name.
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 impl RegistryConfig {
@@ -493,6 +639,17 @@ impl RegistryConfig {
                 auth.mode = m;
             }
         }
+        for m in &cli.mirrors {
+            match config.mirror.iter_mut().find(|c| c.name == m.name) {
+                Some(c) => {
+                    c.url.clone_from(&m.url);
+                }
+                None => config.mirror.push(m.clone()),
+            }
+        }
+        if !config.mirror.is_empty() && !config.mirror.iter().any(|m| m.default) {
+            config.mirror[0].default = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -541,6 +698,21 @@ impl RegistryConfig {
                     i + 1
                 )));
             }
+        }
+        for (i, m) in self.mirror.iter().enumerate() {
+            m.validate(i + 1)?;
+            if self.mirror[..i].iter().any(|o| o.name == m.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "mirror #{}: the name {:?} is used twice",
+                    i + 1,
+                    m.name
+                )));
+            }
+        }
+        if self.mirror.iter().filter(|m| m.default).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "more than one [[mirror]] says default = true".into(),
+            ));
         }
         if self.uploads.purge_interval.is_zero() {
             return Err(ConfigError::Invalid(
@@ -772,5 +944,116 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tls_key"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    fn resolve(file: &str, flags: &[&str]) -> Result<RegistryConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(&path, file).unwrap();
+        let cli = Overrides {
+            mirrors: flags
+                .iter()
+                .map(|f| MirrorConfig::from_flag(f).unwrap())
+                .collect(),
+            ..Overrides::default()
+        };
+        RegistryConfig::resolve(Some(&path), Vec::new(), &cli)
+    }
+
+    #[test]
+    fn flags_name_docker_hub_a_host_or_name_and_url() {
+        let c = resolve("", &["docker.io", "ghcr.io", "up=http://127.0.0.1:5001/"]).unwrap();
+        let got: Vec<(&str, &str, bool)> = c
+            .mirror
+            .iter()
+            .map(|m| (m.name.as_str(), m.url.as_str(), m.default))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("docker.io", DOCKER_HUB_URL, true),
+                ("ghcr.io", "https://ghcr.io", false),
+                ("up", "http://127.0.0.1:5001", false),
+            ]
+        );
+        assert!(c.mirror[0].is_docker_hub());
+        assert!(!c.mirror[2].is_docker_hub());
+        assert_eq!(c.mirror[2].authority().as_deref(), Some("127.0.0.1:5001"));
+        assert_eq!(c.mirror[0].tag_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn tables_carry_credentials_the_ttl_and_the_default_and_hide_the_password() {
+        let c = resolve(
+            r#"
+[[mirror]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+username = "me"
+password = "s3cret"
+tag_ttl = "10m"
+
+[[mirror]]
+name = "quay.io"
+url = "https://quay.io"
+default = true
+"#,
+            &["ghcr.io"],
+        )
+        .unwrap();
+        let hub = &c.mirror[0];
+        assert_eq!(hub.password.as_deref(), Some("s3cret"));
+        assert_eq!(hub.tag_ttl, Duration::from_secs(600));
+        assert!(!hub.default && c.mirror[1].default && !c.mirror[2].default);
+        let shown = c.to_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("password = \"********\""), "{shown}");
+    }
+
+    #[test]
+    fn bad_mirrors_are_refused_naming_the_table_and_the_setting() {
+        let cases = [
+            (
+                "name = \"Docker.io\"\nurl = \"https://x\"",
+                "one repository path component",
+            ),
+            (
+                "name = \"a/b\"\nurl = \"https://x\"",
+                "one repository path component",
+            ),
+            ("name = \"up\"\nurl = \"ftp://x\"", "not an http(s) URL"),
+            ("name = \"up\"\nurl = \"https://x/v2\"", "without a path"),
+            (
+                "name = \"up\"\nurl = \"https://x\"\npassword = \"p\"",
+                "go together",
+            ),
+            (
+                "name = \"up\"\nurl = \"https://x\"\ntag_ttl = \"0s\"",
+                "tag_ttl",
+            ),
+        ];
+        for (table, expect) in cases {
+            let err = resolve(&format!("[[mirror]]\n{table}\n"), &[])
+                .map(|_| ())
+                .unwrap_err();
+            let text = wharf_common::error::Chain(&err).to_string();
+            assert!(text.contains(expect), "{table}: {text}");
+        }
+        let twice = resolve("", &["docker.io", "docker.io=https://mirror.gcr.io"]).unwrap();
+        assert_eq!(
+            twice.mirror.len(),
+            1,
+            "a flag replaces the mirror of its name"
+        );
+        assert_eq!(twice.mirror[0].url, "https://mirror.gcr.io");
+        let two_defaults = "[[mirror]]\nname = \"a\"\nurl = \"https://a\"\ndefault = true\n\
+            [[mirror]]\nname = \"b\"\nurl = \"https://b\"\ndefault = true\n";
+        let err = resolve(two_defaults, &[]).unwrap_err().to_string();
+        assert!(err.contains("more than one"), "{err}");
     }
 }

@@ -24,6 +24,65 @@ pub struct Metrics {
     uploads_started: AtomicU64,
     uploads_completed: AtomicU64,
     uploads_open: AtomicI64,
+    /// Mirror counters by (metric, upstream name, status or 0); upstream names come from the
+    /// configuration and statuses from HTTP's range, so the set is bounded.
+    mirror: Mutex<BTreeMap<(MirrorMetric, String, u16), u64>>,
+    /// The last `ratelimit-remaining` an upstream announced.
+    mirror_ratelimit: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What a mirror counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MirrorMetric {
+    /// A manifest or blob served from what was kept.
+    Hit,
+    /// One fetched from the upstream for a client.
+    Miss,
+    /// Kept content served because the upstream could not answer.
+    Stale,
+    /// Requests to the upstream, by status (0: no answer).
+    UpstreamRequest,
+    /// Bytes received from the upstream.
+    UpstreamBytes,
+    /// Bytes of kept content sent to clients.
+    CachedBytesServed,
+    /// 429 answers of the upstream.
+    Throttled,
+}
+
+impl MirrorMetric {
+    fn name(self) -> (&'static str, &'static str) {
+        match self {
+            MirrorMetric::Hit => (
+                "wharf_mirror_hits_total",
+                "Manifests and blobs a mirror served from what it keeps.",
+            ),
+            MirrorMetric::Miss => (
+                "wharf_mirror_misses_total",
+                "Manifests and blobs a mirror fetched from its upstream for a client.",
+            ),
+            MirrorMetric::Stale => (
+                "wharf_mirror_stale_served_total",
+                "Kept manifests served because the upstream could not answer.",
+            ),
+            MirrorMetric::UpstreamRequest => (
+                "wharf_mirror_upstream_requests_total",
+                "Requests to upstreams, by answer status (0: no answer).",
+            ),
+            MirrorMetric::UpstreamBytes => (
+                "wharf_mirror_upstream_bytes_total",
+                "Blob bytes received from upstreams.",
+            ),
+            MirrorMetric::CachedBytesServed => (
+                "wharf_mirror_cached_bytes_served_total",
+                "Blob bytes a mirror served from what it keeps.",
+            ),
+            MirrorMetric::Throttled => (
+                "wharf_mirror_throttled_total",
+                "429 answers from upstreams.",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,6 +92,20 @@ struct RequestStats {
 }
 
 impl Metrics {
+    /// Adds `n` to a mirror counter of `upstream` (`status` only for upstream requests).
+    pub fn mirror(&self, what: MirrorMetric, upstream: &str, status: u16, n: u64) {
+        if let Ok(mut m) = self.mirror.lock() {
+            *m.entry((what, upstream.to_owned(), status)).or_default() += n;
+        }
+    }
+
+    /// Records an upstream's `ratelimit-remaining`.
+    pub fn mirror_ratelimit(&self, upstream: &str, remaining: u64) {
+        if let Ok(mut m) = self.mirror_ratelimit.lock() {
+            m.insert(upstream.to_owned(), remaining);
+        }
+    }
+
     /// Counts a finished request. Label values come from fixed sets: a method HTTP does not
     /// define is counted as `other`, so clients cannot grow the series without bound.
     pub fn request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
@@ -141,7 +214,47 @@ impl Metrics {
             "# HELP wharf_uploads_open Blob upload sessions open now.\n# TYPE wharf_uploads_open gauge\nwharf_uploads_open {}",
             self.uploads_open.load(Ordering::Relaxed).max(0)
         );
+        self.render_mirror(&mut out);
         out
+    }
+
+    fn render_mirror(&self, out: &mut String) {
+        let snapshot: Vec<_> = self
+            .mirror
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut last = None;
+        for ((what, upstream, status), v) in snapshot {
+            let (name, help) = what.name();
+            if last != Some(what) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                last = Some(what);
+            }
+            if what == MirrorMetric::UpstreamRequest {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{upstream}\",status=\"{status}\"}} {v}"
+                );
+            } else {
+                let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {v}");
+            }
+        }
+        let limits: Vec<_> = self
+            .mirror_ratelimit
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        if !limits.is_empty() {
+            let name = "wharf_mirror_ratelimit_remaining";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Pulls the upstream says are left (its ratelimit-remaining).\n# TYPE {name} gauge"
+            );
+            for (upstream, v) in limits {
+                let _ = writeln!(out, "{name}{{upstream=\"{upstream}\"}} {v}");
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use wharf_registry::RegistryConfig;
-use wharf_registry::config::{AuthMode, Overrides};
+use wharf_registry::config::{AuthMode, MirrorConfig, Overrides};
 
 use crate::cli::{AuthModeArg, ServeArgs};
 use crate::context::Ctx;
@@ -20,6 +20,11 @@ pub async fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<ExitCode> {
         addr: args.addr,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        mirrors: args
+            .mirror
+            .iter()
+            .map(|m| MirrorConfig::from_flag(m))
+            .collect::<Result<_, _>>()?,
         ..overrides(ctx)
     };
     let config = resolve(ctx, &overrides)?;

@@ -10,6 +10,7 @@ mod concurrency;
 mod fake;
 mod faults;
 mod layout;
+mod mirror;
 mod registry;
 mod run;
 mod security;

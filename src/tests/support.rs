@@ -242,6 +242,11 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start() -> Option<Dockerd> {
+        Dockerd::start_with(&[])
+    }
+
+    /// A daemon started with extra flags (`--registry-mirror`, say).
+    pub fn start_with(flags: &[&str]) -> Option<Dockerd> {
         if !require_root() || !require("dockerd") || !require("/usr/bin/docker") {
             return None;
         }
@@ -254,6 +259,7 @@ impl Dockerd {
         let log = std::fs::File::create(dir.join("log")).unwrap();
         let child = Command::new("dockerd")
             .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .args(flags)
             .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
@@ -611,7 +617,13 @@ pub fn wait_for_port(addr: &str) {
 /// podman with its storage under `dir` (vfs, no systemd), as the tests run it.
 #[allow(dead_code, reason = "used by some test modules only")]
 pub fn podman(dir: &Path, args: &[&str]) -> Run {
+    podman_with(dir, &[], args)
+}
+
+/// [`podman`] with environment variables (`CONTAINERS_REGISTRIES_CONF`, say).
+pub fn podman_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
     let out = Command::new("podman")
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--runroot")

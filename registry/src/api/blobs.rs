@@ -5,7 +5,19 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, Req, RequestError, header_value, parse_digest};
-use crate::service::{BlobFound, Registry, Repository};
+use crate::metrics::MirrorMetric;
+use crate::service::mirror::{MirroredBlob, Target};
+use crate::service::{BlobFound, Registry, Repository, ServiceError};
+
+/// Where a blob's bytes come from.
+enum Source<'a> {
+    /// Stored here.
+    Found(BlobFound),
+    /// Kept by a mirror (counted as served from its cache).
+    Kept(BlobFound, &'a str),
+    /// On its way from a mirror's upstream.
+    Flight(std::sync::Arc<crate::service::mirror::Flight>),
+}
 
 /// A byte range to serve, inclusive.
 #[derive(Debug, PartialEq)]
@@ -58,13 +70,34 @@ pub async fn get(
     repo: &Repository,
     digest: &str,
     req: &Req,
+    mirrored: Option<&Target>,
 ) -> Result<Response, ApiError> {
     let digest = parse_digest(digest)?;
     let head = req.method == axum::http::Method::HEAD;
-    let found = reg.blob(repo, &digest).await?;
-    let size = match &found {
-        BlobFound::Stored(s) => *s,
-        BlobFound::Manifest(b) => b.len() as u64,
+    let local = match mirrored {
+        Some(t) if t.exclusive => None,
+        None => Some(reg.blob(repo, &digest).await?),
+        // Local first; the default upstream's when nothing local has it.
+        Some(_) => match reg.blob(repo, &digest).await {
+            Err(ServiceError::BlobUnknown(_)) => None,
+            found => Some(found?),
+        },
+    };
+    let source = match (local, mirrored) {
+        (Some(found), _) => Source::Found(found),
+        (None, Some(t)) if head => Source::Found(reg.mirrored_blob_size(t, &digest).await?),
+        (None, Some(t)) => match reg.mirrored_blob(t, &digest).await? {
+            MirroredBlob::Kept(found) => Source::Kept(found, t.upstream.name()),
+            MirroredBlob::Fetching(f) => Source::Flight(f),
+        },
+        (None, None) => return Err(ServiceError::BlobUnknown(digest).into()),
+    };
+    let size = match &source {
+        Source::Found(BlobFound::Stored(s)) | Source::Kept(BlobFound::Stored(s), _) => *s,
+        Source::Found(BlobFound::Manifest(b)) | Source::Kept(BlobFound::Manifest(b), _) => {
+            b.len() as u64
+        }
+        Source::Flight(f) => f.size,
     };
     let (status, start, len) = match wanted(req.header(header::RANGE), size) {
         Wanted::All => (StatusCode::OK, 0, size),
@@ -80,6 +113,22 @@ pub async fn get(
     let body = if head || len == 0 {
         Body::empty()
     } else {
+        let found = match source {
+            Source::Found(f) => f,
+            Source::Kept(f, upstream) => {
+                reg.metrics()
+                    .mirror(MirrorMetric::CachedBytesServed, upstream, 0, len);
+                f
+            }
+            Source::Flight(f) => {
+                return Ok(blob_response(
+                    status,
+                    Body::from_stream(reg.read_flight(&f, start, len)),
+                    &digest,
+                    (start, len, size),
+                ));
+            }
+        };
         match found {
             BlobFound::Stored(_) => Body::from_stream(reg.read_blob(&digest, start, len).await?),
             BlobFound::Manifest(b) => {
@@ -91,6 +140,16 @@ pub async fn get(
             }
         }
     };
+    Ok(blob_response(status, body, &digest, (start, len, size)))
+}
+
+/// A blob's response: `len` bytes from `start` of `size`.
+fn blob_response(
+    status: StatusCode,
+    body: Body,
+    digest: &wharf_common::digest::Digest,
+    (start, len, size): (u64, u64, u64),
+) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, header_value(&len.to_string()));
@@ -108,7 +167,7 @@ pub async fn get(
             header_value(&format!("bytes {start}-{}/{size}", start + len - 1)),
         );
     }
-    Ok(resp)
+    resp
 }
 
 pub async fn delete(reg: &Registry, repo: &Repository, digest: &str) -> Result<Response, ApiError> {

@@ -292,6 +292,26 @@ impl From<ServiceError> for ApiError {
             ServiceError::BlobReferenced { .. } => {
                 ApiError::new(C::Denied, detail).with_status(StatusCode::METHOD_NOT_ALLOWED)
             }
+            ServiceError::MirrorReadOnly { .. } => ApiError::new(C::Denied, detail),
+            ServiceError::Upstream {
+                throttled: true,
+                retry_after,
+                ..
+            } => {
+                let err = ApiError::new(C::TooManyRequests, detail);
+                match retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+                    Some(v) => err.with_header(header::RETRY_AFTER, v),
+                    None => err,
+                }
+            }
+            // No code of the spec says it; 503 does.
+            ServiceError::Upstream { .. } => {
+                ApiError::new(C::Unknown, detail).with_status(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ServiceError::MirrorSetup { .. } => ApiError {
+                internal: Some(detail),
+                ..ApiError::new(C::Unknown, "internal error; see the server's log")
+            },
             ServiceError::Storage(_) | ServiceError::Metadata(_) => ApiError {
                 internal: Some(detail),
                 ..ApiError::new(C::Unknown, "internal error; see the server's log")

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use wharf_common::reference::Tag;
 
 use super::{ApiError, Req, RequestError, header_value, parse_digest};
+use crate::service::mirror::Target;
 use crate::service::{ManifestRef, Registry, Repository, ServiceError};
 
 /// How much of an oversized manifest is read and dropped before the 413.
@@ -30,11 +31,20 @@ pub async fn get(
     repo: &Repository,
     r: &str,
     head: bool,
+    mirrored: Option<&Target>,
 ) -> Result<Response, ApiError> {
     // A tag that cannot exist is simply not there.
     let r =
         reference(r)?.ok_or_else(|| ServiceError::ManifestUnknown(format!("invalid tag {r:?}")))?;
-    let m = reg.manifest(repo, &r).await?;
+    let m = match mirrored {
+        None => reg.manifest(repo, &r).await?,
+        Some(t) if t.exclusive => reg.mirrored_manifest(t, &r).await?,
+        // Local first; the default upstream's when nothing local has it.
+        Some(t) => match reg.manifest(repo, &r).await {
+            Err(ServiceError::ManifestUnknown(_)) => reg.mirrored_manifest(t, &r).await?,
+            found => found?,
+        },
+    };
     let body = if head {
         Body::empty()
     } else {

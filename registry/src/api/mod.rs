@@ -444,11 +444,35 @@ async fn handle(
         };
     };
     let repo = &Repository::parse(name).map_err(RequestError::from)?;
+    let mirrored = if reg.mirrors().is_empty() {
+        None
+    } else {
+        reg.mirrors()
+            .route(repo.as_str(), req.query.get("ns").map(String::as_str))
+    };
+    let reading = m == Method::GET || m == Method::HEAD;
+    if let Some(t) = &mirrored
+        && t.exclusive
+    {
+        if !reading {
+            return Err(ServiceError::MirrorReadOnly {
+                repo: repo.to_string(),
+                upstream: t.upstream.name().to_owned(),
+            }
+            .into());
+        }
+        // Listings show what is kept.
+        match *route {
+            Route::Tags(_) => return lists::tags(reg, &t.stored, &req).await,
+            Route::Referrers(_, d) => return lists::referrers(reg, &t.stored, d, &req).await,
+            _ => {}
+        }
+    }
     match *route {
         Route::Tags(_) if m == Method::GET => lists::tags(reg, repo, &req).await,
         Route::Referrers(_, d) if m == Method::GET => lists::referrers(reg, repo, d, &req).await,
-        Route::Manifest(_, r) if m == Method::GET || m == Method::HEAD => {
-            manifests::get(reg, repo, r, m == Method::HEAD).await
+        Route::Manifest(_, r) if reading => {
+            manifests::get(reg, repo, r, m == Method::HEAD, mirrored.as_ref()).await
         }
         Route::Manifest(_, r) if m == Method::PUT => {
             let resp = manifests::put(reg, repo, r, &req, body).await?;
@@ -466,9 +490,7 @@ async fn handle(
             audit("delete", repo, r, "", &req);
             Ok(resp)
         }
-        Route::Blob(_, d) if m == Method::GET || m == Method::HEAD => {
-            blobs::get(reg, repo, d, &req).await
-        }
+        Route::Blob(_, d) if reading => blobs::get(reg, repo, d, &req, mirrored.as_ref()).await,
         Route::Blob(_, d) if m == Method::DELETE => {
             let resp = blobs::delete(reg, repo, d).await?;
             audit("delete blob", repo, d, d, &req);

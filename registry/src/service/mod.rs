@@ -6,6 +6,7 @@ mod cache;
 mod disk;
 pub mod gc;
 pub mod manifest;
+pub mod mirror;
 mod names;
 
 use std::collections::HashMap;
@@ -105,6 +106,34 @@ pub enum ServiceError {
         .0.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
     )]
     DiskFull(Option<String>),
+    /// A push, tag or delete in a name the registry mirrors.
+    #[error(
+        "{repo} is mirrored from upstream {upstream} and read-only here: push to the upstream, or to a name outside the mirror"
+    )]
+    MirrorReadOnly {
+        /// The name as the client wrote it.
+        repo: String,
+        /// The upstream's name.
+        upstream: String,
+    },
+    /// A mirror's upstream could not give what a client asked for, and nothing was kept.
+    #[error("{reason}")]
+    Upstream {
+        /// What happened, naming the upstream.
+        reason: String,
+        /// The upstream answered 429.
+        throttled: bool,
+        /// Its `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
+    /// A `[[mirror]]` cannot be set up.
+    #[error("mirror {name}: {reason}")]
+    MirrorSetup {
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Blob storage failed.
     #[error(transparent)]
     Storage(StorageError),
@@ -182,6 +211,8 @@ struct Inner {
     cache: ManifestCache,
     sweep: gc::SweepLock,
     headroom: disk::Headroom,
+    mirrors: mirror::Mirrors,
+    flights: mirror::fill::Flights,
 }
 
 /// A manifest or tag reference from a URL.
@@ -245,6 +276,7 @@ impl Registry {
         let sweep = gc::SweepLock::new(&config.storage.root);
         let headroom = disk::Headroom::new(&config.storage.root, config.storage.headroom);
         headroom.take();
+        let mirrors = mirror::Mirrors::new(&config.mirror, &metrics)?;
         Ok(Registry {
             inner: Arc::new(Inner {
                 meta,
@@ -255,6 +287,8 @@ impl Registry {
                 cache: ManifestCache::default(),
                 sweep,
                 headroom,
+                mirrors,
+                flights: mirror::fill::Flights::default(),
             }),
         })
     }

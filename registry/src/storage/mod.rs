@@ -114,6 +114,15 @@ pub trait BlobStorage: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Removes an upload's data (absent data is fine).
+    /// Up to `max` bytes of an upload's data from `offset`, as far as they are written (empty
+    /// at its end); `UploadMissing` once the upload is gone (committed or removed).
+    fn read_upload<'a>(
+        &'a self,
+        id: &'a str,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Bytes, StorageError>>;
+
     fn remove_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Upload ids whose data was last written before `before` (seconds since the epoch).

@@ -1,0 +1,370 @@
+//! Blobs of mirrored repositories. A blob kept under any name is linked into the asking
+//! repository; one kept nowhere is fetched once, whoever asks for it meanwhile: the first
+//! request starts a *flight* (the upstream's response written into an upload file, hashed on
+//! the way, committed when the digest checks), and every request for the digest while it flies
+//! reads that file as it grows, Range requests included. The last byte of the blob is held back
+//! until the digest is checked, so a client whose bytes do not match gets a broken response,
+//! never a complete wrong one, and nothing is stored. The flight runs on its own task: a client
+//! that goes away does not stop it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::{StreamExt, stream};
+use tokio::sync::watch;
+use wharf_common::digest::Digest;
+
+use super::{Failure, FailureKind, Target, UPSTREAM_TIMEOUT};
+use crate::metrics::MirrorMetric;
+use crate::service::{BlobFound, Registry, ServiceError, UploadId};
+use crate::storage::{ByteStream, StorageError};
+
+/// How much of a growing upload one read takes.
+const READ_STEP: usize = 1 << 20;
+
+/// What a blob request of a mirrored repository finds.
+pub enum MirroredBlob {
+    /// Kept here (under this name now).
+    Kept(BlobFound),
+    /// Being fetched.
+    Fetching(Arc<Flight>),
+}
+
+/// One blob on its way from an upstream.
+pub struct Flight {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size, as the upstream announced it.
+    pub size: u64,
+    id: String,
+    state: watch::Receiver<State>,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    /// Bytes are arriving (sent again for every chunk, so readers wake).
+    Receiving,
+    /// Verified and committed: the blob is in storage.
+    Done,
+    Failed(String),
+}
+
+type Start = Shared<BoxFuture<'static, Result<Arc<Flight>, Failure>>>;
+
+/// The flights under way, by digest.
+#[derive(Default)]
+pub(crate) struct Flights(Mutex<HashMap<Digest, Start>>);
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Start>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Registry {
+    /// A blob of a mirrored repository: kept, or on its way (one upstream fetch however many
+    /// ask).
+    pub async fn mirrored_blob(
+        &self,
+        t: &Target,
+        digest: &Digest,
+    ) -> Result<MirroredBlob, ServiceError> {
+        let up = &t.upstream;
+        match self.blob(&t.stored, digest).await {
+            Ok(found) => {
+                up.count(MirrorMetric::Hit, 1);
+                return Ok(MirroredBlob::Kept(found));
+            }
+            Err(ServiceError::BlobUnknown(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // The same layer kept for another image: linked here, nothing fetched.
+        if let Some((_, size)) = self
+            .inner
+            .meta
+            .blob_repos(digest, 1)
+            .await?
+            .first()
+            .cloned()
+            && self.inner.storage.stat(digest).await?.is_some()
+        {
+            let _sweep = self.inner.sweep.shared().await?;
+            if self.inner.storage.stat(digest).await?.is_some() {
+                self.inner
+                    .meta
+                    .link_blob(t.stored.as_str(), digest, size)
+                    .await?;
+                up.count(MirrorMetric::Hit, 1);
+                return Ok(MirroredBlob::Kept(BlobFound::Stored(size)));
+            }
+        }
+        let start = self
+            .inner
+            .flights
+            .lock()
+            .entry(digest.clone())
+            .or_insert_with(|| {
+                let reg = self.clone();
+                let t = t.clone();
+                let digest = digest.clone();
+                async move { reg.start_flight(t, digest).await }
+                    .boxed()
+                    .shared()
+            })
+            .clone();
+        match start.await {
+            Ok(f) => Ok(MirroredBlob::Fetching(f)),
+            Err(f) => Err(f.into_service(|_| ServiceError::BlobUnknown(digest.clone()))),
+        }
+    }
+
+    /// The size of a blob of a mirrored repository, asking the upstream (a HEAD, nothing
+    /// fetched) when it is not kept.
+    pub async fn mirrored_blob_size(
+        &self,
+        t: &Target,
+        digest: &Digest,
+    ) -> Result<BlobFound, ServiceError> {
+        match self.blob(&t.stored, digest).await {
+            Ok(found) => return Ok(found),
+            Err(ServiceError::BlobUnknown(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let flying = self
+            .inner
+            .flights
+            .lock()
+            .get(digest)
+            .and_then(|s| s.peek().cloned());
+        if let Some(Ok(f)) = flying {
+            return Ok(BlobFound::Stored(f.size));
+        }
+        let up = &t.upstream;
+        let asked = async {
+            let repo = up.repository(&t.remote).await?;
+            repo.blob_exists(digest, wharf_common::client::Operation::Pull)
+                .await
+                .map_err(|e| up.failure(&e))
+        };
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, asked)
+            .await
+            .unwrap_or_else(|_| Err(Failure::timeout(up.name())))
+        {
+            Ok(Some(size)) => Ok(BlobFound::Stored(size)),
+            Ok(None) => Err(ServiceError::BlobUnknown(digest.clone())),
+            Err(f) => Err(f.into_service(|_| ServiceError::BlobUnknown(digest.clone()))),
+        }
+    }
+
+    /// Opens the upstream's blob and starts writing it; the flight is forgotten (so a later
+    /// request starts afresh) when it fails or ends.
+    async fn start_flight(&self, t: Target, digest: Digest) -> Result<Arc<Flight>, Failure> {
+        let opened = self.open_flight(&t, &digest).await;
+        if opened.is_err() {
+            self.inner.flights.lock().remove(&digest);
+        }
+        opened
+    }
+
+    async fn open_flight(&self, t: &Target, digest: &Digest) -> Result<Arc<Flight>, Failure> {
+        let up = t.upstream.clone();
+        let open = async {
+            let repo = up.repository(&t.remote).await?;
+            repo.get_blob_sized(digest)
+                .await
+                .map_err(|e| up.failure(&e))
+        };
+        let (size, body) = tokio::time::timeout(UPSTREAM_TIMEOUT, open)
+            .await
+            .unwrap_or_else(|_| Err(Failure::timeout(up.name())))?;
+        let local = |e: ServiceError| Failure {
+            kind: FailureKind::Unavailable,
+            reason: format!(
+                "keeping a blob of upstream {}: {}",
+                up.name(),
+                wharf_common::error::Chain(&e)
+            ),
+        };
+        self.inner.headroom.admit(size).map_err(local)?;
+        let id = format!("mirror-{}", UploadId::new());
+        self.inner
+            .storage
+            .create_upload(&id)
+            .await
+            .map_err(|e| local(e.into()))?;
+        up.count(MirrorMetric::Miss, 1);
+        tracing::info!(upstream = up.name(), repo = t.stored.as_str(), %digest, size, "fetching a blob for the mirror");
+        let (tx, rx) = watch::channel(State::Receiving);
+        let flight = Arc::new(Flight {
+            digest: digest.clone(),
+            size,
+            id: id.clone(),
+            state: rx,
+        });
+        let reg = self.clone();
+        let t = t.clone();
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            let tx = Arc::new(tx);
+            let end = match reg.fly(&t, &digest, size, &id, body, tx.clone()).await {
+                Ok(()) => State::Done,
+                Err(reason) => {
+                    tracing::warn!(upstream = t.upstream.name(), %digest, %reason, "a mirrored blob was not kept");
+                    let _ = reg.inner.storage.remove_upload(&id).await;
+                    State::Failed(reason)
+                }
+            };
+            tx.send_replace(end);
+            reg.inner.flights.lock().remove(&digest);
+        });
+        Ok(flight)
+    }
+
+    /// Receives, hashes and writes the upstream's bytes, then commits them if they are the
+    /// blob.
+    async fn fly(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        size: u64,
+        id: &str,
+        body: wharf_common::blob::BlobStream,
+        tx: Arc<watch::Sender<State>>,
+    ) -> Result<(), String> {
+        let up = t.upstream.clone();
+        let counted: ByteStream = body
+            .map(move |chunk| {
+                if let Ok(c) = &chunk {
+                    up.count(MirrorMetric::UpstreamBytes, c.len() as u64);
+                    tx.send_replace(State::Receiving);
+                }
+                chunk
+            })
+            .boxed();
+        let storage = &self.inner.storage;
+        let appended = storage
+            .append(id, counted, Some(digest.algorithm().hasher()))
+            .await
+            .map_err(|e| format!("receiving it: {}", wharf_common::error::Chain(&e)))?;
+        let actual = appended
+            .hasher
+            .unwrap_or_else(|| digest.algorithm().hasher())
+            .finish();
+        if actual != *digest || appended.len != size {
+            return Err(format!(
+                "the upstream sent {} bytes hashing to {actual}, not the {size} bytes of {digest}",
+                appended.len
+            ));
+        }
+        let _sweep = self.inner.sweep.shared().await.map_err(|e| e.to_string())?;
+        storage
+            .commit(id, digest)
+            .await
+            .map_err(|e| format!("storing it: {}", wharf_common::error::Chain(&e)))?;
+        self.inner
+            .meta
+            .link_blob(t.stored.as_str(), digest, size)
+            .await
+            .map_err(|e| format!("recording it: {}", wharf_common::error::Chain(&e)))?;
+        tracing::info!(upstream = t.upstream.name(), repo = t.stored.as_str(), %digest, size, "mirrored blob kept");
+        Ok(())
+    }
+
+    /// `len` bytes of a flying blob from `offset`, as they arrive.
+    pub fn read_flight(&self, flight: &Arc<Flight>, offset: u64, len: u64) -> ByteStream {
+        struct Reader {
+            reg: Registry,
+            flight: Arc<Flight>,
+            state: watch::Receiver<State>,
+            pos: u64,
+            end: u64,
+            tail: Option<ByteStream>,
+        }
+        let reader = Reader {
+            reg: self.clone(),
+            state: flight.state.clone(),
+            flight: flight.clone(),
+            pos: offset,
+            end: offset + len,
+            tail: None,
+        };
+        stream::unfold(reader, |mut r| async move {
+            loop {
+                if let Some(tail) = r.tail.as_mut() {
+                    let next = tail.next().await;
+                    return next.map(|chunk| (chunk, r));
+                }
+                if r.pos >= r.end {
+                    return None;
+                }
+                let state = r.state.borrow_and_update().clone();
+                match state {
+                    State::Failed(reason) => {
+                        r.pos = r.end;
+                        let e = std::io::Error::other(format!(
+                            "the mirror could not fetch {}: {reason}",
+                            r.flight.digest
+                        ));
+                        return Some((Err(e), r));
+                    }
+                    State::Done => {
+                        match r
+                            .reg
+                            .inner
+                            .storage
+                            .read(&r.flight.digest, r.pos, r.end - r.pos)
+                            .await
+                        {
+                            Ok(s) => r.tail = Some(s),
+                            Err(e) => {
+                                r.pos = r.end;
+                                return Some((Err(std::io::Error::other(e)), r));
+                            }
+                        }
+                        continue;
+                    }
+                    State::Receiving => {
+                        // The blob's last byte waits for the digest check.
+                        let limit = r.end.min(r.flight.size.saturating_sub(1));
+                        if r.pos < limit {
+                            let want = usize::try_from(limit - r.pos)
+                                .unwrap_or(READ_STEP)
+                                .min(READ_STEP);
+                            match r
+                                .reg
+                                .inner
+                                .storage
+                                .read_upload(&r.flight.id, r.pos, want)
+                                .await
+                            {
+                                Ok(b) if !b.is_empty() => {
+                                    r.pos += b.len() as u64;
+                                    return Some((Ok::<Bytes, _>(b), r));
+                                }
+                                // Nothing new yet, or committed (or dropped) meanwhile: the
+                                // state says which.
+                                Ok(_) | Err(StorageError::UploadMissing(_)) => {}
+                                Err(e) => {
+                                    r.pos = r.end;
+                                    return Some((Err(std::io::Error::other(e)), r));
+                                }
+                            }
+                        }
+                        if r.state.changed().await.is_err()
+                            && matches!(*r.state.borrow(), State::Receiving)
+                        {
+                            r.pos = r.end;
+                            let e = std::io::Error::other("the mirror's fetch ended unfinished");
+                            return Some((Err(e), r));
+                        }
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+}

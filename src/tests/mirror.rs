@@ -1,0 +1,284 @@
+//! `wharf serve --mirror`: a pull-through cache of another registry, asserted from the
+//! upstream's own request counts (issue 14). The upstream is a second `wharf serve`, whose
+//! `/metrics` counts every request it answers.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Requests `serve` answered for `route` and `method` with `status`, from its `/metrics`.
+fn answered(serve: &WharfServe, route: &str, method: &str, status: u16) -> u64 {
+    let (code, _, body) = http_get(&serve.addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let want = format!(
+        "wharf_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
+    );
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&want).map(|n| n.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+/// A counter of the mirror's `/metrics` (summed over labels that start with `labels`).
+fn mirror_metric(serve: &WharfServe, name: &str) -> u64 {
+    let (_, _, body) = http_get(&serve.addr, "/metrics").unwrap();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The digest of a manifest a registry serves, from a GET with every media type accepted.
+fn manifest_digest(addr: &str, path: &str) -> (u16, Option<String>) {
+    let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+        application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+    let (status, head, _) = http(addr, "GET", path, &[("Accept", accept)], b"");
+    (
+        status,
+        header(&head, "docker-content-digest").map(str::to_owned),
+    )
+}
+
+fn seed(addr: &str, name: &str) {
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", busybox_layout().display()),
+        &format!("docker://{addr}/{name}"),
+    ])
+    .ok();
+}
+
+/// An upstream `wharf serve` holding the busybox fixture as `name:tag`: the server, the
+/// manifest's digest, and how many manifest and blob GETs the setup itself asked of it.
+fn upstream_with(name: &str, tag: &str) -> (WharfServe, String, (u64, u64)) {
+    let upstream = WharfServe::start();
+    seed(&upstream.addr, &format!("{name}:{tag}"));
+    let (_, want) = manifest_digest(&upstream.addr, &format!("/v2/{name}/manifests/{tag}"));
+    let asked = (
+        answered(&upstream, "manifest", "GET", 200),
+        answered(&upstream, "blob", "GET", 200),
+    );
+    (upstream, want.unwrap(), asked)
+}
+
+fn pull_with_skopeo(reference: &str, dir: &std::path::Path) -> Run {
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{reference}"),
+        &format!("oci:{}:1", dir.display()),
+    ])
+}
+
+#[test]
+fn issue_14_mirror_fills_once_serves_warm_and_refuses_pushes() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let (upstream, want, (m0, b0)) = upstream_with("team/bb", "1");
+    let mirror = WharfServe::start_with(&["--mirror", &format!("up=http://{}", upstream.addr)]);
+    let m = &mirror.addr;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Cold: through the path prefix, as podman's and skopeo's mirrors ask.
+    pull_with_skopeo(&format!("{m}/up/team/bb:1"), &tmp.path().join("cold")).ok();
+    assert_eq!(
+        manifest_digest(m, "/v2/up/team/bb/manifests/1"),
+        (200, Some(want.clone()))
+    );
+    let manifests = answered(&upstream, "manifest", "GET", 200);
+    let blobs = answered(&upstream, "blob", "GET", 200);
+    assert_eq!(manifests - m0, 1, "one manifest GET upstream");
+    assert_eq!(blobs - b0, 2, "config and layer fetched once");
+
+    // Warm, and through containerd's ?ns= and wharf's own client: nothing asked upstream.
+    pull_with_skopeo(&format!("{m}/up/team/bb:1"), &tmp.path().join("warm")).ok();
+    assert_eq!(
+        manifest_digest(m, &format!("/v2/team/bb/manifests/1?ns={}", upstream.addr)),
+        (200, Some(want.clone()))
+    );
+    let w = Wharf::new();
+    w.run(&["pull", "-q", &format!("{m}/up/team/bb:1")]).ok();
+    assert_eq!(answered(&upstream, "manifest", "GET", 200), manifests);
+    assert_eq!(answered(&upstream, "manifest", "HEAD", 200), 0);
+    assert_eq!(answered(&upstream, "blob", "GET", 200), blobs);
+    assert!(mirror_metric(&mirror, "wharf_mirror_hits_total") > 0);
+    assert!(mirror_metric(&mirror, "wharf_mirror_upstream_bytes_total") > 0);
+
+    // The pulled image is the upstream's, byte for byte.
+    let back: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("warm").join("index.json")).unwrap())
+            .unwrap();
+    assert_eq!(back["manifests"][0]["digest"], want.as_str());
+
+    // A push into the mirror's names is refused, saying why; beside it, pushes work, and
+    // nothing reaches the upstream.
+    let uploads = answered(&upstream, "upload", "POST", 202);
+    let (status, _, body) = http(m, "POST", "/v2/up/team/bb/blobs/uploads/", &[], b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("DENIED") && body.contains("mirrored from upstream up"),
+        "{body}"
+    );
+    seed(m, "local/app:1");
+    assert_eq!(manifest_digest(m, "/v2/local/app/manifests/1").0, 200);
+    assert_eq!(answered(&upstream, "upload", "POST", 202), uploads);
+
+    // A name the upstream does not have: 404, and nothing kept.
+    assert_eq!(manifest_digest(m, "/v2/up/team/nothing/manifests/1").0, 404);
+}
+
+#[test]
+fn issue_14_eight_cold_pulls_fetch_each_blob_once() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let upstream = WharfServe::start();
+    seed(&upstream.addr, "team/bb:1");
+    let mirror = WharfServe::start_with(&["--mirror", &format!("up=http://{}", upstream.addr)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pulls: Vec<std::process::Child> = (0..8)
+        .map(|i| {
+            std::process::Command::new("skopeo")
+                .args([
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    &format!("docker://{}/up/team/bb:1", mirror.addr),
+                    &format!("oci:{}:1", tmp.path().join(format!("p{i}")).display()),
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut p in pulls {
+        assert!(p.wait().unwrap().success());
+    }
+    assert_eq!(answered(&upstream, "manifest", "GET", 200), 1);
+    // The busybox fixture: a config and one layer.
+    assert_eq!(answered(&upstream, "blob", "GET", 200), 2);
+}
+
+#[test]
+fn issue_14_kept_content_outlives_its_upstream() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let mut upstream = WharfServe::start();
+    seed(&upstream.addr, "team/bb:1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nname = \"up\"\nurl = \"http://{}\"\ntag_ttl = \"1s\"\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let mirror = WharfServe::start_with(&["--config", config.to_str().unwrap()]);
+    let m = &mirror.addr;
+    let (_, want) = manifest_digest(m, "/v2/up/team/bb/manifests/1");
+    pull_with_skopeo(&format!("{m}/up/team/bb:1"), &dir.path().join("a")).ok();
+
+    // Past the TTL, the tag is checked with a HEAD and, unmoved, not fetched again.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(manifest_digest(m, "/v2/up/team/bb/manifests/1").1, want);
+    assert_eq!(answered(&upstream, "manifest", "HEAD", 200), 1);
+    assert_eq!(answered(&upstream, "manifest", "GET", 200), 1);
+
+    // Upstream gone: kept tags are served stale, kept images pull whole.
+    upstream.terminate();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(manifest_digest(m, "/v2/up/team/bb/manifests/1").1, want);
+    pull_with_skopeo(&format!("{m}/up/team/bb:1"), &dir.path().join("b")).ok();
+    assert!(mirror_metric(&mirror, "wharf_mirror_stale_served_total") >= 1);
+
+    // Nothing kept: the spec's envelope with 503, promptly.
+    let start = std::time::Instant::now();
+    let (status, _, body) = http(m, "GET", "/v2/up/team/other/manifests/1", &[], b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"errors\"") && body.contains("upstream up"),
+        "{body}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn issue_14_dockerd_containerd_and_podman_pull_through_the_mirror_unchanged() {
+    if !require("skopeo") || !require("ctr") || !require("podman") || !have_busybox() {
+        return;
+    }
+    // A stand-in for Docker Hub: busybox as library/busybox.
+    let (upstream, want, (m0, b0)) = upstream_with("library/busybox", "latest");
+    let mirror =
+        WharfServe::start_with(&["--mirror", &format!("docker.io=http://{}", upstream.addr)]);
+    let m = &mirror.addr;
+    let Some(d) = Dockerd::start_with(&["--registry-mirror", &format!("http://{m}")]) else {
+        return;
+    };
+
+    // dockerd's registry-mirrors: the name as on Docker Hub, no upstream in the path.
+    d.docker(&["pull", "busybox"]).ok();
+    let digests = d.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        "busybox",
+    ]);
+    assert!(
+        digests.ok().stdout.contains(&want),
+        "dockerd's image is the upstream's"
+    );
+    assert_eq!(answered(&upstream, "manifest", "GET", 200) - m0, 1);
+    let blobs = answered(&upstream, "blob", "GET", 200);
+    assert_eq!(blobs - b0, 2, "config and layer, once");
+
+    // containerd's hosts.toml: ?ns=docker.io.
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path().join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.path().join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{m}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    let ctr = std::process::Command::new("ctr")
+        .args(["--address", &d.containerd_socket(), "-n", "wharf-mirror"])
+        .args(["images", "pull", "--hosts-dir"])
+        .arg(hosts.path())
+        .arg("docker.io/library/busybox:latest")
+        .output()
+        .unwrap();
+    run_output(ctr).ok();
+
+    // podman's registries.conf mirror: the upstream's name as the path's first component.
+    let pod = tempfile::tempdir().unwrap();
+    let conf = pod.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\
+             [[registry.mirror]]\nlocation = \"{m}/docker.io\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    podman_with(
+        pod.path(),
+        &[("CONTAINERS_REGISTRIES_CONF", &conf)],
+        &["pull", "docker.io/library/busybox:latest"],
+    )
+    .ok();
+
+    // Three clients, three routes, one fill: nothing more was asked upstream than a manifest
+    // and two blobs (a tag inside its TTL is not even checked).
+    assert_eq!(answered(&upstream, "manifest", "GET", 200) - m0, 1);
+    assert_eq!(answered(&upstream, "blob", "GET", 200), blobs);
+}
