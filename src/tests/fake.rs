@@ -53,6 +53,10 @@ struct Inner {
     redirect_to: Option<String>,
     log: Mutex<Log>,
     addr: Mutex<String>,
+    /// Answer every API request 429 with this `Retry-After`, as Docker Hub past its limit.
+    throttle: Mutex<Option<u64>>,
+    /// The token realm, when tokens come from another host (as Docker Hub's auth.docker.io).
+    realm: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -117,11 +121,30 @@ impl Fake {
             redirect_to,
             log: Mutex::new(Log::default()),
             addr: Mutex::new(String::new()),
+            throttle: Mutex::new(None),
+            realm: Mutex::new(None),
         }))
     }
 
     pub fn layer_digest(&self) -> String {
         self.0.layers[0].clone()
+    }
+
+    /// Starts a token service of its own on another port and names it as the realm, as
+    /// Docker Hub sends clients to auth.docker.io.
+    pub fn start_token_host(&self) -> Server {
+        let server = serve(
+            Router::new()
+                .route("/token", get(token))
+                .with_state(self.clone()),
+        );
+        *self.0.realm.lock().unwrap() = Some(format!("http://{}/token", server.addr));
+        server
+    }
+
+    /// From now on every API request gets 429 with `Retry-After: secs` (`None`: served).
+    pub fn set_throttle(&self, secs: Option<u64>) {
+        *self.0.throttle.lock().unwrap() = secs;
     }
 
     pub fn set_mode(&self, mode: Blobs) {
@@ -146,11 +169,13 @@ impl Fake {
 
 fn unauthorized(fake: &Fake) -> Response {
     let addr = fake.0.addr.lock().unwrap().clone();
+    let realm = fake.0.realm.lock().unwrap().clone();
+    let realm = realm.unwrap_or_else(|| format!("http://{addr}/token"));
     (
         StatusCode::UNAUTHORIZED,
         [(
             header::WWW_AUTHENTICATE,
-            format!("Bearer realm=\"http://{addr}/token\",service=\"fake\""),
+            format!("Bearer realm=\"{realm}\",service=\"fake\""),
         )],
         r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
     )
@@ -211,6 +236,20 @@ async fn dispatch(
             return unauthorized(&fake);
         }
     }
+    if let Some(secs) = *fake.0.throttle.lock().unwrap() {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::RETRY_AFTER, secs.to_string()),
+                (
+                    header::HeaderName::from_static("ratelimit-remaining"),
+                    "0;w=21600".to_owned(),
+                ),
+            ],
+            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit"}]}"#,
+        )
+            .into_response();
+    }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         return match fake.0.manifests.get(&format!("{repo}:{reference}")) {
             Some((mt, bytes)) => (
@@ -220,6 +259,11 @@ async fn dispatch(
                     (
                         header::HeaderName::from_static("docker-content-digest"),
                         format!("sha256:{}", sha256_hex(bytes)),
+                    ),
+                    // As Docker Hub counts a manifest GET against the pull limit.
+                    (
+                        header::HeaderName::from_static("ratelimit-remaining"),
+                        "42;w=21600".to_owned(),
                     ),
                 ],
                 bytes.clone(),

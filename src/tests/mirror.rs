@@ -282,3 +282,151 @@ fn issue_14_dockerd_containerd_and_podman_pull_through_the_mirror_unchanged() {
     assert_eq!(answered(&upstream, "manifest", "GET", 200) - m0, 1);
     assert_eq!(answered(&upstream, "blob", "GET", 200), blobs);
 }
+
+/// A mirror of `fake` as Docker Hub (the default upstream), tags re-checked after a second.
+fn hub_mirror(fake_addr: &std::net::SocketAddr) -> (WharfServe, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nname = \"docker.io\"\nurl = \"http://{fake_addr}\"\ntag_ttl = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    (
+        WharfServe::start_with(&["--config", config.to_str().unwrap()]),
+        dir,
+    )
+}
+
+/// A gauge or counter line of `/metrics`, whole.
+fn metric_line(serve: &WharfServe, prefix: &str) -> Option<String> {
+    let (_, _, body) = http_get(&serve.addr, "/metrics").unwrap();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+}
+
+#[test]
+fn issue_14_docker_hub_protocol_token_host_cdn_redirects_and_rate_limits() {
+    use crate::fake::{Blobs, Fake, storage};
+    let layer: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (_, _, layer_bytes) = crate::fake::image(layer.clone());
+    // Tokens from another port, blobs redirected to a "CDN" that records Authorization.
+    let (cdn, seen) = {
+        let probe = Fake::new("library/app:1", layer.clone(), Blobs::Honest);
+        storage(probe.blobs())
+    };
+    let fake = Fake::build(
+        "library/app:1",
+        layer,
+        Blobs::Honest,
+        true,
+        Some(format!("http://{}", cdn.addr)),
+    );
+    let hub = fake.start();
+    let _auth = fake.start_token_host();
+    let (mirror, _dir) = hub_mirror(&hub.addr);
+    let m = &mirror.addr;
+
+    // dockerd's form of the name: library/app, no upstream in the path.
+    let (status, _, manifest) = http(m, "GET", "/v2/library/app/manifests/1", &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&manifest));
+    let layer_digest = fake.layer_digest();
+    let (status, _, got) = http(
+        m,
+        "GET",
+        &format!("/v2/library/app/blobs/{layer_digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(got == layer_bytes.as_ref(), "the layer, byte for byte");
+    // The token came from the token host, for the repository's pull scope; the CDN never saw
+    // the registry's Authorization.
+    let scopes = fake.log(|l| l.token_scopes.clone());
+    assert!(
+        scopes.iter().any(|s| s == "repository:library/app:pull"),
+        "{scopes:?}"
+    );
+    let cdn_auth = seen.lock().unwrap().clone();
+    assert!(!cdn_auth.is_empty(), "the blob came through the CDN");
+    assert!(cdn_auth.iter().all(Option::is_none), "{cdn_auth:?}");
+    // Docker Hub's remaining pulls, exported.
+    assert_eq!(
+        metric_line(&mirror, "wharf_mirror_ratelimit_remaining").as_deref(),
+        Some("wharf_mirror_ratelimit_remaining{upstream=\"docker.io\"} 42")
+    );
+
+    // Past the limit: a kept tag past its TTL is served stale; anything not kept gets 429
+    // with the upstream's Retry-After.
+    fake.set_throttle(Some(7));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        http(m, "GET", "/v2/library/app/manifests/1", &[], b"").0,
+        200
+    );
+    let (status, head, body) = http(m, "GET", "/v2/library/other/manifests/1", &[], b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("TOOMANYREQUESTS"), "{body}");
+    assert_eq!(header(&head, "retry-after"), Some("7"));
+    assert!(mirror_metric(&mirror, "wharf_mirror_throttled_total") >= 2);
+    assert!(mirror_metric(&mirror, "wharf_mirror_stale_served_total") >= 1);
+}
+
+#[test]
+fn issue_14_corrupted_upstream_bytes_break_the_response_and_keep_nothing() {
+    use crate::fake::{Blobs, Fake};
+    let layer: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let fake = Fake::new("library/app:1", layer.clone(), Blobs::Corrupt);
+    let hub = fake.start();
+    let (mirror, _dir) = hub_mirror(&hub.addr);
+    let path = format!("/v2/library/app/blobs/{}", fake.layer_digest());
+    let fetches = || {
+        fake.log(|l| {
+            l.requests
+                .iter()
+                .filter(|(p, _, _)| p.ends_with(&fake.layer_digest()))
+                .count()
+        })
+    };
+    for round in 1..=2 {
+        let (status, head, got) = http(&mirror.addr, "GET", &path, &[], b"");
+        assert_eq!(status, 200);
+        assert_eq!(header(&head, "content-length"), Some("2000000"));
+        assert!(
+            got.len() < layer.len(),
+            "round {round}: a complete wrong blob was sent ({} bytes)",
+            got.len()
+        );
+        // Nothing kept: the next request asks the upstream again.
+        assert_eq!(fetches(), round);
+        assert!(
+            !mirror
+                .blob_files()
+                .iter()
+                .any(|(d, _)| *d == fake.layer_digest()),
+            "the corrupt blob was kept"
+        );
+    }
+    // Honest again: a download that breaks halfway is resumed, and the blob kept.
+    fake.set_mode(Blobs::BreakOnce);
+    let (status, _, got) = http(&mirror.addr, "GET", &path, &[], b"");
+    assert_eq!(status, 200);
+    assert!(got == layer, "the resumed download is the blob");
+    let resumed = fake.log(|l| {
+        l.requests
+            .iter()
+            .any(|(p, range, _)| p.ends_with(&fake.layer_digest()) && range.is_some())
+    });
+    assert!(resumed, "resumed with Range");
+    assert!(
+        mirror
+            .blob_files()
+            .iter()
+            .any(|(d, data)| *d == fake.layer_digest() && *data == layer)
+    );
+}
