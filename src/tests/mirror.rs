@@ -430,3 +430,33 @@ fn issue_14_corrupted_upstream_bytes_break_the_response_and_keep_nothing() {
             .any(|(d, data)| *d == fake.layer_digest() && *data == layer)
     );
 }
+
+#[test]
+fn issue_14_local_pushes_beside_a_default_mirror_never_ask_the_upstream() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    // Docker Hub's stand-in is down: pushes and pulls of local names do not need it.
+    let (mut upstream, _, _) = upstream_with("library/busybox", "latest");
+    let up = upstream.addr.clone();
+    upstream.terminate();
+    let mirror = WharfServe::start_with(&["--mirror", &format!("docker.io=http://{up}")]);
+    let m = &mirror.addr;
+    seed(m, "team/app:1");
+    let tmp = tempfile::tempdir().unwrap();
+    pull_with_skopeo(&format!("{m}/team/app:1"), &tmp.path().join("a")).ok();
+    // A blob the repository lacks: 404 at once (a push then uploads it), not the upstream's
+    // 503.
+    let absent = format!("sha256:{}", "0".repeat(64));
+    let (status, _, _) = http(m, "HEAD", &format!("/v2/team/app/blobs/{absent}"), &[], b"");
+    assert_eq!(status, 404);
+    // An unknown ?ns= does not make a mirrored name writable.
+    let (status, _, body) = http(
+        m,
+        "POST",
+        "/v2/docker.io/library/busybox/blobs/uploads/?ns=example.org",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+}

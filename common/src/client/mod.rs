@@ -733,7 +733,15 @@ impl Repository {
         let url = format!("{}/blobs/{digest}", self.base);
         let resp = self.send(op, &url, |r| r, Method::HEAD).await?;
         match resp.status() {
-            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            // The header itself: for a HEAD, the body's length (what content_length() gives)
+            // is 0.
+            s if s.is_success() => Ok(Some(
+                resp.headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0),
+            )),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.error_from("HEAD", &url, resp).await),
         }
@@ -757,10 +765,18 @@ impl Repository {
             media_type: String::new(),
         };
         let (first, size) = self.open_within_stall(&blob, 0).await?;
-        let size = size.ok_or_else(|| ClientError::Protocol {
-            url: format!("{}/blobs/{digest}", self.base),
-            reason: "the blob came without a Content-Length".into(),
-        })?;
+        let size = match size {
+            Some(s) => s,
+            // A chunked answer (some CDNs): the registry's HEAD says the size.
+            None => self
+                .blob_exists(digest, Operation::Pull)
+                .await?
+                .filter(|s| *s > 0)
+                .ok_or_else(|| ClientError::Protocol {
+                    url: format!("{}/blobs/{digest}", self.base),
+                    reason: "the blob's size is announced neither by its GET nor its HEAD".into(),
+                })?,
+        };
         let blob = BlobRef { size, ..blob };
         Ok((size, self.resumable(blob, 0, first)))
     }

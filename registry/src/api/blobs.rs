@@ -85,6 +85,11 @@ pub async fn get(
     };
     let source = match (local, mirrored) {
         (Some(found), _) => Source::Found(found),
+        // A HEAD of a name that is local first is a push asking whether to upload: only what
+        // is here answers it.
+        (None, Some(t)) if head && !t.exclusive => {
+            return Err(ServiceError::BlobUnknown(digest).into());
+        }
         (None, Some(t)) if head => Source::Found(reg.mirrored_blob_size(t, &digest).await?),
         (None, Some(t)) => match reg.mirrored_blob(t, &digest).await? {
             MirroredBlob::Kept(found) => Source::Kept(found, t.upstream.name()),

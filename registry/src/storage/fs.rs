@@ -424,9 +424,17 @@ impl BlobStorage for FsStorage {
                 }
                 Err(e) => return Err(StorageError::io("opening", &path)(e)),
             };
-            let mut buf = BytesMut::zeroed(max);
+            // Sized to what is written: readers of a growing upload often find nothing new.
+            let written = f
+                .metadata()
+                .map_err(StorageError::io("reading metadata of", &path))?
+                .len();
+            let want = usize::try_from(written.saturating_sub(offset))
+                .unwrap_or(max)
+                .min(max);
+            let mut buf = BytesMut::zeroed(want);
             let mut n = 0;
-            while n < max {
+            while n < want {
                 match f.read_at(&mut buf[n..], offset + n as u64) {
                     Ok(0) => break,
                     Ok(k) => n += k,

@@ -113,7 +113,6 @@ pub trait BlobStorage: Send + Sync + 'static {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Removes an upload's data (absent data is fine).
     /// Up to `max` bytes of an upload's data from `offset`, as far as they are written (empty
     /// at its end); `UploadMissing` once the upload is gone (committed or removed).
     fn read_upload<'a>(
@@ -123,6 +122,7 @@ pub trait BlobStorage: Send + Sync + 'static {
         max: usize,
     ) -> BoxFuture<'a, Result<Bytes, StorageError>>;
 
+    /// Removes an upload's data (absent data is fine).
     fn remove_upload<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Upload ids whose data was last written before `before` (seconds since the epoch).

@@ -38,6 +38,8 @@ pub struct Flight {
     pub digest: Digest,
     /// Its size, as the upstream announced it.
     pub size: u64,
+    /// The repository it is linked into when kept.
+    stored: crate::service::Repository,
     id: String,
     state: watch::Receiver<State>,
 }
@@ -53,12 +55,15 @@ enum State {
 
 type Start = Shared<BoxFuture<'static, Result<Arc<Flight>, Failure>>>;
 
-/// The flights under way, by digest.
+/// A flight's key: the upstream (whose credentials fetch it) and the digest.
+type FlightKey = (String, Digest);
+
+/// The flights under way.
 #[derive(Default)]
-pub(crate) struct Flights(Mutex<HashMap<Digest, Start>>);
+pub(crate) struct Flights(Mutex<HashMap<FlightKey, Start>>);
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Start>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Start>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -82,14 +87,18 @@ impl Registry {
             Err(ServiceError::BlobUnknown(_)) => {}
             Err(e) => return Err(e),
         }
-        // The same layer kept for another image: linked here, nothing fetched.
-        if let Some((_, size)) = self
+        // The same layer kept from this upstream for another image: linked here, nothing
+        // fetched. (Only from this upstream's names: a digest alone must not open local
+        // repositories, or other upstreams' private ones, to whoever pulls through the mirror.)
+        let prefix = format!("{}/", up.name());
+        let holder = self
             .inner
             .meta
-            .blob_repos(digest, 1)
+            .blob_repos(digest, super::super::MOUNT_CANDIDATES)
             .await?
-            .first()
-            .cloned()
+            .into_iter()
+            .find(|(repo, _)| repo.starts_with(&prefix));
+        if let Some((_, size)) = holder
             && self.inner.storage.stat(digest).await?.is_some()
         {
             let _sweep = self.inner.sweep.shared().await?;
@@ -102,24 +111,68 @@ impl Registry {
                 return Ok(MirroredBlob::Kept(BlobFound::Stored(size)));
             }
         }
+        let key = (up.name().to_owned(), digest.clone());
         let start = self
             .inner
             .flights
             .lock()
-            .entry(digest.clone())
+            .entry(key)
             .or_insert_with(|| {
+                // The start runs on its own task: a client that goes away does not leave it
+                // half done for the next one.
                 let reg = self.clone();
                 let t = t.clone();
                 let digest = digest.clone();
-                async move { reg.start_flight(t, digest).await }
-                    .boxed()
-                    .shared()
+                let started = tokio::spawn(async move { reg.start_flight(t, digest).await });
+                async move {
+                    started.await.unwrap_or_else(|e| {
+                        Err(Failure {
+                            kind: FailureKind::Unavailable,
+                            reason: format!("starting a fetch: {e}"),
+                        })
+                    })
+                }
+                .boxed()
+                .shared()
             })
             .clone();
         match start.await {
-            Ok(f) => Ok(MirroredBlob::Fetching(f)),
+            Ok(f) => {
+                if f.stored != t.stored {
+                    // Joined a fetch for another image: linked here too once it is kept.
+                    self.link_when_kept(&f, t);
+                }
+                Ok(MirroredBlob::Fetching(f))
+            }
             Err(f) => Err(f.into_service(|_| ServiceError::BlobUnknown(digest.clone()))),
         }
+    }
+
+    fn link_when_kept(&self, f: &Arc<Flight>, t: &Target) {
+        let reg = self.clone();
+        let mut state = f.state.clone();
+        let (digest, size, repo) = (f.digest.clone(), f.size, t.stored.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = state.borrow_and_update().clone();
+                match now {
+                    State::Done => break,
+                    State::Failed(_) => return,
+                    State::Receiving => {
+                        if state.changed().await.is_err() && !matches!(*state.borrow(), State::Done)
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            let Ok(_sweep) = reg.inner.sweep.shared().await else {
+                return;
+            };
+            if let Err(e) = reg.inner.meta.link_blob(repo.as_str(), &digest, size).await {
+                tracing::warn!(repo = repo.as_str(), %digest, error = %e, "linking a mirrored blob");
+            }
+        });
     }
 
     /// The size of a blob of a mirrored repository, asking the upstream (a HEAD, nothing
@@ -134,11 +187,12 @@ impl Registry {
             Err(ServiceError::BlobUnknown(_)) => {}
             Err(e) => return Err(e),
         }
+        let key = (t.upstream.name().to_owned(), digest.clone());
         let flying = self
             .inner
             .flights
             .lock()
-            .get(digest)
+            .get(&key)
             .and_then(|s| s.peek().cloned());
         if let Some(Ok(f)) = flying {
             return Ok(BlobFound::Stored(f.size));
@@ -165,7 +219,10 @@ impl Registry {
     async fn start_flight(&self, t: Target, digest: Digest) -> Result<Arc<Flight>, Failure> {
         let opened = self.open_flight(&t, &digest).await;
         if opened.is_err() {
-            self.inner.flights.lock().remove(&digest);
+            self.inner
+                .flights
+                .lock()
+                .remove(&(t.upstream.name().to_owned(), digest));
         }
         opened
     }
@@ -202,6 +259,7 @@ impl Registry {
         let flight = Arc::new(Flight {
             digest: digest.clone(),
             size,
+            stored: t.stored.clone(),
             id: id.clone(),
             state: rx,
         });
@@ -219,7 +277,10 @@ impl Registry {
                 }
             };
             tx.send_replace(end);
-            reg.inner.flights.lock().remove(&digest);
+            reg.inner
+                .flights
+                .lock()
+                .remove(&(t.upstream.name().to_owned(), digest));
         });
         Ok(flight)
     }

@@ -56,11 +56,18 @@ pub struct Upstream {
     /// When each kept tag (stored repository, tag) was last confirmed upstream.
     checked: Mutex<HashMap<ManifestKey, Instant>>,
     /// One fetch at a time per manifest (stored repository, reference).
-    fetching: Mutex<HashMap<ManifestKey, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: Mutex<HashMap<ManifestKey, Arc<FetchLock>>>,
 }
 
 /// A manifest of a mirror: (stored repository, tag or digest).
 type ManifestKey = (String, String);
+
+/// Held while one manifest is fetched; keeps how the last attempt failed, so that clients
+/// waiting behind it get that answer instead of waiting out the upstream one after another.
+type FetchLock = tokio::sync::Mutex<Option<(Instant, Failure)>>;
+
+/// How long a failed fetch's answer is given to clients that waited for it.
+const FAILURE_REUSE: Duration = Duration::from_secs(5);
 
 /// Where a mirrored request goes.
 #[derive(Clone)]
@@ -96,8 +103,9 @@ impl Mirrors {
     /// Where a request for `repo` goes, `ns` being containerd's `?ns=`: `None` for a local
     /// repository.
     pub fn route(&self, repo: &str, ns: Option<&str>) -> Option<Target> {
-        if let Some(ns) = ns {
-            let up = self.upstreams.iter().find(|u| u.answers_to(ns))?;
+        // A `ns` no upstream answers to (the mirror's own host, say) says nothing: the name
+        // is routed as if it came without one.
+        if let Some(up) = ns.and_then(|ns| self.upstreams.iter().find(|u| u.answers_to(ns))) {
             return up.target(repo, true);
         }
         if let Some((first, rest)) = repo.split_once('/')
@@ -225,12 +233,17 @@ impl Upstream {
 
     fn mark_fresh(&self, stored: &Repository, tag: &str) {
         if let Ok(mut m) = self.checked.lock() {
+            // Entries past their TTL say nothing more than no entry.
+            if m.len() >= 4096 {
+                let ttl = self.config.tag_ttl;
+                m.retain(|_, at| at.elapsed() < ttl);
+            }
             m.insert((stored.as_str().to_owned(), tag.to_owned()), Instant::now());
         }
     }
 
     /// The lock one manifest's fetch holds.
-    fn fetch_lock(&self, key: ManifestKey) -> Arc<tokio::sync::Mutex<()>> {
+    fn fetch_lock(&self, key: ManifestKey) -> Arc<FetchLock> {
         let mut map = self
             .fetching
             .lock()
@@ -249,8 +262,9 @@ impl Upstream {
         );
         let kind = match e {
             ClientError::NotFound { .. } => FailureKind::NotFound,
-            // Docker Hub answers 401 for a repository that does not exist.
-            ClientError::Unauthorized { .. } => FailureKind::NotFound,
+            // Docker Hub answers 401 for a repository that does not exist, but so does a token
+            // server in trouble: not found for the client, yet kept content is still served.
+            ClientError::Unauthorized { .. } => FailureKind::Denied,
             ClientError::Status { status: 404, .. } => FailureKind::NotFound,
             ClientError::Status { status: 429, .. } => {
                 FailureKind::Throttled(self.retry_after.lock().ok().and_then(|r| *r))
@@ -305,6 +319,7 @@ pub(crate) struct Failure {
 #[derive(Clone, Debug)]
 enum FailureKind {
     NotFound,
+    Denied,
     Throttled(Option<u64>),
     Unavailable,
 }
@@ -322,7 +337,7 @@ impl Failure {
 
     fn into_service(self, not_found: impl FnOnce(String) -> ServiceError) -> ServiceError {
         match self.kind {
-            FailureKind::NotFound => not_found(self.reason),
+            FailureKind::NotFound | FailureKind::Denied => not_found(self.reason),
             FailureKind::Throttled(retry_after) => ServiceError::Upstream {
                 reason: self.reason,
                 throttled: true,
@@ -354,7 +369,7 @@ impl Registry {
         let key = (t.stored.as_str().to_owned(), r.key().to_owned());
         let lock = up.fetch_lock(key);
         let mut waited = false;
-        let _guard = match lock.try_lock() {
+        let mut last_failure = match lock.try_lock() {
             Ok(g) => g,
             Err(_) => {
                 waited = true;
@@ -369,18 +384,29 @@ impl Registry {
         if let Some(m) = &kept {
             let fresh = match r {
                 ManifestRef::Digest(_) => true,
-                // Whoever held the lock just asked the upstream.
-                ManifestRef::Tag(tag) => waited || up.fresh(&t.stored, tag),
+                // Whoever held the lock just asked the upstream, and it answered.
+                ManifestRef::Tag(tag) => {
+                    (waited && last_failure.is_none()) || up.fresh(&t.stored, tag)
+                }
             };
             if fresh {
                 up.count(MirrorMetric::Hit, 1);
                 return Ok(m.clone());
             }
         }
-        let fetched =
-            tokio::time::timeout(UPSTREAM_TIMEOUT, self.fetch_manifest(t, r, kept.as_ref()))
-                .await
-                .unwrap_or_else(|_| Err(Failure::timeout(up.name())));
+        let recent = last_failure
+            .as_ref()
+            .filter(|(at, _)| waited && at.elapsed() < FAILURE_REUSE)
+            .map(|(_, f)| f.clone());
+        let fetched = match recent {
+            Some(f) => Err(f),
+            None => {
+                tokio::time::timeout(UPSTREAM_TIMEOUT, self.fetch_manifest(t, r, kept.as_ref()))
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::timeout(up.name())))
+            }
+        };
+        *last_failure = fetched.as_ref().err().map(|f| (Instant::now(), f.clone()));
         match (fetched, kept) {
             (Ok(m), _) => Ok(m),
             (Err(f), Some(m)) if !matches!(f.kind, FailureKind::NotFound) => {
@@ -528,8 +554,16 @@ mod tests {
             route(&m, "x/y", Some("127.0.0.1:5001")),
             hub("up/x/y", "x/y", true)
         );
-        // A ns nobody mirrors: a local repository.
-        assert_eq!(route(&m, "x/y", Some("quay.io")), None);
+        // A ns nobody mirrors says nothing: a local repository, or whatever the name says.
+        assert_eq!(
+            route(&m, "x/y", Some("quay.io")),
+            hub("docker.io/x/y", "x/y", false)
+        );
+        assert_eq!(
+            route(&m, "docker.io/library/busybox", Some("127.0.0.1:5000")),
+            hub("docker.io/library/busybox", "library/busybox", true),
+            "a mirrored name stays read-only whatever ns says"
+        );
         // A path prefix (podman, skopeo, any client that can only change the host).
         assert_eq!(
             route(&m, "docker.io/busybox", None),
