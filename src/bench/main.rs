@@ -6,7 +6,10 @@
 //! cargo bench --bench compare -- registry [--rounds N] [--big-mib N] [--small-layers N]
 //! cargo bench --bench compare -- build [--rounds N]
 //! cargo bench --bench compare -- gc [--blobs N] [--manifests N]
+//! cargo bench --bench compare -- mirror [--rounds N] [--big-mib N] [--small-layers N]
 //! ```
+//! `mirror`: see `mirror.rs`: `wharf serve --mirror` against docker-registry's proxy mode,
+//! cold and warm pulls, and the upstream requests each makes.
 //! `build`: see `build.rs`: cold, no-op and one-file builds against BuildKit and buildah, and
 //! the start of `run IMAGE true` against docker and podman.
 //! `transfer`: push and pull, with wharf and with skopeo, of an image with one large random
@@ -44,6 +47,7 @@ use rand::RngCore;
 
 mod build;
 mod gc;
+mod mirror;
 mod registry;
 
 struct Args {
@@ -315,8 +319,11 @@ fn main() {
             "registry" => registry::bench(&args),
             "build" => build::bench(&args),
             "gc" => gc::bench(args.blobs, args.manifests),
+            "mirror" => mirror::bench(&args),
             other => {
-                eprintln!("unknown benchmark {other:?} (known: transfer, registry, build, gc)")
+                eprintln!(
+                    "unknown benchmark {other:?} (known: transfer, registry, build, gc, mirror)"
+                )
             }
         }
     }
