@@ -1,12 +1,15 @@
 //! `mirror`: `wharf serve --mirror` against docker-registry 2.8 in proxy mode
 //! (`proxy.remoteurl`), both mirroring the same upstream (a `wharf serve`, whose `/metrics`
 //! counts the requests each mirror makes), pulled with the same client (wharf's, into a fresh
-//! store each time). Per round, fresh random images: one with a 1 GiB layer and one with 200
+//! store in /dev/shm each time, so that the client's disk does not hide the servers). Per round, fresh random images: one with a 1 GiB layer and one with 200
 //! layers of 100 KiB. Figures: a cold pull through wharf's mirror against a direct pull from
-//! the upstream; warm pulls through each mirror; and the upstream requests each mirror made
+//! the upstream; warm pulls through each mirror (and the large layer's GET alone with curl,
+//! which measures the servers rather than the pulling client); and the upstream requests each
+//! mirror made
 //! for a cold pull, a warm pull and 8 concurrent cold pulls.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use super::support::{Distribution, WharfServe, http_get};
@@ -25,6 +28,22 @@ fn upstream_requests(upstream: &WharfServe) -> u64 {
         .sum()
 }
 
+/// The digest of the first layer of `repo:1` on the registry at `addr`.
+fn first_layer(addr: &str, repo: &str) -> String {
+    let accept = "application/vnd.oci.image.manifest.v1+json, \
+        application/vnd.docker.distribution.manifest.v2+json";
+    let (status, _, body) = super::support::http(
+        addr,
+        "GET",
+        &format!("/v2/{repo}/manifests/1"),
+        &[("Accept", accept)],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    m["layers"][0]["digest"].as_str().unwrap().to_owned()
+}
+
 /// Pushes an image of `layers` to `reference` with wharf's client (not timed).
 fn push_image(scratch: &Path, layers: &[Vec<u8>], reference: &str) {
     let dir = scratch.join("layout");
@@ -37,17 +56,17 @@ fn push_image(scratch: &Path, layers: &[Vec<u8>], reference: &str) {
     let _ = std::fs::remove_dir_all(&store);
 }
 
-/// A pull of `reference` into a fresh store under `parent`: how long it took.
-fn pull(parent: &Path, reference: &str) -> Duration {
-    let root = tempfile::tempdir_in(parent).unwrap();
+/// A pull of `reference` into a fresh store in /dev/shm: how long it took.
+fn pull(reference: &str) -> Duration {
+    let root = tempfile::tempdir_in("/dev/shm").unwrap();
     settle();
     run(wharf_cmd(root.path()).args(["pull", "-q", reference]))
 }
 
 /// 8 pulls of `reference` at once, each into its own store.
-fn pull_8(parent: &Path, reference: &str) {
+fn pull_8(reference: &str) {
     let roots: Vec<_> = (0..8)
-        .map(|_| tempfile::tempdir_in(parent).unwrap())
+        .map(|_| tempfile::tempdir_in("/dev/shm").unwrap())
         .collect();
     let children: Vec<_> = roots
         .iter()
@@ -69,6 +88,8 @@ struct Mirror {
     prefix: String,
     cold: Vec<Duration>,
     warm: Vec<Duration>,
+    /// The large layer's GET alone with curl, warm: the server, not the pulling client.
+    warm_get: Vec<Duration>,
     small_warm: Vec<Duration>,
     /// Upstream requests for: a cold pull, a warm one, 8 concurrent cold ones (small image).
     requests: [Vec<u64>; 3],
@@ -91,6 +112,7 @@ pub fn bench(args: &Args) {
             prefix: format!("{}/up", wharf.addr),
             cold: vec![],
             warm: vec![],
+            warm_get: vec![],
             small_warm: vec![],
             requests: [vec![], vec![], vec![]],
         },
@@ -98,6 +120,7 @@ pub fn bench(args: &Args) {
             prefix: dist.addr.clone(),
             cold: vec![],
             warm: vec![],
+            warm_get: vec![],
             small_warm: vec![],
             requests: [vec![], vec![], vec![]],
         },
@@ -117,6 +140,7 @@ pub fn bench(args: &Args) {
             &[random_tar("big.bin", big)],
             &format!("{up}/big/r{round}:1"),
         );
+        let big_layer = first_layer(&up, &format!("big/r{round}"));
         let small: Vec<Vec<u8>> = (0..args.small_layers)
             .map(|i| random_tar(&format!("f{i}.bin"), 100 << 10))
             .collect();
@@ -125,24 +149,34 @@ pub fn bench(args: &Args) {
             .map(|i| random_tar(&format!("c{i}.bin"), 100 << 10))
             .collect();
         push_image(scratch.path(), &conc, &format!("{up}/conc/r{round}:1"));
-        direct.push(pull(parent, &format!("{up}/big/r{round}:1")));
+        direct.push(pull(&format!("{up}/big/r{round}:1")));
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let m = &mut mirrors[i];
             let big_ref = format!("{}/big/r{round}:1", m.prefix);
             let small_ref = format!("{}/small/r{round}:1", m.prefix);
             let before = upstream_requests(&upstream);
-            m.cold.push(pull(parent, &big_ref));
+            m.cold.push(pull(&big_ref));
             let after_cold = upstream_requests(&upstream);
-            m.warm.push(pull(parent, &big_ref));
+            m.warm.push(pull(&big_ref));
             let after_warm = upstream_requests(&upstream);
             m.requests[0].push(after_cold - before);
             m.requests[1].push(after_warm - after_cold);
+            let (host, path) = m.prefix.split_once('/').unwrap_or((&m.prefix, ""));
+            let repo = if path.is_empty() {
+                format!("big/r{round}")
+            } else {
+                format!("{path}/big/r{round}")
+            };
+            settle();
+            m.warm_get.push(run(Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("http://{host}/v2/{repo}/blobs/{}", big_layer))));
             // Warm small: filled once first (not timed).
-            pull(parent, &small_ref);
-            m.small_warm.push(pull(parent, &small_ref));
+            pull(&small_ref);
+            m.small_warm.push(pull(&small_ref));
             let before = upstream_requests(&upstream);
-            pull_8(parent, &format!("{}/conc/r{round}:1", m.prefix));
+            pull_8(&format!("{}/conc/r{round}:1", m.prefix));
             m.requests[2].push(upstream_requests(&upstream) - before);
         }
     }
@@ -169,6 +203,14 @@ pub fn bench(args: &Args) {
         bytes,
         wharf: median(w.warm.clone()),
         peer: median(d.warm.clone()),
+        peer_name: "distribution",
+    }
+    .print();
+    Figure {
+        name: format!("warm GET {} MiB layer (curl)", args.big_mib),
+        bytes,
+        wharf: median(w.warm_get.clone()),
+        peer: median(d.warm_get.clone()),
         peer_name: "distribution",
     }
     .print();

@@ -23,7 +23,7 @@ use crate::metadata::{
     now,
 };
 use crate::metrics::Metrics;
-use crate::storage::{BlobStorage, ByteStream, FsStorage, StorageError};
+use crate::storage::{BlobStorage, ByteStream, FsStorage, Placement, StorageError};
 use cache::ManifestCache;
 pub use gc::{GcOptions, GcReport};
 pub use names::{NameError, Repository, UploadId};
@@ -451,7 +451,12 @@ impl Registry {
         let storage = &self.inner.storage;
         storage.create_upload(&id).await?;
         let result = storage
-            .append(&id, body, Some(digest.algorithm().hasher()))
+            .append(
+                &id,
+                body,
+                Some(digest.algorithm().hasher()),
+                Placement::Streamed,
+            )
             .await;
         self.inner
             .metrics
@@ -569,7 +574,11 @@ impl Registry {
         }
         self.inner.headroom.admit(0)?;
         let hasher = st.hasher.take();
-        let result = self.inner.storage.append(id, body, hasher).await;
+        let result = self
+            .inner
+            .storage
+            .append(id, body, hasher, Placement::Streamed)
+            .await;
         match result {
             Ok(a) => {
                 self.inner.metrics.bytes_in(a.received);

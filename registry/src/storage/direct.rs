@@ -3,7 +3,8 @@
 //! with `O_DIRECT` from an aligned buffer, around the page cache: on the disks this runs on,
 //! buffered writeback runs at a fraction of the device's speed, and a multi-GiB push would wait
 //! for it at the commit's fsync. Unaligned heads and tails stay buffered; a filesystem without
-//! `O_DIRECT` (tmpfs) keeps everything buffered. The commit's fsync makes either durable.
+//! `O_DIRECT` (tmpfs) keeps everything buffered, and so does a mirror's fetch, whose clients
+//! read the blob next (from the cache). The commit's fsync makes either durable.
 
 use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
@@ -78,6 +79,7 @@ pub(super) struct UploadWriter {
     /// The same file opened with `O_DIRECT`, once this request went past `DIRECT_AFTER`;
     /// `None` before, or when the filesystem has no `O_DIRECT`.
     direct: Option<File>,
+    /// No direct writes: not wanted, or refused by the filesystem.
     direct_failed: bool,
     buf: Option<Aligned>,
     /// Bytes in the file (the buffer's bytes come after them).
@@ -87,14 +89,16 @@ pub(super) struct UploadWriter {
 }
 
 impl UploadWriter {
-    pub(super) fn open(path: &Path) -> Result<UploadWriter, std::io::Error> {
+    /// The writer of the upload at `path`; `direct`: large requests may go around the page
+    /// cache.
+    pub(super) fn open(path: &Path, direct: bool) -> Result<UploadWriter, std::io::Error> {
         let file = OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(UploadWriter {
             path: path.to_owned(),
             file,
             direct: None,
-            direct_failed: false,
+            direct_failed: !direct,
             buf: None,
             len,
             received: 0,
@@ -233,7 +237,7 @@ mod tests {
         let path = dir.path().join("upload");
         std::fs::write(&path, b"abc").unwrap();
         let mut expect = b"abc".to_vec();
-        let mut w = UploadWriter::open(&path).unwrap();
+        let mut w = UploadWriter::open(&path, true).unwrap();
         let mut n = 0u8;
         for size in [1, 4095, 7, 3 << 20, 5 << 20, 100, BUF, 12345] {
             let piece: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_add(n)).collect();
@@ -244,7 +248,7 @@ mod tests {
         assert_eq!(w.finish().unwrap(), expect.len() as u64);
         assert!(std::fs::read(&path).unwrap() == expect);
         // A second request appends after an unaligned end.
-        let mut w = UploadWriter::open(&path).unwrap();
+        let mut w = UploadWriter::open(&path, true).unwrap();
         let more = vec![7u8; 9 << 20];
         w.write(&more).unwrap();
         w.finish().unwrap();

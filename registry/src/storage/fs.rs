@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use wharf_common::digest::{Digest, Hasher};
 
 use super::direct::UploadWriter;
-use super::{Appended, BlobFile, BlobStorage, ByteStream, StorageError};
+use super::{Appended, BlobFile, BlobStorage, ByteStream, Placement, StorageError};
 
 /// Read size when replaying an upload.
 const READ_CHUNK: usize = 1 << 20;
@@ -216,13 +216,14 @@ impl BlobStorage for FsStorage {
         id: &'a str,
         mut body: ByteStream,
         hasher: Option<Hasher>,
+        placement: Placement,
     ) -> BoxFuture<'a, Result<Appended, StorageError>> {
         let path = self.upload_path(id);
         Box::pin(async move {
             let writer = blocking({
                 let path = path.clone();
                 let id = id.to_owned();
-                move || match UploadWriter::open(&path) {
+                move || match UploadWriter::open(&path, placement == Placement::Streamed) {
                     Ok(w) => Ok(w),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         Err(StorageError::UploadMissing(id))

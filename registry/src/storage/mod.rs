@@ -59,6 +59,15 @@ pub struct Appended {
     pub hasher: Option<Hasher>,
 }
 
+/// Where an upload's bytes go on their way to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A push: past its first MiBs, around the page cache (written once, seldom read at once).
+    Streamed,
+    /// A mirror's fetch: through the page cache, where the clients that asked read it next.
+    Cached,
+}
+
 /// A stored blob's file.
 #[derive(Clone, Debug)]
 pub struct BlobFile {
@@ -96,6 +105,7 @@ pub trait BlobStorage: Send + Sync + 'static {
         id: &'a str,
         body: ByteStream,
         hasher: Option<Hasher>,
+        placement: Placement,
     ) -> BoxFuture<'a, Result<Appended, StorageError>>;
 
     /// Reads the whole upload through `on_bytes` (to rebuild a hash state lost in a restart).

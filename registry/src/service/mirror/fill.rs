@@ -2,8 +2,9 @@
 //! repository; one kept nowhere is fetched once, whoever asks for it meanwhile: the first
 //! request starts a *flight* (the upstream's response written into an upload file, hashed on
 //! the way, committed when the digest checks), and every request for the digest while it flies
-//! reads that file as it grows, Range requests included. The last byte of the blob is held back
-//! until the digest is checked, so a client whose bytes do not match gets a broken response,
+//! follows it, Range requests included: from the last [`WINDOW`] bytes received, kept in
+//! memory, or from the upload file for a client further behind. The last byte of the blob is
+//! held back until the digest is checked, so a client whose bytes do not match gets a broken response,
 //! never a complete wrong one, and nothing is stored. The flight runs on its own task: a client
 //! that goes away does not stop it.
 
@@ -19,10 +20,14 @@ use wharf_common::digest::Digest;
 use super::{Failure, FailureKind, Target, UPSTREAM_TIMEOUT};
 use crate::metrics::MirrorMetric;
 use crate::service::{BlobFound, Registry, ServiceError, UploadId};
-use crate::storage::{ByteStream, StorageError};
+use crate::storage::{ByteStream, Placement, StorageError};
 
 /// How much of a growing upload one read takes.
 const READ_STEP: usize = 1 << 20;
+/// How many of the latest bytes received a flight keeps in memory for its readers: well
+/// beyond what the upload's writer holds before it writes (its batches and aligned buffer), so
+/// a reader outside the window finds its bytes in the file.
+const WINDOW: u64 = 32 << 20;
 
 /// What a blob request of a mirrored repository finds.
 pub enum MirroredBlob {
@@ -42,12 +47,54 @@ pub struct Flight {
     stored: crate::service::Repository,
     id: String,
     state: watch::Receiver<State>,
+    window: Mutex<Window>,
+}
+
+/// The latest bytes received, in the chunks they came in: `start..end` of the blob.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    end: u64,
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl Window {
+    fn push(&mut self, chunk: Bytes) {
+        self.end += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+        while self.end - self.start > WINDOW {
+            let Some(first) = self.chunks.pop_front() else {
+                break;
+            };
+            self.start += first.len() as u64;
+        }
+    }
+
+    /// Up to `max` bytes at `pos`, if the window holds them.
+    fn read(&self, pos: u64, max: usize) -> Option<Bytes> {
+        if pos < self.start || pos >= self.end {
+            return None;
+        }
+        let mut at = self.start;
+        for c in &self.chunks {
+            let next = at + c.len() as u64;
+            if pos < next {
+                let from = usize::try_from(pos - at).ok()?;
+                let to = c.len().min(from.saturating_add(max));
+                return Some(c.slice(from..to));
+            }
+            at = next;
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
 enum State {
     /// Bytes are arriving (sent again for every chunk, so readers wake).
     Receiving,
+    /// All received and the digest checked; being committed.
+    Verified,
     /// Verified and committed: the blob is in storage.
     Done,
     Failed(String),
@@ -158,7 +205,7 @@ impl Registry {
                 match now {
                     State::Done => break,
                     State::Failed(_) => return,
-                    State::Receiving => {
+                    State::Receiving | State::Verified => {
                         if state.changed().await.is_err() && !matches!(*state.borrow(), State::Done)
                         {
                             return;
@@ -262,13 +309,15 @@ impl Registry {
             stored: t.stored.clone(),
             id: id.clone(),
             state: rx,
+            window: Mutex::new(Window::default()),
         });
         let reg = self.clone();
         let t = t.clone();
         let digest = digest.clone();
+        let flight_of_task = flight.clone();
         tokio::spawn(async move {
             let tx = Arc::new(tx);
-            let end = match reg.fly(&t, &digest, size, &id, body, tx.clone()).await {
+            let end = match reg.fly(&t, &flight_of_task, body, tx.clone()).await {
                 Ok(()) => State::Done,
                 Err(reason) => {
                     tracing::warn!(upstream = t.upstream.name(), %digest, %reason, "a mirrored blob was not kept");
@@ -290,25 +339,33 @@ impl Registry {
     async fn fly(
         &self,
         t: &Target,
-        digest: &Digest,
-        size: u64,
-        id: &str,
+        flight: &Arc<Flight>,
         body: wharf_common::blob::BlobStream,
         tx: Arc<watch::Sender<State>>,
     ) -> Result<(), String> {
+        let (digest, size, id) = (&flight.digest, flight.size, flight.id.as_str());
         let up = t.upstream.clone();
+        let (seen, wake) = (flight.clone(), tx.clone());
         let counted: ByteStream = body
             .map(move |chunk| {
                 if let Ok(c) = &chunk {
                     up.count(MirrorMetric::UpstreamBytes, c.len() as u64);
-                    tx.send_replace(State::Receiving);
+                    if let Ok(mut w) = seen.window.lock() {
+                        w.push(c.clone());
+                    }
+                    wake.send_replace(State::Receiving);
                 }
                 chunk
             })
             .boxed();
         let storage = &self.inner.storage;
         let appended = storage
-            .append(id, counted, Some(digest.algorithm().hasher()))
+            .append(
+                id,
+                counted,
+                Some(digest.algorithm().hasher()),
+                Placement::Cached,
+            )
             .await
             .map_err(|e| format!("receiving it: {}", wharf_common::error::Chain(&e)))?;
         let actual = appended
@@ -321,6 +378,9 @@ impl Registry {
                 appended.len
             ));
         }
+        // Readers may send the last byte now; the file stays readable until the commit
+        // renames it, and then the blob is in storage.
+        tx.send_replace(State::Verified);
         let _sweep = self.inner.sweep.shared().await.map_err(|e| e.to_string())?;
         storage
             .commit(id, digest)
@@ -388,35 +448,50 @@ impl Registry {
                         }
                         continue;
                     }
-                    State::Receiving => {
+                    State::Receiving | State::Verified => {
+                        let verified = matches!(state, State::Verified);
                         // The blob's last byte waits for the digest check.
-                        let limit = r.end.min(r.flight.size.saturating_sub(1));
+                        let limit = if verified {
+                            r.end
+                        } else {
+                            r.end.min(r.flight.size.saturating_sub(1))
+                        };
                         if r.pos < limit {
                             let want = usize::try_from(limit - r.pos)
                                 .unwrap_or(READ_STEP)
                                 .min(READ_STEP);
-                            match r
-                                .reg
-                                .inner
-                                .storage
-                                .read_upload(&r.flight.id, r.pos, want)
-                                .await
-                            {
-                                Ok(b) if !b.is_empty() => {
-                                    r.pos += b.len() as u64;
-                                    return Some((Ok::<Bytes, _>(b), r));
-                                }
-                                // Nothing new yet, or committed (or dropped) meanwhile: the
-                                // state says which.
-                                Ok(_) | Err(StorageError::UploadMissing(_)) => {}
-                                Err(e) => {
-                                    r.pos = r.end;
-                                    return Some((Err(std::io::Error::other(e)), r));
+                            let (recent, behind) = match r.flight.window.lock() {
+                                Ok(w) => (w.read(r.pos, want), r.pos < w.start),
+                                Err(_) => (None, true),
+                            };
+                            if let Some(b) = recent {
+                                r.pos += b.len() as u64;
+                                return Some((Ok::<Bytes, _>(b), r));
+                            }
+                            if behind {
+                                match r
+                                    .reg
+                                    .inner
+                                    .storage
+                                    .read_upload(&r.flight.id, r.pos, want)
+                                    .await
+                                {
+                                    Ok(b) if !b.is_empty() => {
+                                        r.pos += b.len() as u64;
+                                        return Some((Ok(b), r));
+                                    }
+                                    // Not written yet, or committed meanwhile: the state says
+                                    // which.
+                                    Ok(_) | Err(StorageError::UploadMissing(_)) => {}
+                                    Err(e) => {
+                                        r.pos = r.end;
+                                        return Some((Err(std::io::Error::other(e)), r));
+                                    }
                                 }
                             }
                         }
                         if r.state.changed().await.is_err()
-                            && matches!(*r.state.borrow(), State::Receiving)
+                            && matches!(*r.state.borrow(), State::Receiving | State::Verified)
                         {
                             r.pos = r.end;
                             let e = std::io::Error::other("the mirror's fetch ended unfinished");
