@@ -461,3 +461,53 @@ fn issue_14_local_pushes_beside_a_default_mirror_never_ask_the_upstream() {
     );
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn issue_14_an_index_is_kept_whole_and_each_platform_fetched_when_asked() {
+    if !require("skopeo") || !have_busybox() {
+        return;
+    }
+    let upstream = WharfServe::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("multi");
+    let index = crate::layout::write_index_layout(
+        &dir,
+        &busybox_layout(),
+        &["linux/amd64", "linux/arm64", "linux/riscv64"],
+        "1",
+    );
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", dir.display()),
+        &format!("docker://{}/multi/bb:1", upstream.addr),
+    ])
+    .ok();
+    let (m0, b0) = (
+        answered(&upstream, "manifest", "GET", 200),
+        answered(&upstream, "blob", "GET", 200),
+    );
+    let mirror = WharfServe::start_with(&["--mirror", &format!("up=http://{}", upstream.addr)]);
+    for arch in ["amd64", "arm64"] {
+        skopeo(&[
+            "copy",
+            "--override-os",
+            "linux",
+            "--override-arch",
+            arch,
+            "--src-tls-verify=false",
+            &format!("docker://{}/up/multi/bb:1", mirror.addr),
+            &format!("oci:{}:1", tmp.path().join(arch).display()),
+        ])
+        .ok();
+    }
+    // The index once, by tag, byte for byte; two platforms' manifests and configs; the layer
+    // they share once; nothing of riscv64.
+    assert_eq!(
+        manifest_digest(&mirror.addr, "/v2/up/multi/bb/manifests/1").1,
+        Some(index)
+    );
+    assert_eq!(answered(&upstream, "manifest", "GET", 200) - m0, 3);
+    assert_eq!(answered(&upstream, "blob", "GET", 200) - b0, 3);
+}
