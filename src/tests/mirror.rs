@@ -469,21 +469,11 @@ fn issue_14_an_index_is_kept_whole_and_each_platform_fetched_when_asked() {
     }
     let upstream = WharfServe::start();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("multi");
-    let index = crate::layout::write_index_layout(
-        &dir,
-        &busybox_layout(),
+    let index = push_index(
+        tmp.path(),
         &["linux/amd64", "linux/arm64", "linux/riscv64"],
-        "1",
+        &format!("{}/multi/bb:1", upstream.addr),
     );
-    skopeo(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:1", dir.display()),
-        &format!("docker://{}/multi/bb:1", upstream.addr),
-    ])
-    .ok();
     let (m0, b0) = (
         answered(&upstream, "manifest", "GET", 200),
         answered(&upstream, "blob", "GET", 200),

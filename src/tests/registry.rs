@@ -293,21 +293,11 @@ fn issue_2_multi_platform_index_one_platform_or_all() {
     };
     let a = &reg.addr;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("multi");
-    let index = crate::layout::write_index_layout(
-        &dir,
-        &busybox_layout(),
+    let index = push_index(
+        tmp.path(),
         &["linux/amd64", "linux/arm64/v8", "linux/arm/v7"],
-        "1",
+        &format!("{a}/multi/bb:1"),
     );
-    skopeo(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:1", dir.display()),
-        &format!("docker://{a}/multi/bb:1"),
-    ])
-    .ok();
     assert_eq!(
         skopeo_digest(&format!("{a}/multi/bb:1")),
         index,

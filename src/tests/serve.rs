@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::layout::{write_index_layout, write_layout};
+use crate::layout::write_layout;
 use crate::support::*;
 
 fn skopeo_inspect(reference: &str) -> serde_json::Value {
@@ -283,21 +283,11 @@ fn issue_3_multi_platform_index_comes_back_identical() {
     let serve = WharfServe::start();
     let a = &serve.addr;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("multi");
-    let index = write_index_layout(
-        &dir,
-        &busybox_layout(),
+    let index = push_index(
+        tmp.path(),
         &["linux/amd64", "linux/arm64/v8", "linux/riscv64"],
-        "1",
+        &format!("{a}/multi/bb:1"),
     );
-    skopeo(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:1", dir.display()),
-        &format!("docker://{a}/multi/bb:1"),
-    ])
-    .ok();
     let raw = skopeo_raw(&format!("{a}/multi/bb:1"));
     assert_eq!(format!("sha256:{}", sha256_hex(&raw)), index);
     let back = tmp.path().join("back");

@@ -641,3 +641,20 @@ pub fn podman_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Run {
         .expect("running podman");
     run_output(out)
 }
+
+/// Writes a multi-platform index of the busybox fixture (one manifest and config per platform,
+/// the layer shared) under `tmp`, and pushes it whole to `dest` (`host/repo:tag`) with skopeo;
+/// returns the index's digest.
+pub fn push_index(tmp: &Path, platforms: &[&str], dest: &str) -> String {
+    let dir = tmp.join("multi");
+    let index = crate::layout::write_index_layout(&dir, &busybox_layout(), platforms, "1");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", dir.display()),
+        &format!("docker://{dest}"),
+    ])
+    .ok();
+    index
+}
