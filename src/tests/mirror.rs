@@ -129,6 +129,21 @@ fn issue_14_mirror_fills_once_serves_warm_and_refuses_pushes() {
 
     // A name the upstream does not have: 404, and nothing kept.
     assert_eq!(manifest_digest(m, "/v2/up/team/nothing/manifests/1").0, 404);
+
+    // Tag lists are the upstream's, a tag not fetched yet included, paged here.
+    seed(&upstream.addr, "team/bb:2");
+    let (status, _, body) = http(m, "GET", "/v2/up/team/bb/tags/list", &[], b"");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["name"], "up/team/bb");
+    assert_eq!(list["tags"], serde_json::json!(["1", "2"]));
+    let (_, head, body) = http(m, "GET", "/v2/up/team/bb/tags/list?n=1", &[], b"");
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["tags"], serde_json::json!(["1"]));
+    assert!(
+        header(&head, "link").is_some_and(|l| l.contains("last=1")),
+        "{head}"
+    );
 }
 
 #[test]
@@ -192,6 +207,10 @@ fn issue_14_kept_content_outlives_its_upstream() {
 
     // Upstream gone: kept tags are served stale, kept images pull whole.
     upstream.terminate();
+    let (status, _, body) = http(m, "GET", "/v2/up/team/bb/tags/list", &[], b"");
+    assert_eq!(status, 200, "the kept tags are listed");
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["tags"], serde_json::json!(["1"]));
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(manifest_digest(m, "/v2/up/team/bb/manifests/1").1, want);
     pull_with_skopeo(&format!("{m}/up/team/bb:1"), &dir.path().join("b")).ok();

@@ -62,6 +62,19 @@ pub async fn tags(reg: &Registry, repo: &Repository, req: &Req) -> Result<Respon
     Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list")))
 }
 
+/// The tags of a mirrored repository, named as the client named it.
+pub async fn mirrored_tags(
+    reg: &Registry,
+    repo: &Repository,
+    t: &crate::service::mirror::Target,
+    req: &Req,
+) -> Result<Response, ApiError> {
+    let (n, last) = paging(req)?;
+    let page = reg.mirrored_tags(t, n, last).await?;
+    let body = json!({"name": repo.as_str(), "tags": page.names});
+    Ok(with_link(body, &page, &format!("/v2/{repo}/tags/list")))
+}
+
 pub async fn catalog(reg: &Registry, req: &Req) -> Result<Response, ApiError> {
     let (n, last) = paging(req)?;
     let page = reg.catalog(n, last, &|r| req.may_list(r)).await?;

@@ -463,7 +463,7 @@ async fn handle(
         }
         // Listings show what is kept.
         match *route {
-            Route::Tags(_) => return lists::tags(reg, &t.stored, &req).await,
+            Route::Tags(_) => return lists::mirrored_tags(reg, repo, t, &req).await,
             Route::Referrers(_, d) => return lists::referrers(reg, &t.stored, d, &req).await,
             _ => {}
         }

@@ -418,6 +418,46 @@ impl Registry {
         }
     }
 
+    /// A mirrored repository's tags: the upstream's list, paged as the registry pages its own;
+    /// what is kept when the upstream cannot answer.
+    pub async fn mirrored_tags(
+        &self,
+        t: &Target,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<crate::metadata::Page, ServiceError> {
+        let up = &t.upstream;
+        let asked = async {
+            let repo = up.repository(&t.remote).await?;
+            repo.list_tags().await.map_err(|e| up.failure(&e))
+        };
+        let listed = tokio::time::timeout(UPSTREAM_TIMEOUT, asked)
+            .await
+            .unwrap_or_else(|_| Err(Failure::timeout(up.name())));
+        match listed {
+            Ok(mut tags) => {
+                tags.sort();
+                tags.dedup();
+                let size = self.page_size(n) as usize;
+                let mut after: Vec<String> = tags
+                    .into_iter()
+                    .filter(|tag| last.is_none_or(|l| tag.as_str() > l))
+                    .collect();
+                let more = after.len() > size;
+                after.truncate(size);
+                Ok(crate::metadata::Page { names: after, more })
+            }
+            Err(f) if matches!(f.kind, FailureKind::NotFound | FailureKind::Denied) => {
+                Err(ServiceError::NameUnknown(f.reason))
+            }
+            Err(f) => {
+                up.count(MirrorMetric::Stale, 1);
+                tracing::warn!(repo = t.stored.as_str(), reason = %f.reason, "listing kept tags: the upstream could not be asked");
+                self.tags(&t.stored, n, last).await
+            }
+        }
+    }
+
     async fn fetch_manifest(
         &self,
         t: &Target,
