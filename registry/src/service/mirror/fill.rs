@@ -109,6 +109,18 @@ type FlightKey = (String, Digest);
 #[derive(Default)]
 pub(crate) struct Flights(Mutex<HashMap<FlightKey, Start>>);
 
+/// Removes a flight from [`Flights`] when dropped.
+struct Forget {
+    reg: Registry,
+    key: FlightKey,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.reg.inner.flights.lock().remove(&self.key);
+    }
+}
+
 impl Flights {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Start>> {
         self.0
@@ -316,6 +328,12 @@ impl Registry {
         let digest = digest.clone();
         let flight_of_task = flight.clone();
         tokio::spawn(async move {
+            // Forgotten however the task ends (a panic included), so the next request for the
+            // digest starts afresh instead of joining a flight nobody flies.
+            let _forget = Forget {
+                reg: reg.clone(),
+                key: (t.upstream.name().to_owned(), digest.clone()),
+            };
             let tx = Arc::new(tx);
             let end = match reg.fly(&t, &flight_of_task, body, tx.clone()).await {
                 Ok(()) => State::Done,
@@ -326,10 +344,6 @@ impl Registry {
                 }
             };
             tx.send_replace(end);
-            reg.inner
-                .flights
-                .lock()
-                .remove(&(t.upstream.name().to_owned(), digest));
         });
         Ok(flight)
     }

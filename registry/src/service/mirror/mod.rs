@@ -299,13 +299,28 @@ fn observe(
         tracing::debug!(upstream = name, remaining = left, "upstream rate limit");
     }
     if status == 429 {
-        let wait = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+        let wait = header("retry-after").and_then(retry_after_secs);
         metrics.mirror(MirrorMetric::Throttled, name, 0, 1);
         tracing::warn!(upstream = name, retry_after = ?wait, "upstream throttles this mirror (429)");
         if let Ok(mut r) = retry_after.lock() {
             *r = wait;
         }
     }
+}
+
+/// A `Retry-After` value in seconds: a number of seconds, or an HTTP date (seconds from now,
+/// at least 1).
+fn retry_after_secs(value: &str) -> Option<u64> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = wharf_common::time::parse_http_date(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(u64::try_from(at).ok()?.saturating_sub(now).max(1))
 }
 
 /// Why an upstream could not give what was asked; cloneable, so that every client sharing a
@@ -615,6 +630,30 @@ mod tests {
             route(&m, "up/alpine", None),
             hub("up/alpine", "alpine", true)
         );
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        assert_eq!(retry_after_secs(" 120 "), Some(120));
+        assert_eq!(
+            retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(1),
+            "past: 1 s"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // 2026-12-08T01:45:00Z → "Tue, 08 Dec 2026 01:45:00 GMT" (the weekday is not read).
+        let t = wharf_common::time::rfc3339(i64::try_from(now).unwrap() + 600);
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = months[t[5..7].parse::<usize>().unwrap() - 1];
+        let later = format!("Mon, {} {month} {} {} GMT", &t[8..10], &t[..4], &t[11..19]);
+        let secs = retry_after_secs(&later).unwrap();
+        assert!((598..=600).contains(&secs), "{later}: {secs}");
+        assert_eq!(retry_after_secs("soon"), None);
     }
 
     #[test]
