@@ -17,7 +17,7 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::watch;
 use wharf_common::digest::Digest;
 
-use super::{Failure, FailureKind, Target, UPSTREAM_TIMEOUT};
+use super::{Failure, FailureKind, Target};
 use crate::metrics::MirrorMetric;
 use crate::service::{BlobFound, Registry, ServiceError, UploadId};
 use crate::storage::{ByteStream, Placement, StorageError};
@@ -157,9 +157,9 @@ impl Registry {
             .await?
             .into_iter()
             .find(|(repo, _)| repo.starts_with(&prefix));
-        if let Some((_, size)) = holder
-            && self.inner.storage.stat(digest).await?.is_some()
-        {
+        if let Some((_, size)) = holder {
+            // Under the sweep lock, so a collection cannot take the file between the check
+            // and the link.
             let _sweep = self.inner.sweep.shared().await?;
             if self.inner.storage.stat(digest).await?.is_some() {
                 self.inner
@@ -263,10 +263,7 @@ impl Registry {
                 .await
                 .map_err(|e| up.failure(&e))
         };
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, asked)
-            .await
-            .unwrap_or_else(|_| Err(Failure::timeout(up.name())))
-        {
+        match up.within(asked).await {
             Ok(Some(size)) => Ok(BlobFound::Stored(size)),
             Ok(None) => Err(ServiceError::BlobUnknown(digest.clone())),
             Err(f) => Err(f.into_service(|_| ServiceError::BlobUnknown(digest.clone()))),
@@ -294,9 +291,7 @@ impl Registry {
                 .await
                 .map_err(|e| up.failure(&e))
         };
-        let (size, body) = tokio::time::timeout(UPSTREAM_TIMEOUT, open)
-            .await
-            .unwrap_or_else(|_| Err(Failure::timeout(up.name())))?;
+        let (size, body) = up.within(open).await?;
         let local = |e: ServiceError| Failure {
             kind: FailureKind::Unavailable,
             reason: format!(

@@ -207,6 +207,26 @@ impl Upstream {
         })
     }
 
+    /// `asked` within [`UPSTREAM_TIMEOUT`]: a client is answered, with or without the
+    /// upstream.
+    async fn within<T>(
+        &self,
+        asked: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        tokio::time::timeout(UPSTREAM_TIMEOUT, asked)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure {
+                    kind: FailureKind::Unavailable,
+                    reason: format!(
+                        "upstream {}: no answer within {}s",
+                        self.config.name,
+                        UPSTREAM_TIMEOUT.as_secs()
+                    ),
+                })
+            })
+    }
+
     fn count(&self, what: MirrorMetric, n: u64) {
         self.metrics.mirror(what, &self.config.name, 0, n);
     }
@@ -340,16 +360,6 @@ enum FailureKind {
 }
 
 impl Failure {
-    fn timeout(upstream: &str) -> Failure {
-        Failure {
-            kind: FailureKind::Unavailable,
-            reason: format!(
-                "upstream {upstream}: no answer within {}s",
-                UPSTREAM_TIMEOUT.as_secs()
-            ),
-        }
-    }
-
     fn into_service(self, not_found: impl FnOnce(String) -> ServiceError) -> ServiceError {
         match self.kind {
             FailureKind::NotFound | FailureKind::Denied => not_found(self.reason),
@@ -415,11 +425,7 @@ impl Registry {
             .map(|(_, f)| f.clone());
         let fetched = match recent {
             Some(f) => Err(f),
-            None => {
-                tokio::time::timeout(UPSTREAM_TIMEOUT, self.fetch_manifest(t, r, kept.as_ref()))
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::timeout(up.name())))
-            }
+            None => up.within(self.fetch_manifest(t, r, kept.as_ref())).await,
         };
         *last_failure = fetched.as_ref().err().map(|f| (Instant::now(), f.clone()));
         match (fetched, kept) {
@@ -446,10 +452,7 @@ impl Registry {
             let repo = up.repository(&t.remote).await?;
             repo.list_tags().await.map_err(|e| up.failure(&e))
         };
-        let listed = tokio::time::timeout(UPSTREAM_TIMEOUT, asked)
-            .await
-            .unwrap_or_else(|_| Err(Failure::timeout(up.name())));
-        match listed {
+        match up.within(asked).await {
             Ok(mut tags) => {
                 tags.sort();
                 tags.dedup();
